@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the main job: every task on the offline reference submissions, then the site")
-    p.add_argument("--submissions", type=Path, default=Path("submissions"))
+    p.add_argument("--submissions", type=Path, default=Path("submissions") / "reference",
+                   help="what to run: the offline reference submissions by default")
     p.add_argument("--out", type=Path, default=DEFAULT_SITE, help="where to build the site")
     _run_options(p)
     _common(p)
@@ -141,7 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ImportError:
         print("leaderboard renderer not available yet; results are in", args.results)
         return 1 if summary.failed else 0
-    index = build_site(results_dir=args.results, submissions_dir=args.submissions, out_dir=args.out)
+    index = build_site(results_dir=args.results, submissions_dir=Path("submissions"), out_dir=args.out)
     print(f"leaderboard: {Path(index).resolve()}")
     return 1 if summary.failed else 0
 
@@ -219,9 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CanonBenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # always one line
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        summary = getattr(exc, "summary", None)  # runner.RunInterrupted: what finished before Ctrl-C
+        if summary is not None:
+            print(summary.render())
         print("interrupted: finished results are kept; rerun to continue", file=sys.stderr)
         return 130
 

@@ -28,10 +28,24 @@ HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 FORMATS = ("auto", "native", "saelens", "sparsify", "gemmascope", "dictionary_learning")
 MAX_TEXT = 10_000
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a small text file; refuse anything larger unread
+MAX_SEED = 2**63  # seeds must fit torch.manual_seed and a signed 64-bit column
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
+
+
+class FieldValueError(ValueError):
+    """A model-level check that blames one field below the model (so the error names it)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_TEXT)
+    # NaN/inf are never valid hyperparameters or sizes; manifests are also validated strictly
+    # (``parse_manifest``) so that ``true`` is not a seed and ``"64"`` is not a width.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_TEXT, allow_inf_nan=False)
 
 
 def _check_relative_path(value: str) -> str:
@@ -53,6 +67,14 @@ class Links(_Strict):
     code: str | None = None
     weights: str | None = None
     other: str | None = None
+
+    @field_validator("paper", "code", "weights", "other")
+    @classmethod
+    def _web_address(cls, value: str | None) -> str | None:
+        # the leaderboard turns these into links: a javascript: or data: address would run in readers' browsers
+        if value is not None and not re.match(r"^https?://[^\s]+$", value):
+            raise ValueError("must be an http:// or https:// address")
+        return value
 
 
 class ModelSpec(_Strict):
@@ -76,6 +98,21 @@ class ModelSpec(_Strict):
     @classmethod
     def _local_is_relative(cls, value: str | None) -> str | None:
         return None if value is None else _check_relative_path(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_hub_id(cls, value: str) -> str:
+        # a Hub id (``gpt2``, ``org/model``); a path here would make the model loader read local folders
+        if not MODEL_NAME.match(value):
+            raise ValueError(f"model name {_clip(value)!r} must be a Hub model id (name or org/name); use local for folders")
+        return value
+
+    @field_validator("package")
+    @classmethod
+    def _package_name(cls, value: str | None) -> str | None:
+        if value is not None and not PACKAGE_NAME.match(value):
+            raise ValueError(f"package {_clip(value)!r} is not a Python package name")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one_pin(self) -> "ModelSpec":
@@ -127,7 +164,8 @@ class CheckpointSpec(_Strict):
             if self.repo is not None or self.revision is not None:
                 raise ValueError("give either local or repo+revision, not both")
         elif self.repo is None or self.revision is None:
-            raise ValueError("a Hub checkpoint needs both repo and revision (or give local)")
+            raise FieldValueError("repo" if self.repo is None else "revision",
+                                  "a Hub checkpoint needs both repo and revision (or give local)")
         return self
 
     @property
@@ -155,7 +193,7 @@ class Hyperparameters(_Strict):
     lr_decay: Literal["none", "linear", "cosine"] = "none"
     dead_after_steps: int | None = Field(default=None, gt=0)
     aux_k_coefficient: float | None = Field(default=None, ge=0)
-    matryoshka_widths: list[int] | None = None
+    matryoshka_widths: list[Annotated[int, Field(gt=0, le=1 << 24)]] | None = Field(default=None, max_length=64)
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
@@ -166,7 +204,7 @@ class RecipeSpec(_Strict):
     width: int = Field(gt=0, le=1 << 24)
     seeds: list[int] = Field(min_length=1, max_length=64)
     trains_on: Literal["synthetic", "model"]
-    presets: list[str] = Field(default_factory=list)
+    presets: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list, max_length=64)
     tokens: int | None = Field(default=None, gt=0)
     context_size: int | None = Field(default=None, gt=1)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
@@ -176,8 +214,8 @@ class RecipeSpec(_Strict):
     def _distinct_seeds(cls, value: list[int]) -> list[int]:
         if len(set(value)) != len(value):
             raise ValueError(f"seeds must be distinct, got {value}")
-        if any(s < 0 for s in value):
-            raise ValueError("seeds must be non-negative")
+        if any(s < 0 or s >= MAX_SEED for s in value):
+            raise ValueError("seeds must be in [0, 2**63)")
         return value
 
 
@@ -210,7 +248,7 @@ class CheckpointsSubmission(_Common):
         seeds = [c.seed for c in self.checkpoints]
         if len(set(seeds)) != len(seeds):
             dupes = sorted({s for s in seeds if seeds.count(s) > 1})
-            raise ValueError(f"checkpoint seeds must be distinct; repeated: {dupes}")
+            raise FieldValueError("checkpoints", f"checkpoint seeds must be distinct; repeated: {dupes}")
         return self
 
     @property
@@ -230,9 +268,9 @@ class RecipeSubmission(_Common):
     @model_validator(mode="after")
     def _model_when_needed(self) -> "RecipeSubmission":
         if self.recipe.trains_on == "model" and self.model is None:
-            raise ValueError("a recipe that trains on a model needs a [model] table")
+            raise FieldValueError("model", "a recipe that trains on a model needs a [model] table")
         if self.recipe.trains_on == "synthetic" and not self.recipe.presets:
-            raise ValueError("a synthetic recipe needs recipe.presets")
+            raise FieldValueError("recipe.presets", "a synthetic recipe needs recipe.presets")
         return self
 
     @property
@@ -263,13 +301,27 @@ class LoadedManifest(BaseModel):
         return (self.path.parent / relative).resolve()
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, for quoting user input in one-line errors."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _one_line(text: str, limit: int) -> str:
+    """Control, bidi and other unprintable characters escaped (an error is one safe terminal line)."""
+    safe = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return _clip(safe, limit)
+
+
 def _field_path(loc: tuple) -> str:
     out = ""
-    for part in (str(p) for p in loc):
-        if part.isdigit():
+    for part in loc:
+        if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
+            continue
+        text = str(part)
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,60}", text):  # a hostile or odd key: quote it as TOML would
+            text = '"' + _one_line(text, 60).replace('"', '\\"') + '"'
+        out += ("." if out else "") + text
     return out or "(top level)"
 
 
@@ -277,19 +329,29 @@ def parse_manifest(text: str, path: Path | str) -> LoadedManifest:
     """Validate manifest text; raise :class:`ManifestError` naming the file and the first bad field."""
     path = Path(path)
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"not valid TOML: {exc}", file=path) from None
+        raise ManifestError(f"not valid TOML: {_one_line(str(exc), 300)}", file=path) from None
+    except RecursionError:
+        raise ManifestError("not valid TOML: arrays or tables nested too deeply", file=path) from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ManifestError(f"not valid TOML: {_one_line(str(exc), 300)}", file=path) from None
     kind = data.get("kind")
     if kind not in ("checkpoints", "recipe"):
-        raise ManifestError(f"must be 'checkpoints' or 'recipe', got {kind!r}", file=path, field="kind")
+        shown = _one_line(repr(kind), 80)
+        raise ManifestError(f"must be 'checkpoints' or 'recipe', got {shown}", file=path, field="kind")
     model_class = CheckpointsSubmission if kind == "checkpoints" else RecipeSubmission
     try:
-        submission = model_class.model_validate(data)
+        submission = model_class.model_validate(data, strict=True)
+    except RecursionError:
+        raise ManifestError("values nested too deeply", file=path, field="(top level)") from None
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = tuple(error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldValueError):
+            loc = loc + tuple(cause.field.split("."))
+        message = _one_line(error["msg"].removeprefix("Value error, "), 400)
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         more = len(exc.errors()) - 1
@@ -299,13 +361,54 @@ def parse_manifest(text: str, path: Path | str) -> LoadedManifest:
     return LoadedManifest(path=path, submission=submission)
 
 
-def load_manifest(path: Path | str) -> LoadedManifest:
-    """Read and validate one manifest file."""
+def schema_problems(text: str, path: Path | str) -> list[ManifestError]:
+    """Every problem in manifest text, one error per bad field (``parse_manifest`` stops at the
+    first); an empty list when the text is a valid manifest. Used by ``canonbench validate``."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        parse_manifest(text, path)
+        return []
+    except ManifestError as first:
+        first_problem = first
+    try:
+        data = tomllib.loads(text.removeprefix("\ufeff"))
+        model_class = CheckpointsSubmission if data.get("kind") == "checkpoints" else RecipeSubmission
+        if data.get("kind") not in ("checkpoints", "recipe"):
+            return [first_problem]
+        model_class.model_validate(data, strict=True)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            cause = (error.get("ctx") or {}).get("error")
+            if isinstance(cause, FieldValueError):
+                loc = loc + tuple(cause.field.split("."))
+            message = _one_line(error["msg"].removeprefix("Value error, "), 400)
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(ManifestError(message, file=path, field=_field_path(loc)))
+        return problems or [first_problem]
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):
+        pass
+    return [first_problem]
+
+
+def load_manifest(path: Path | str) -> LoadedManifest:
+    """Read and validate one manifest file (at most ``MAX_MANIFEST_BYTES``; larger files are refused)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)  # bounded: a device file or a huge upload is never read whole
     except FileNotFoundError:
         raise ManifestError("file not found", file=path) from None
+    except IsADirectoryError:
+        raise ManifestError("is a folder, not a manifest file", file=path) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read the file ({exc.strerror or type(exc).__name__})", file=path) from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"file is over {MAX_MANIFEST_BYTES} bytes; a manifest is a small text file", file=path)
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ManifestError("not UTF-8 text", file=path) from None
     return parse_manifest(text, path)
