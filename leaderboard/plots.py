@@ -1,0 +1,470 @@
+"""Static SVG plots drawn at build time, and the names tasks use so that their rows can be plotted.
+
+Plots are hand-written SVG rather than matplotlib: the output is a small, byte-deterministic string
+(no renderer version, font cache or timestamp leaks into it), it is inlined into the page so it works
+offline and from ``file://``, every point carries a ``<title>`` tooltip, and no plotting dependency
+is needed. Every piece of text that reaches the SVG passes through :func:`_esc`.
+
+A plot only draws stored values (rows of the results store and task artifacts); it never computes a
+metric. A plot whose data is absent is replaced by a note saying what is missing.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+# ---------------------------------------------------------------------------------------------
+# Conventions shared with the task authors (the one place these names are written down).
+# ---------------------------------------------------------------------------------------------
+
+#: Metric (subset "all") giving a submission's L0 for every "vs L0" plot; taken from the first task
+#: (in ``tasks.TASK_MODULES`` order) whose current-version rows report it.
+L0_METRIC = "l0"
+#: Pairwise MCC across seeds (cross-seed task; also per preset in the synthetic task).
+PW_MCC_METRIC = "pw_mcc"
+#: MCC against the true dictionary (synthetic task, one row per preset).
+GT_MCC_METRIC = "gt_mcc"
+#: Subset prefix naming a synthetic preset, e.g. ``preset=song-32x16``.
+PRESET_SUBSET_PREFIX = "preset="
+#: Cross-seed artifact: histogram of matched decoder cosines; columns ``bin_low, bin_high, count``.
+MATCHED_COSINE_HISTOGRAM = "matched_cosine_histogram"
+MATCHED_COSINE_HISTOGRAM_COLUMNS = ("bin_low", "bin_high", "count")
+#: Explanation-similarity artifact: mean explanation similarity per decoder-cosine bin;
+#: columns ``bin_low, bin_high, mean_similarity, n``.
+SIMILARITY_BY_COSINE_BIN = "similarity_by_cosine_bin"
+SIMILARITY_BY_COSINE_BIN_COLUMNS = ("bin_low", "bin_high", "mean_similarity", "n")
+#: Tasks whose pages always show the artifact plot (with a note when no submission has it yet).
+#: Any other task that stores one of these artifacts gets the plot too.
+EXPECTED_ARTIFACT_PLOTS: dict[str, tuple[str, ...]] = {
+    "cross-seed": (MATCHED_COSINE_HISTOGRAM,),
+    "explanation-similarity": (SIMILARITY_BY_COSINE_BIN,),
+}
+#: The synthetic task's cross-submission proxy validity. On that task's page the leaderboard calls
+#: ``proxy_validity(rows)`` from the task class's module (else from ``tasks.synthetic``) with the
+#: task's current-version rows (results schema) and shows the returned DataFrame / mapping / scalar
+#: as is.
+PROXY_VALIDITY_TASK = "synthetic"
+PROXY_VALIDITY_MODULE = "tasks.synthetic"
+PROXY_VALIDITY_FUNCTION = "proxy_validity"
+
+# Okabe-Ito colours (colour-blind safe), paired with marker shapes so series differ without colour.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8C6D31")
+MARKERS = ("circle", "square", "triangle", "diamond")
+
+
+@dataclass
+class Point:
+    x: float
+    y: float
+    label: str = ""  # tooltip text
+    x_err: float | None = None  # half-width of the error bar (a stored std), or None
+    y_err: float | None = None
+
+    def __post_init__(self) -> None:
+        # frames turn missing spreads into NaN or pd.NA; a bar is drawn only for a finite spread
+        self.x_err = _value(self.x_err) or None
+        self.y_err = _value(self.y_err) or None
+
+
+@dataclass
+class Series:
+    name: str
+    points: list[Point] = field(default_factory=list)
+    connect: bool = False  # draw a line through the points in x order
+    step: bool = False  # draw as a histogram step line (points are bin edges)
+
+
+@dataclass
+class Figure:
+    """One plot for a page: its SVG (None when omitted), a note, and the data it drew."""
+
+    id: str
+    title: str
+    svg: str | None
+    note: str = ""
+    data: pd.DataFrame | None = None
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _num(value: float) -> str:
+    """Coordinates with two decimals: enough for screens and stable across platforms."""
+    out = f"{value:.2f}"
+    return "0.00" if out == "-0.00" else out
+
+
+def format_number(value: float | None) -> str:
+    """The one number format of the site (tables and tick labels)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    value = float(value)
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1e6 or magnitude < 1e-3:
+        return f"{value:.3g}"
+    if magnitude >= 1000:
+        return f"{value:.0f}"
+    if magnitude >= 100:
+        return f"{value:.1f}"
+    if magnitude >= 10:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round tick positions covering [low, high]."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return [0.0, 1.0]
+    if high <= low:
+        pad = abs(low) * 0.1 or 0.5
+        low, high = low - pad, high + pad
+    raw_step = (high - low) / max(count, 1)
+    power = 10 ** math.floor(math.log10(raw_step))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw_step)
+    start = math.floor(low / step) * step
+    ticks = [round(start, 12)]
+    while ticks[-1] < high - step * 1e-9 or len(ticks) < 2:
+        ticks.append(round(start + step * len(ticks), 12))
+        if len(ticks) > 50:  # pragma: no cover - guard against float surprises
+            break
+    return ticks
+
+
+def _tick_label(value: float, step: float) -> str:
+    step_text = f"{step:.6f}".rstrip("0").rstrip(".")
+    decimals = len(step_text.split(".")[1]) if "." in step_text else 0
+    out = f"{value:.{decimals}f}"
+    return "0" if float(out) == 0 else out
+
+
+def _marker(shape: str, x: float, y: float, color: str, title: str) -> str:
+    tip = f"<title>{_esc(title)}</title>" if title else ""
+    if shape == "square":
+        return f'<rect x="{_num(x - 4)}" y="{_num(y - 4)}" width="8" height="8" fill="{color}">{tip}</rect>'
+    if shape == "triangle":
+        pts = f"{_num(x)},{_num(y - 5)} {_num(x - 5)},{_num(y + 4)} {_num(x + 5)},{_num(y + 4)}"
+        return f'<polygon points="{pts}" fill="{color}">{tip}</polygon>'
+    if shape == "diamond":
+        pts = f"{_num(x)},{_num(y - 5)} {_num(x - 5)},{_num(y)} {_num(x)},{_num(y + 5)} {_num(x + 5)},{_num(y)}"
+        return f'<polygon points="{pts}" fill="{color}">{tip}</polygon>'
+    return f'<circle cx="{_num(x)}" cy="{_num(y)}" r="4.5" fill="{color}">{tip}</circle>'
+
+
+def xy_chart(
+    series: Sequence[Series],
+    *,
+    x_label: str,
+    y_label: str,
+    x_range: tuple[float | None, float | None] = (None, None),
+    y_range: tuple[float | None, float | None] = (None, None),
+    diagonal: bool = False,
+    legend_title: str = "",
+    width: int = 720,
+    height: int = 380,
+) -> str:
+    """An SVG scatter/line chart with one colour and marker per series, error bars from stored
+    spreads and a legend. Ranges fall back to the data (with the metric's declared range
+    clipping the axis where given)."""
+    xs = [v for s in series for p in s.points for v in (p.x - (p.x_err or 0), p.x + (p.x_err or 0))]
+    ys = [v for s in series for p in s.points for v in (p.y - (p.y_err or 0), p.y + (p.y_err or 0))]
+    x_lo, x_hi = _span(xs, x_range)
+    y_lo, y_hi = _span(ys, y_range)
+    if diagonal:
+        x_lo = y_lo = min(x_lo, y_lo)
+        x_hi = y_hi = max(x_hi, y_hi)
+    x_ticks, y_ticks = nice_ticks(x_lo, x_hi), nice_ticks(y_lo, y_hi)
+    x_lo, x_hi = min(x_ticks[0], x_lo), max(x_ticks[-1], x_hi)
+    y_lo, y_hi = min(y_ticks[0], y_lo), max(y_ticks[-1], y_hi)
+
+    legend_w = 190
+    left, right, top, bottom = 64, legend_w + 16, 16, 52
+    legend_h = 28 + 18 * len(series)
+    height = max(height, legend_h + top + 8)
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def sx(v: float) -> float:
+        return left + (v - x_lo) / (x_hi - x_lo) * plot_w
+
+    def sy(v: float) -> float:
+        return top + plot_h - (v - y_lo) / (y_hi - y_lo) * plot_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{_esc(y_label)} against {_esc(x_label)}">',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="plot-bg"/>',
+    ]
+    x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
+    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
+    for t in x_ticks:
+        if x_lo <= t <= x_hi:
+            parts.append(f'<line x1="{_num(sx(t))}" y1="{top}" x2="{_num(sx(t))}" y2="{top + plot_h}" class="grid"/>')
+            parts.append(f'<text x="{_num(sx(t))}" y="{top + plot_h + 16}" class="tick" text-anchor="middle">{_esc(_tick_label(t, x_step))}</text>')
+    for t in y_ticks:
+        if y_lo <= t <= y_hi:
+            parts.append(f'<line x1="{left}" y1="{_num(sy(t))}" x2="{left + plot_w}" y2="{_num(sy(t))}" class="grid"/>')
+            parts.append(f'<text x="{left - 6}" y="{_num(sy(t) + 4)}" class="tick" text-anchor="end">{_esc(_tick_label(t, y_step))}</text>')
+    parts.append(f'<text x="{_num(left + plot_w / 2)}" y="{height - 12}" class="axis-label" text-anchor="middle">{_esc(x_label)}</text>')
+    parts.append(
+        f'<text x="16" y="{_num(top + plot_h / 2)}" class="axis-label" text-anchor="middle" '
+        f'transform="rotate(-90 16 {_num(top + plot_h / 2)})">{_esc(y_label)}</text>'
+    )
+    if diagonal:
+        parts.append(f'<line x1="{_num(sx(x_lo))}" y1="{_num(sy(y_lo))}" x2="{_num(sx(x_hi))}" y2="{_num(sy(y_hi))}" class="diagonal"/>')
+
+    for index, s in enumerate(series):
+        color = PALETTE[index % len(PALETTE)]
+        shape = MARKERS[(index // len(PALETTE) + index) % len(MARKERS)]
+        points = sorted(s.points, key=lambda p: (p.x, p.y)) if (s.connect or s.step) else s.points
+        if s.step and points:
+            path = [f"M{_num(sx(points[0].x))},{_num(sy(points[0].y))}"]
+            for prev, cur in zip(points, points[1:]):
+                path.append(f"H{_num(sx(cur.x))}V{_num(sy(cur.y))}")
+            parts.append(f'<path d="{"".join(path)}" fill="none" stroke="{color}" stroke-width="2"><title>{_esc(s.name)}</title></path>')
+            continue
+        if s.connect and len(points) > 1:
+            coords = " ".join(f"{_num(sx(p.x))},{_num(sy(p.y))}" for p in points)
+            parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        for p in points:
+            if p.y_err:
+                parts.append(f'<line x1="{_num(sx(p.x))}" y1="{_num(sy(p.y - p.y_err))}" x2="{_num(sx(p.x))}" y2="{_num(sy(p.y + p.y_err))}" stroke="{color}" class="errbar"/>')
+            if p.x_err:
+                parts.append(f'<line x1="{_num(sx(p.x - p.x_err))}" y1="{_num(sy(p.y))}" x2="{_num(sx(p.x + p.x_err))}" y2="{_num(sy(p.y))}" stroke="{color}" class="errbar"/>')
+            parts.append(_marker(shape, sx(p.x), sy(p.y), color, p.label))
+
+    lx = width - legend_w
+    if legend_title:
+        parts.append(f'<text x="{lx}" y="{top + 10}" class="legend-title">{_esc(legend_title)}</text>')
+    for index, s in enumerate(series):
+        color = PALETTE[index % len(PALETTE)]
+        shape = MARKERS[(index // len(PALETTE) + index) % len(MARKERS)]
+        y = top + 30 + 18 * index
+        if s.step:
+            parts.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 12}" y2="{y}" stroke="{color}" stroke-width="2"/>')
+        else:
+            parts.append(_marker(shape, lx + 6, y, color, ""))
+        parts.append(f'<text x="{lx + 18}" y="{y + 4}" class="legend">{_esc(_shorten(s.name, 26))}<title>{_esc(s.name)}</title></text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _span(values: Iterable[float], declared: tuple[float | None, float | None]) -> tuple[float, float]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    lo = min(finite) if finite else 0.0
+    hi = max(finite) if finite else 1.0
+    dlo, dhi = declared
+    # Keep declared bounds when the data sit within them and fill a good part of the range.
+    if dlo is not None and dhi is not None and dlo <= lo and hi <= dhi and (hi - lo) > 0.3 * (dhi - dlo):
+        return float(dlo), float(dhi)
+    if dlo is not None:
+        lo = max(lo, float(dlo)) if lo >= dlo else lo
+    if dhi is not None:
+        hi = min(hi, float(dhi)) if hi <= dhi else hi
+    if hi <= lo:
+        pad = abs(lo) * 0.1 or 0.5
+        lo, hi = lo - pad, hi + pad
+    else:
+        pad = (hi - lo) * 0.06
+        lo, hi = lo - pad, hi + pad
+        if dlo is not None and lo < dlo <= lo + pad:
+            lo = float(dlo)
+        if dhi is not None and hi > dhi >= hi - pad:
+            hi = float(dhi)
+    return lo, hi
+
+
+# ---------------------------------------------------------------------------------------------
+# The figures of the task pages. Each takes stored rows/artifacts and returns a Figure whose
+# ``data`` is exactly what was drawn (offered as a download beside the plot).
+# ---------------------------------------------------------------------------------------------
+
+
+def _value(v) -> float | None:
+    if v is None or v is pd.NA:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def metric_vs_l0(
+    rows: pd.DataFrame,
+    *,
+    metric: str,
+    metric_range: tuple[float | None, float | None],
+    l0: dict[str, tuple[float, float | None, str]],
+    architectures: dict[str, str],
+    figure_id: str,
+) -> Figure:
+    """``metric`` (subset "all") against the submission's L0, one series per architecture.
+
+    ``rows``: the task's current-version rows. ``l0``: submission → (L0, its std or None, task it came
+    from). ``architectures``: submission → architecture."""
+    title = f"{metric} vs L0, by architecture"
+    picked = rows[(rows["metric"] == metric) & (rows["subset"] == "all")]
+    records = []
+    for row in picked.itertuples(index=False):
+        value = _value(row.value)
+        if value is None or row.submission not in l0:
+            continue
+        l0_value, l0_std, l0_task = l0[row.submission]
+        records.append(
+            {
+                "submission": row.submission,
+                "architecture": architectures.get(row.submission) or "unknown",
+                "l0": l0_value,
+                "l0_std": l0_std,
+                "l0_task": l0_task,
+                metric: value,
+                f"{metric}_std": _value(row.std),
+            }
+        )
+    if not records:
+        if len(picked):
+            missing = f"no submission has both a stored L0 (metric '{L0_METRIC}', subset all) and a value of this metric"
+        elif (rows["metric"] == metric).any():
+            missing = "this metric is stored per slice only (no subset \u201call\u201d), so there is no single value to place against L0"
+        else:
+            missing = "no stored values of this metric yet"
+        return Figure(figure_id, title, None, note=f"Plot omitted: {missing}.")
+    data = pd.DataFrame(records).sort_values(["architecture", "submission"], kind="stable").reset_index(drop=True)
+    series = []
+    for arch, group in data.groupby("architecture", sort=True):
+        points = [
+            Point(
+                x=r["l0"], y=r[metric], x_err=r["l0_std"], y_err=r[f"{metric}_std"],
+                label=f"{r['submission']} ({arch}): L0 {format_number(r['l0'])}, {metric} {format_number(r[metric])}",
+            )
+            for r in group.to_dict("records")
+        ]
+        series.append(Series(str(arch), points))
+    svg = xy_chart(series, x_label="L0 (active latents per token)", y_label=metric, y_range=metric_range, legend_title="architecture")
+    return Figure(figure_id, title, svg, note="Error bars: stored std. L0 from the metric 'l0' (subset all).", data=data)
+
+
+def gt_vs_pw_by_preset(
+    rows: pd.DataFrame,
+    *,
+    figure_id: str,
+    gt_metric: str = GT_MCC_METRIC,
+    pw_metric: str = PW_MCC_METRIC,
+    value_range: tuple[float | None, float | None] = (None, None),
+) -> Figure:
+    """The proxy check: GT-MCC (y) against PW-MCC (x) for each (submission, preset), one series per
+    preset, with the y = x line."""
+    title = f"{gt_metric} vs {pw_metric} (proxy check), by preset"
+    pick = rows[rows["metric"].isin([gt_metric, pw_metric]) & rows["subset"].str.startswith(PRESET_SUBSET_PREFIX)]
+    records = []
+    for (submission, subset), group in pick.groupby(["submission", "subset"], sort=True):
+        by_metric = {r.metric: r for r in group.itertuples(index=False)}
+        if gt_metric not in by_metric or pw_metric not in by_metric:
+            continue
+        gt, pw = _value(by_metric[gt_metric].value), _value(by_metric[pw_metric].value)
+        if gt is None or pw is None:
+            continue
+        records.append(
+            {
+                "submission": submission,
+                "preset": subset[len(PRESET_SUBSET_PREFIX):],
+                pw_metric: pw,
+                f"{pw_metric}_std": _value(by_metric[pw_metric].std),
+                gt_metric: gt,
+                f"{gt_metric}_std": _value(by_metric[gt_metric].std),
+            }
+        )
+    if not records:
+        return Figure(figure_id, title, None, note=f"Plot omitted: no (submission, preset) has both {gt_metric} and {pw_metric} stored.")
+    data = pd.DataFrame(records)
+    series = []
+    for preset, group in data.groupby("preset", sort=True):
+        points = [
+            Point(
+                x=r[pw_metric], y=r[gt_metric], x_err=r[f"{pw_metric}_std"], y_err=r[f"{gt_metric}_std"],
+                label=f"{r['submission']} on {preset}: {pw_metric} {format_number(r[pw_metric])}, {gt_metric} {format_number(r[gt_metric])}",
+            )
+            for r in group.to_dict("records")
+        ]
+        series.append(Series(str(preset), points))
+    svg = xy_chart(series, x_label=pw_metric, y_label=gt_metric, x_range=value_range, y_range=value_range, diagonal=True, legend_title="preset")
+    return Figure(figure_id, title, svg, note="Dashed line: y = x. Error bars: stored std.", data=data)
+
+
+def _check_columns(frame: pd.DataFrame, needed: Sequence[str]) -> list[str]:
+    return [c for c in needed if c not in frame.columns]
+
+
+def matched_cosine_histograms(artifacts: dict[str, pd.DataFrame], *, figure_id: str) -> Figure:
+    """Overlaid step histograms of matched decoder cosines, one line per submission; heights are
+    each bin's share of that submission's matched latents so that widths compare."""
+    title = "Matched decoder cosines across seeds"
+    series, records, problems = [], [], []
+    for submission, frame in sorted(artifacts.items()):
+        missing = _check_columns(frame, MATCHED_COSINE_HISTOGRAM_COLUMNS)
+        if missing:
+            problems.append(f"{submission}'s {MATCHED_COSINE_HISTOGRAM} lacks column(s) {', '.join(missing)}")
+            continue
+        bins = frame.sort_values("bin_low", kind="stable")
+        total = float(pd.to_numeric(bins["count"]).sum())
+        if total <= 0 or len(bins) == 0:
+            problems.append(f"{submission}'s {MATCHED_COSINE_HISTOGRAM} is empty")
+            continue
+        points = []
+        for r in bins.itertuples(index=False):
+            share = float(r.count) / total
+            points.append(Point(float(r.bin_low), share))
+            records.append({"submission": submission, "bin_low": float(r.bin_low), "bin_high": float(r.bin_high),
+                            "count": float(r.count), "share": share})
+        points.append(Point(float(bins["bin_high"].iloc[-1]), points[-1].y))
+        series.append(Series(submission, points, step=True))
+    note = "; ".join(problems)
+    if not series:
+        return Figure(figure_id, title, None, note=f"Plot omitted: no submission has a '{MATCHED_COSINE_HISTOGRAM}' artifact yet." + (f" ({note})" if note else ""))
+    svg = xy_chart(series, x_label="matched decoder cosine", y_label="share of matched latents", x_range=(-1.0, 1.0), y_range=(0.0, None), legend_title="submission")
+    return Figure(figure_id, title, svg, note=("Heights: bin count / total count of that submission. " + note).strip(), data=pd.DataFrame(records))
+
+
+def similarity_by_cosine(artifacts: dict[str, pd.DataFrame], *, figure_id: str) -> Figure:
+    """Mean explanation similarity per decoder-cosine bin (at the bin centre), one line per submission."""
+    title = "Explanation similarity vs decoder cosine"
+    series, records, problems = [], [], []
+    for submission, frame in sorted(artifacts.items()):
+        missing = _check_columns(frame, SIMILARITY_BY_COSINE_BIN_COLUMNS)
+        if missing:
+            problems.append(f"{submission}'s {SIMILARITY_BY_COSINE_BIN} lacks column(s) {', '.join(missing)}")
+            continue
+        points = []
+        for r in frame.sort_values("bin_low", kind="stable").itertuples(index=False):
+            sim = _value(r.mean_similarity)
+            if sim is None or not _value(r.n):
+                continue
+            centre = (float(r.bin_low) + float(r.bin_high)) / 2
+            points.append(Point(centre, sim, label=f"{submission}: cosine {format_number(r.bin_low)}–{format_number(r.bin_high)}, similarity {format_number(sim)} (n={int(r.n)})"))
+            records.append({"submission": submission, "bin_low": float(r.bin_low), "bin_high": float(r.bin_high),
+                            "mean_similarity": sim, "n": int(r.n)})
+        if points:
+            series.append(Series(submission, points, connect=True))
+    note = "; ".join(problems)
+    if not series:
+        return Figure(figure_id, title, None, note=f"Plot omitted: no submission has a '{SIMILARITY_BY_COSINE_BIN}' artifact with data yet." + (f" ({note})" if note else ""))
+    svg = xy_chart(series, x_label="decoder cosine of the matched pair (bin centre)", y_label="mean explanation similarity", x_range=(-1.0, 1.0), y_range=(-1.0, 1.0), legend_title="submission")
+    return Figure(figure_id, title, svg, note=("Points at bin centres; empty bins are left out. " + note).strip(), data=pd.DataFrame(records))
+
+
+#: Artifact name → figure builder, for the artifact plots.
+ARTIFACT_FIGURES = {
+    MATCHED_COSINE_HISTOGRAM: matched_cosine_histograms,
+    SIMILARITY_BY_COSINE_BIN: similarity_by_cosine,
+}
