@@ -195,6 +195,13 @@ class Hyperparameters(_Strict):
     aux_k_coefficient: float | None = Field(default=None, ge=0)
     matryoshka_widths: list[Annotated[int, Field(gt=0, le=1 << 24)]] | None = Field(default=None, max_length=64)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # TOML has no null: ``full_batch = true`` asks for the whole training set every step (synthetic presets).
+    full_batch: bool = False
+
+    @property
+    def effective_batch_size(self) -> int | None:
+        """Rows per step; None means full batch."""
+        return None if self.full_batch else self.batch_size
 
 
 class RecipeSpec(_Strict):

@@ -9,7 +9,9 @@ Layout under the results root::
 A unit counts as finished only when its rows file exists. Every file is written to a temporary name
 in the same folder and then linked/renamed into place, so a crash or Ctrl-C never leaves a torn file
 and two runs writing to one store never interleave: the first finished copy of a unit wins unless
-``overwrite`` is asked for.
+``overwrite`` is asked for. Writers also hold an exclusive lock on ``<root>/.lock`` while they store a
+unit, so a losing writer never replaces the winner's artifacts. Temporary files carry their writer's
+process id; those of dead writers (a killed run) are removed by :meth:`ResultStore.remove_stale_temp_files`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,6 +28,13 @@ from typing import Any, Iterable
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from benchmark.errors import CanonBenchError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not Linux/macOS: the link-based first-writer-wins rule still holds
+    fcntl = None
 
 SCHEMA_VERSION = 1
 
@@ -202,7 +212,8 @@ def atomic_write_parquet(frame: pd.DataFrame, path: Path, *, replace: bool = Tru
     """Write ``frame`` to ``path`` atomically. With ``replace=False`` an existing file wins and
     False is returned; otherwise True. The temporary file lives beside the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the writer's pid in the name lets a later run tell a dead writer's leftovers from a live one's
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -212,14 +223,48 @@ def atomic_write_parquet(frame: pd.DataFrame, path: Path, *, replace: bool = Tru
             os.fsync(fh.fileno())
         if replace:
             os.replace(tmp, path)
+            _fsync_dir(path.parent)
             return True
         try:
             os.link(tmp, path)  # atomic and never clobbers: the first finished writer wins
         except FileExistsError:
             return False
+        _fsync_dir(path.parent)
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename/link in ``folder`` (so a power cut cannot undo a finished unit)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def _writer_pid(temp_name: str) -> int | None:
+    """The process id in a temporary file name ``.<target>.<pid>.<random>.tmp``, if any."""
+    parts = temp_name.split(".")
+    return int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ResultStore:
@@ -236,6 +281,34 @@ class ResultStore:
 
     def has_unit(self, submission: str, task: str, task_version: str) -> bool:
         return self.unit_path(submission, task, task_version).exists()
+
+    @contextmanager
+    def _writer_lock(self):
+        """Exclusive across processes (``flock`` on ``<root>/.lock``) while one unit is stored; readers
+        need none because every file appears atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files whose writer process is gone (left by a killed run); returns how many.
+        Files of live writers, and of writers this host cannot see, are left alone."""
+        removed = 0
+        for folder in (self.root / "units", self.root / "artifacts"):
+            if not folder.exists():
+                continue
+            for temp in folder.rglob(".*.tmp"):
+                pid = _writer_pid(temp.name)
+                if pid is not None and not _pid_alive(pid):
+                    temp.unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     def write_unit(
         self,
@@ -254,15 +327,20 @@ class ResultStore:
         target = self.unit_path(submission, task, version)
         if target.exists() and not overwrite:
             return False
-        run_id = str(rows["run_id"].iloc[0])
-        art_dir = self.artifact_dir(submission, task, version)
-        if overwrite and target.exists():
-            self._supersede(target, art_dir, run_id)
-        for name, frame in (artifacts or {}).items():
+        for name in artifacts or {}:
             if "/" in name or name.startswith("."):
                 raise ValueError(f"artifact name {name!r} must be a plain file stem")
-            atomic_write_parquet(frame.reset_index(drop=True), art_dir / f"{name}.parquet")
-        return atomic_write_parquet(to_table_frame(rows), target, replace=overwrite, schema=SCHEMA)
+        run_id = str(rows["run_id"].iloc[0])
+        art_dir = self.artifact_dir(submission, task, version)
+        table = to_table_frame(rows)
+        with self._writer_lock():  # the check, the artifacts and the rows file as one step
+            if target.exists() and not overwrite:
+                return False
+            if overwrite and target.exists():
+                self._supersede(target, art_dir, run_id)
+            for name, frame in (artifacts or {}).items():
+                atomic_write_parquet(frame.reset_index(drop=True), art_dir / f"{name}.parquet")
+            return atomic_write_parquet(table, target, replace=overwrite, schema=SCHEMA)
 
     def _supersede(self, unit: Path, art_dir: Path, run_id: str) -> None:
         dest = self.root / "superseded" / run_id / unit.relative_to(self.root)
@@ -281,7 +359,16 @@ class ResultStore:
         files = self.unit_files()
         if not files:
             return to_table_frame(pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS}))
-        tables = [pq.read_table(f, schema=SCHEMA) for f in files]
+        tables = []
+        for path in files:
+            try:
+                tables.append(pq.read_table(path, schema=SCHEMA))
+            except (OSError, pa.ArrowException) as exc:  # disk fault or a file not written by this store
+                reason = " ".join(str(exc).split())[:200]
+                raise CanonBenchError(
+                    f"unreadable results file ({type(exc).__name__}: {reason}); move it aside and rerun to recompute its unit",
+                    file=path,
+                ) from None
         frame = pa.concat_tables(tables).to_pandas(types_mapper=_nullable_types)
         return frame.sort_values(["submission", "task", "metric", "subset"], kind="stable").reset_index(drop=True)
 

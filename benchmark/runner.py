@@ -7,7 +7,9 @@ that something failed. Finished units are never recomputed unless ``overwrite`` 
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
+import sys
 import time
 import traceback
 import uuid
@@ -31,9 +33,13 @@ DEFAULT_CACHE_DIR = Path(".canonbench") / "cache"
 class UnitOutcome:
     submission: str
     task: str
-    status: str  # done | cached | not-applicable | failed | lost-race
+    status: str  # done | cached | not-applicable | would-run | failed | lost-race | interrupted
     detail: str = ""
     runtime_s: float = 0.0
+
+
+OOM_HINT = "try a smaller --batch-size, or another --device (cuda for host memory, cpu for GPU memory)"
+MAX_DETAIL = 300  # characters of a failure reason in the summary; the log has it whole
 
 
 @dataclass
@@ -51,11 +57,39 @@ class RunSummary:
         counts: dict[str, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
-            extra = f" ({o.detail})" if o.detail else ""
+            detail = " ".join(o.detail.split())  # one line per unit, whatever the exception said
+            if len(detail) > MAX_DETAIL:
+                detail = detail[: MAX_DETAIL - 1] + "…"
+            extra = f" ({detail})" if detail else ""
             took = f" {o.runtime_s:.1f}s" if o.status == "done" else ""
             lines.append(f"  {o.status:<15} {o.submission} × {o.task}{took}{extra}")
         lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "  nothing to do")
+        if self.failed:
+            lines.append("  failed units stored nothing; fix the cause and rerun (finished units are skipped)")
         return "\n".join(lines)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) during a run; ``summary`` says what finished before it."""
+
+    def __init__(self, summary: RunSummary):
+        super().__init__("interrupted")
+        self.summary = summary
+
+
+def _release_memory() -> None:
+    """After an out-of-memory failure: free what the failed unit held before the next one starts."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _failure_detail(exc: BaseException) -> str:
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory ({type(exc).__name__}: {first_line}); {OOM_HINT}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class SubmissionInputs:
@@ -163,12 +197,48 @@ def run_benchmark(
     store = ResultStore(results_dir)
     cache_dir = Path(cache_dir)
     units = [(m, registry[n]()) for m in manifests for n in names]
+    if not dry_run:
+        stale = store.remove_stale_temp_files()
+        if stale:
+            log.info("removed %d temporary file(s) left by an interrupted run", stale)
     bar = tqdm(units, desc="units", disable=quiet, unit="unit")
+    current: dict[str, Any] = {}  # the unit in progress, for the interrupt report
+    try:
+        _run_units(bar, current, summary, store, run_id=run_id, device=device, dtype=dtype, seed=seed, quiet=quiet,
+                   cache_dir=cache_dir, overwrite=overwrite, dry_run=dry_run, options=options,
+                   activations_factory=activations_factory)
+    except KeyboardInterrupt:
+        # finished units are already on disk; report them, and mark the unit that was cut short
+        manifest, task = current.get("unit", (None, None))
+        if manifest is not None and not any(
+            o.submission == manifest.name and o.task == task.metadata.name for o in summary.outcomes
+        ):
+            meta = task.metadata
+            if store.has_unit(manifest.name, meta.name, meta.version):  # Ctrl-C came just after the write
+                outcome = UnitOutcome(manifest.name, meta.name, "done", "stored just before Ctrl-C")
+            else:
+                outcome = UnitOutcome(manifest.name, meta.name, "interrupted", "stopped by Ctrl-C; nothing of this unit was stored")
+            summary.outcomes.append(outcome)
+        raise RunInterrupted(summary) from None
+    finally:
+        bar.close()
+    return summary
+
+
+def _run_units(bar, current, summary, store, *, run_id, device, dtype, seed, quiet, cache_dir, overwrite, dry_run,
+               options, activations_factory) -> None:
     inputs: dict[str, SubmissionInputs] = {}
     for manifest, task in bar:
         meta = task.metadata
+        current["unit"] = (manifest, task)
         bar.set_postfix_str(f"{manifest.name} × {meta.name}")
-        reason = task.not_applicable(manifest)
+        try:
+            reason = task.not_applicable(manifest)
+        except Exception as exc:  # a buggy check fails its unit, not the run
+            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "failed",
+                                                f"applicability check raised {type(exc).__name__}: {exc}"))
+            log.error("%s × %s failed: applicability check raised %r", manifest.name, meta.name, exc)
+            continue
         if reason:
             summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "not-applicable", reason))
             continue
@@ -178,6 +248,8 @@ def run_benchmark(
         if dry_run:
             summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "would-run"))
             continue
+        if manifest.name not in inputs:
+            inputs.clear()  # units come grouped by submission: drop the previous one's SAEs before loading more
         sub_inputs = inputs.setdefault(
             manifest.name, SubmissionInputs(manifest, device=device, cache_dir=cache_dir, quiet=quiet)
         )
@@ -191,28 +263,23 @@ def run_benchmark(
             )
         except KeyboardInterrupt:
             raise
-        except MemoryError as exc:
-            outcome = UnitOutcome(manifest.name, meta.name, "failed",
-                                  f"out of memory ({exc}); try a smaller --batch-size or --device cuda")
         except CanonBenchError as exc:
             outcome = UnitOutcome(manifest.name, meta.name, "failed", str(exc))
-        except Exception as exc:  # one broken unit must not lose the others' results
-            if "out of memory" in str(exc).lower():
-                detail = f"out of memory ({type(exc).__name__}); try a smaller --batch-size or --device cpu/cuda"
-            else:
-                detail = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # one broken unit (MemoryError included) must not lose the others' results
             log.debug("unit %s × %s failed:\n%s", manifest.name, meta.name, traceback.format_exc())
-            outcome = UnitOutcome(manifest.name, meta.name, "failed", detail)
+            outcome = UnitOutcome(manifest.name, meta.name, "failed", _failure_detail(exc))
+            if outcome.detail.startswith("out of memory"):
+                inputs.clear()
+                _release_memory()
         outcome.runtime_s = time.perf_counter() - started
         if outcome.status == "failed":
             log.error("%s × %s failed: %s", manifest.name, meta.name, outcome.detail)
         summary.outcomes.append(outcome)
-    return summary
 
 
 def _run_unit(manifest, task, sub_inputs, store, *, run_id, device, dtype, seed, quiet, cache_dir,
               overwrite, options, activations_factory) -> UnitOutcome:
-    from tasks.base import TaskContext
+    from tasks.base import TaskContext, TaskOutput
 
     meta = task.metadata
     sub = manifest.submission
@@ -238,6 +305,8 @@ def _run_unit(manifest, task, sub_inputs, store, *, run_id, device, dtype, seed,
     started = time.perf_counter()
     output = task.run(ctx)
     runtime = time.perf_counter() - started
+    if not isinstance(output, TaskOutput) or not output.metrics:
+        raise TaskError(f"task {meta.name} v{meta.version} returned no metric values (got {type(output).__name__})")
     fields = _model_fields(manifest)
     extra_prov = dict(output.provenance)
     provenance = UnitProvenance(

@@ -1,0 +1,359 @@
+"""Faults during long runs: failing and out-of-memory units, Ctrl-C, SIGKILL at random moments, two
+runs on one results store, unreadable result files. Nothing finished may be lost, nothing may be
+stored twice or torn, and the exit code and summary must say what happened.
+
+The misbehaving tasks live in ``tests/fault_tasks.py`` and are registered only for these tests.
+Subprocess tests use real signals; their kill moments are drawn from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import fault_tasks
+from benchmark import cli
+from benchmark.errors import CanonBenchError
+from benchmark.manifest import load_manifests
+from benchmark.results import ResultStore
+from benchmark.runner import RunInterrupted, RunSummary, UnitOutcome, run_benchmark
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DRIVER = Path(fault_tasks.__file__).resolve()
+SUMMARY_LINE = re.compile(r"^\s+(\S+)\s+(\S+) × (\S+)")
+
+
+@pytest.fixture(autouse=True)
+def fault_registry(monkeypatch):
+    fault_tasks.register(monkeypatch)
+
+
+def write_submissions(folder: Path, names: list[str]) -> Path:
+    """Synthetic-recipe manifests ``acme/<name>`` (no checkpoints to load) under ``folder``."""
+    for name in names:
+        path = folder / "acme" / f"{name}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f'name = "acme/{name}"\ntitle = "fault test {name}"\nauthors = ["T. Ester"]\nlicense = "MIT"\n'
+            'kind = "recipe"\n[recipe]\narchitecture = "topk"\nwidth = 8\nseeds = [0, 1]\n'
+            'trains_on = "synthetic"\npresets = ["p"]\n',
+            encoding="utf-8",
+        )
+    return folder
+
+
+def summary_statuses(stdout: str) -> dict[tuple[str, str], str]:
+    """``{(submission, task): status}`` parsed from a printed run summary."""
+    out = {}
+    for line in stdout.splitlines():
+        m = SUMMARY_LINE.match(line)
+        if m and "/" in m.group(2):
+            out[(m.group(2), m.group(3))] = m.group(1)
+    return out
+
+
+def assert_store_consistent(root: Path) -> pd.DataFrame:
+    """Every parquet file readable, one row set per unit, and each unit's artifact written by the same
+    process as its rows (a torn unit mixes two writers)."""
+    for path in root.rglob("*.parquet"):
+        pq.read_table(path)  # raises on a torn file
+    frame = ResultStore(root).read()
+    assert not frame.duplicated(["submission", "task", "task_version", "metric", "subset"]).any(), "duplicate rows"
+    for (sub, task), rows in frame.groupby(["submission", "task"]):
+        assert sorted(rows["metric"]) == ["pid", "score"], (sub, task)
+        assert rows["run_id"].nunique() == 1
+        pid = int(rows.loc[rows["metric"] == "pid", "value"].iloc[0])
+        assert json.loads(rows.loc[rows["metric"] == "score", "extra"].iloc[0])["pid"] == pid
+        artifact = ResultStore(root).read_artifact(sub, task, "1", "detail")
+        assert artifact is not None and set(artifact["pid"]) == {pid}, f"{sub} × {task}: torn unit"
+    return frame
+
+
+# --- a failing task, out of memory, an empty result, a broken check ----------------------------------------
+
+def test_a_raising_task_fails_its_unit_and_the_run_goes_on(tmp_path, capsys):
+    subs = write_submissions(tmp_path / "subs", ["a-good", "b-bad", "c-good"])
+    results = tmp_path / "results"
+    argv = ["run", str(subs), "--results", str(results), "--tasks", "fault-raise,fault-ok", "--quiet"]
+    assert cli.main(argv) == 1  # something failed
+    out = capsys.readouterr().out
+    statuses = summary_statuses(out)
+    assert statuses.pop(("acme/b-bad", "fault-raise")) == "failed"
+    assert set(statuses.values()) == {"done"} and len(statuses) == 5
+    failed_line = next(line for line in out.splitlines() if "acme/b-bad × fault-raise" in line)
+    assert "ValueError: deliberate failure on acme/b-bad second line" in failed_line  # reason, on one line
+    frame = assert_store_consistent(results)
+    assert len(frame.groupby(["submission", "task"])) == 5
+
+    assert cli.main(argv) == 1  # the rerun keeps the five and tries the failed one again
+    statuses = summary_statuses(capsys.readouterr().out)
+    assert statuses.pop(("acme/b-bad", "fault-raise")) == "failed"
+    assert set(statuses.values()) == {"cached"}
+
+
+@pytest.mark.parametrize("task", ["fault-oom-host", "fault-oom-cuda"])
+def test_out_of_memory_names_the_flags_and_keeps_other_submissions(tmp_path, capsys, task):
+    subs = write_submissions(tmp_path / "subs", ["a-big-sae", "b-small", "c-small"])
+    results = tmp_path / "results"
+    code = cli.main(["run", str(subs), "--results", str(results), "--tasks", task, "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1
+    statuses = summary_statuses(out)
+    assert statuses == {("acme/a-big-sae", task): "failed", ("acme/b-small", task): "done", ("acme/c-small", task): "done"}
+    line = next(line for line in out.splitlines() if "a-big-sae" in line)
+    assert "out of memory" in line and "--batch-size" in line and "--device" in line, line
+    if task == "fault-oom-cuda":
+        assert "Tried to allocate 20.00 GiB" in line  # the original reason is kept
+    assert sorted(set(assert_store_consistent(results)["submission"])) == ["acme/b-small", "acme/c-small"]
+
+
+def test_empty_output_and_a_raising_applicability_check_fail_their_units_only(tmp_path, capsys):
+    subs = write_submissions(tmp_path / "subs", ["a", "b"])
+    results = tmp_path / "results"
+    code = cli.main(["run", str(subs), "--results", str(results), "--quiet",
+                     "--tasks", "fault-empty,fault-applicability,fault-ok"])
+    out = capsys.readouterr().out
+    assert code == 1
+    statuses = summary_statuses(out)
+    assert [statuses[(s, "fault-ok")] for s in ("acme/a", "acme/b")] == ["done", "done"]
+    assert {statuses[(s, t)] for s in ("acme/a", "acme/b") for t in ("fault-empty", "fault-applicability")} == {"failed"}
+    assert "returned no metric values" in out and "applicability check raised AttributeError" in out
+    assert set(assert_store_consistent(results)["task"]) == {"fault-ok"}
+
+
+def test_summary_lists_every_unit_with_its_reason():
+    summary = RunSummary("run-x", [
+        UnitOutcome("acme/a", "t1", "done", runtime_s=1.25),
+        UnitOutcome("acme/a", "t2", "cached"),
+        UnitOutcome("acme/b", "t1", "not-applicable", "needs at least 2 seeds"),
+        UnitOutcome("acme/b", "t2", "failed", "ValueError: line one\nline two " + "x" * 1000),
+        UnitOutcome("acme/c", "t1", "lost-race", "another run stored this unit first"),
+        UnitOutcome("acme/c", "t2", "interrupted", "stopped by Ctrl-C"),
+    ])
+    text = summary.render()
+    lines = text.splitlines()
+    assert lines[0] == "run run-x:"
+    assert summary_statuses(text) == {
+        ("acme/a", "t1"): "done", ("acme/a", "t2"): "cached", ("acme/b", "t1"): "not-applicable",
+        ("acme/b", "t2"): "failed", ("acme/c", "t1"): "lost-race", ("acme/c", "t2"): "interrupted",
+    }
+    assert "1.2s" in lines[1] or "1.3s" in lines[1]
+    assert "(needs at least 2 seeds)" in text and "ValueError: line one line two xxx" in text
+    assert max(len(line) for line in lines) < 400  # a huge reason is cut; the log keeps it whole
+    counts = lines[7]
+    for part in ("1 done", "1 cached", "1 not-applicable", "1 failed", "1 lost-race", "1 interrupted"):
+        assert part in counts
+    assert "rerun" in lines[-1]
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------------------
+
+def test_ctrl_c_keeps_finished_units_exits_130_and_rerun_skips_them(tmp_path, capsys):
+    subs = write_submissions(tmp_path / "subs", ["s1", "s2", "s3-stop", "s4"])
+    results = tmp_path / "results"
+    argv = ["run", str(subs), "--results", str(results), "--tasks", "fault-interrupt", "--quiet"]
+    assert cli.main(argv) == 130
+    captured = capsys.readouterr()
+    assert "interrupted" in captured.err and "rerun" in captured.err
+    statuses = summary_statuses(captured.out)  # the summary of what finished is still printed
+    assert statuses == {("acme/s1", "fault-interrupt"): "done", ("acme/s2", "fault-interrupt"): "done",
+                        ("acme/s3-stop", "fault-interrupt"): "interrupted"}
+    before = assert_store_consistent(results)
+    assert sorted(set(before["submission"])) == ["acme/s1", "acme/s2"]
+
+    (subs / "acme" / "s3-stop.toml").unlink()
+    assert cli.main(argv) == 0
+    statuses = summary_statuses(capsys.readouterr().out)
+    assert statuses == {("acme/s1", "fault-interrupt"): "cached", ("acme/s2", "fault-interrupt"): "cached",
+                        ("acme/s4", "fault-interrupt"): "done"}
+    after = assert_store_consistent(results)
+    kept = after[after["submission"].isin(["acme/s1", "acme/s2"])]
+    assert set(kept["run_id"]) == set(before["run_id"])  # not recomputed
+
+
+def test_run_benchmark_raises_keyboard_interrupt_carrying_the_summary(tmp_path):
+    manifests = load_manifests([write_submissions(tmp_path / "subs", ["a", "b-stop"])])
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_benchmark(manifests, ["fault-ok", "fault-interrupt"], results_dir=tmp_path / "r", quiet=True)
+    assert isinstance(info.value, RunInterrupted)
+    statuses = [(o.submission, o.task, o.status) for o in info.value.summary.outcomes]
+    assert statuses == [("acme/a", "fault-ok", "done"), ("acme/a", "fault-interrupt", "done"),
+                        ("acme/b-stop", "fault-ok", "done"), ("acme/b-stop", "fault-interrupt", "interrupted")]
+
+
+def test_ctrl_c_right_after_a_unit_is_stored_reports_it_as_done(tmp_path, monkeypatch):
+    """The unit file is on disk but the interrupt arrives before the runner notes it: the summary
+    must not claim that nothing was stored."""
+    real_write = ResultStore.write_unit
+
+    def write_then_interrupt(self, rows, *args, **kwargs):
+        written = real_write(self, rows, *args, **kwargs)
+        if rows["submission"].iloc[0] == "acme/b":
+            raise KeyboardInterrupt
+        return written
+
+    monkeypatch.setattr(ResultStore, "write_unit", write_then_interrupt)
+    manifests = load_manifests([write_submissions(tmp_path / "subs", ["a", "b", "c"])])
+    with pytest.raises(RunInterrupted) as info:
+        run_benchmark(manifests, ["fault-ok"], results_dir=tmp_path / "r", quiet=True)
+    assert [(o.submission, o.status) for o in info.value.summary.outcomes] == [("acme/a", "done"), ("acme/b", "done")]
+    assert sorted(set(ResultStore(tmp_path / "r").read()["submission"])) == ["acme/a", "acme/b"]
+
+
+# --- real signals in subprocesses -----------------------------------------------------------------------------
+
+def _driver(args: list[str], **env: str) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(DRIVER.parent)]),
+                   "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.Popen([sys.executable, str(DRIVER), *args], cwd=REPO_ROOT, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_ready(proc: subprocess.Popen) -> None:
+    line = proc.stdout.readline()  # printed after the imports, just before the run starts
+    assert line.strip() == "READY", line + proc.stderr.read()
+
+
+def test_sigint_mid_run_exits_130_and_keeps_finished_units(tmp_path, capsys):
+    subs = write_submissions(tmp_path / "subs", [f"s{i}" for i in range(6)])
+    results = tmp_path / "results"
+    args = ["run", str(subs), "--results", str(results), "--tasks", "fault-slow", "--quiet"]
+    proc = _driver(args, FAULT_SLEEP_S="0.15")
+    _wait_ready(proc)
+    deadline = time.monotonic() + 20
+    while not ResultStore(results).unit_files() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted: finished results are kept" in err
+    finished = set(assert_store_consistent(results)["submission"])
+    assert finished and len(finished) < 6
+    assert {s for (s, _), st in summary_statuses(out).items() if st == "done"} == finished
+
+    assert cli.main(args) == 0  # rerun in-process (a fresh interpreter costs seconds on a busy machine)
+    statuses = summary_statuses(capsys.readouterr().out)
+    assert {s for (s, _), st in statuses.items() if st == "cached"} == finished
+    assert len(set(assert_store_consistent(results)["submission"])) == 6
+
+
+def test_sigkill_at_random_moments_then_rerun_loses_and_duplicates_nothing(tmp_path, capsys):
+    """Kill -9 a run at seeded random moments (a slow simulated disk makes many of them land in the
+    middle of a file write), then rerun: finished units survive untouched, the cut-off one is
+    recomputed, no row is stored twice and every file is readable."""
+    rng = random.Random(8)
+    subs = write_submissions(tmp_path / "subs", ["k1", "k2", "k3"])
+    tasks = ["fault-slow", "fault-ok"]
+    env = {"FAULT_SLEEP_S": "0.03", "FAULT_SLOW_DISK_S": "0.08"}
+    kill_moments, cut_writes = [], 0
+    # Kill points are tied to progress (once n of the 6 units are stored and the next file write has
+    # begun, plus a seeded delay shorter than the simulated disk's pause), so that a busy machine
+    # shifts them in time but not in what they cut.
+    for attempt, after_units in enumerate(rng.sample(range(5), 3)):
+        results = tmp_path / f"results{attempt}"
+        args = ["run", str(subs), "--results", str(results), "--tasks", ",".join(tasks), "--quiet"]
+        proc = _driver(args, **env)
+        _wait_ready(proc)
+        _wait_for(lambda: len(ResultStore(results).unit_files()) >= after_units, timeout=30)
+        _wait_for(lambda: any(results.rglob(".*.tmp")), timeout=2)
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.kill()
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        cut_writes += any(results.rglob(".*.tmp"))
+        before = assert_store_consistent(results) if results.exists() else None
+        finished = {} if before is None else dict(zip(zip(before["submission"], before["task"]), before["run_id"]))
+        kill_moments.append(len(finished))
+
+        assert cli.main(args) == 0  # the rerun, in-process
+        statuses = summary_statuses(capsys.readouterr().out)
+        assert len(statuses) == 6
+        assert {unit for unit, st in statuses.items() if st == "cached"} == set(finished)
+        assert {unit for unit, st in statuses.items() if st == "done"} == {
+            (f"acme/{s}", t) for s in ("k1", "k2", "k3") for t in tasks} - set(finished)
+        after = assert_store_consistent(results)
+        assert len(after) == 6 * 2  # two metrics per unit, each exactly once
+        for unit, run_id in finished.items():
+            rows = after[(after["submission"] == unit[0]) & (after["task"] == unit[1])]
+            assert set(rows["run_id"]) == {run_id}  # finished before the kill: kept, not recomputed
+        assert not list(results.rglob("*.tmp")), "the rerun clears the killed writer's temporary files"
+    assert len(set(kill_moments)) > 1, f"kills all landed at the same point: {kill_moments}"
+    assert cut_writes >= 1, "no kill landed in the middle of a file write"
+
+
+def _wait_for(condition, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+def test_two_runs_on_one_store_at_once_store_each_unit_once(tmp_path):
+    """Two processes run the same units at the same moment (they meet at a barrier inside every
+    unit, and a slow disk widens the race); each unit must be stored once, whole, by one of them."""
+    subs = write_submissions(tmp_path / "subs", ["c1", "c2", "c3"])
+    results = tmp_path / "results"
+    env = {"FAULT_BARRIER_DIR": str(tmp_path / "barrier"), "FAULT_BARRIER_N": "2", "FAULT_SLOW_DISK_S": "0.03"}
+    args = ["run", str(subs), "--results", str(results), "--tasks", "fault-barrier", "--quiet"]
+    procs = [_driver(args, **env) for _ in range(2)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    frame = assert_store_consistent(results)
+    assert sorted(set(frame["submission"])) == ["acme/c1", "acme/c2", "acme/c3"]
+    statuses = [summary_statuses(out) for out, _ in outputs]
+    for unit in statuses[0]:
+        pair = sorted([statuses[0][unit], statuses[1][unit]])
+        assert pair in (["done", "lost-race"], ["cached", "done"]), (unit, pair)
+        winner = procs[0] if statuses[0][unit] == "done" else procs[1]
+        rows = frame[(frame["submission"] == unit[0]) & (frame["metric"] == "pid")]
+        assert int(rows["value"].iloc[0]) == winner.pid  # the stored unit is the one its run reported
+
+
+def test_cli_errors_are_one_line_even_when_the_message_is_not(tmp_path, capsys):
+    subs = write_submissions(tmp_path / "subs", ["a"])
+    code = cli.main(["run", str(subs), "--results", str(tmp_path / "r"), "--tasks", "no-such\ntask", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--tasks" in err[0] and "no-such task" in err[0], err
+
+
+# --- damaged store ----------------------------------------------------------------------------------------------
+
+def test_an_unreadable_results_file_is_one_clear_error(tmp_path, capsys):
+    subs = write_submissions(tmp_path / "subs", ["a", "b"])
+    results = tmp_path / "results"
+    assert cli.main(["run", str(subs), "--results", str(results), "--tasks", "fault-ok", "--quiet"]) == 0
+    capsys.readouterr()
+    damaged = ResultStore(results).unit_path("acme/b", "fault-ok", "1")
+    damaged.write_bytes(damaged.read_bytes()[:100])  # e.g. a disk fault or a copy cut short
+    with pytest.raises(CanonBenchError) as info:
+        ResultStore(results).read()
+    assert str(damaged) in str(info.value)
+    assert cli.main(["results", "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(damaged) in err[0] and "rerun" in err[0]
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    store = ResultStore(tmp_path)
+    folder = tmp_path / "units" / "acme__a" / "t"
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = folder / f".v1.parquet.{dead_pid}.abc123.tmp"
+    live = folder / f".v1.parquet.{os.getpid()}.def456.tmp"
+    finished = folder / "v1.parquet"
+    for path in (stale, live, finished):
+        path.write_bytes(b"x")
+    assert store.remove_stale_temp_files() == 1
+    assert not stale.exists() and live.exists() and finished.exists()
