@@ -255,7 +255,7 @@ def test_sigkill_at_random_moments_then_rerun_loses_and_duplicates_nothing(tmp_p
     rng = random.Random(8)
     subs = write_submissions(tmp_path / "subs", ["k1", "k2", "k3"])
     tasks = ["fault-slow", "fault-ok"]
-    env = {"FAULT_SLEEP_S": "0.03", "FAULT_SLOW_DISK_S": "0.08"}
+    env = {"FAULT_SLEEP_S": "0.03", "FAULT_SLOW_DISK_S": "0.3"}
     kill_moments, cut_writes = [], 0
     # Kill points are tied to progress (once n of the 6 units are stored and the next file write has
     # begun, plus a seeded delay shorter than the simulated disk's pause), so that a busy machine
@@ -267,7 +267,7 @@ def test_sigkill_at_random_moments_then_rerun_loses_and_duplicates_nothing(tmp_p
         _wait_ready(proc)
         _wait_for(lambda: len(ResultStore(results).unit_files()) >= after_units, timeout=30)
         _wait_for(lambda: any(results.rglob(".*.tmp")), timeout=2)
-        time.sleep(rng.uniform(0.0, 0.05))
+        time.sleep(rng.uniform(0.0, 0.02))
         proc.kill()
         proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL
