@@ -1,6 +1,6 @@
 """Scaling of the exact dictionary matcher against scipy's dense ``linear_sum_assignment``.
 
-Every measurement runs in its own subprocess so that peak memory (ru_maxrss, which covers numpy
+Every measurement runs in its own subprocess so that peak memory (VmHWM, which covers numpy
 and torch allocations alike) belongs to one solver only. Reported memory is the peak resident set
 minus the resident set after the two dictionaries were built (inputs are the same for both).
 
@@ -42,6 +42,17 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss_bytes() -> int:
+    """Peak resident set of this process image (VmHWM). Unlike ru_maxrss it is not inherited
+    across fork + exec: a worker started from a large parent (pytest after the in-process dense
+    run) would otherwise report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def dense_scipy_value(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Baseline: fp32 cosine matrix (torch) → scipy dense assignment. Returns (MCC, LSA seconds)."""
     import torch
@@ -60,9 +71,12 @@ def dense_scipy_value(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(np.einsum("ij,ij->i", a64[rows], b64[cols]).mean()), lsa_seconds
 
 
-def worker(solver: str, n: int, d: int, device: str) -> dict:
+def worker(solver: str, n: int, d: int, device: str, candidates: str = "auto") -> dict:
     import scipy.optimize  # noqa: F401  (imports are not part of the measurement)
-    import torch  # noqa: F401
+    import torch
+
+    # one torch thread per core this process may use (both solvers alike)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
 
     from benchmark.matching import match_dictionaries
 
@@ -73,23 +87,31 @@ def worker(solver: str, n: int, d: int, device: str) -> dict:
     if solver == "dense":
         value, extra["lsa_seconds"] = dense_scipy_value(a, b)
     else:
-        match = match_dictionaries(a, b, method="sparse", device=device)
+        match = match_dictionaries(a, b, method="sparse", device=device, candidates=candidates)
         value = match.value
-        extra = {"certified": match.certified, "method": match.method,
+        extra = {"certified": match.certified, "method": match.method, "candidates": match.details.get("candidates"),
+                 "fine_checked_rows": match.details.get("fine_checked_rows"),
                  "residual_rows": match.details.get("residual_rows"), "rounds": match.details.get("rounds"),
                  "timings": match.details.get("timings")}
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss_bytes()
     return {"solver": solver, "n": n, "d": d, "value": value, "seconds": seconds,
             "peak_bytes": peak - base_rss, "peak_rss_bytes": peak, **extra}
 
 
-def run_worker(solver: str, n: int, d: int, device: str) -> dict:
+def run_worker(solver: str, n: int, d: int, device: str, candidates: str = "auto") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", solver, "--n", str(n), "--d", str(d),
-           "--device", device]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+           "--device", device, "--candidates", candidates]
+    # Idle OpenMP threads sleep instead of spinning (the same for both solvers): on a shared,
+    # oversubscribed machine spinning threads steal the cores the working ones need (measured
+    # 2-9× slower element-wise passes with libgomp's default under load 10 on 2 cores).
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["omp_wait_policy"] = env["OMP_WAIT_POLICY"]
+    result["load_avg_1min_after"] = os.getloadavg()[0]
+    return result
 
 
 def _gib(x: float) -> str:
@@ -104,17 +126,19 @@ def main() -> None:
                         help="sizes also run at d=2304 (Gemma-2-2B width)")
     parser.add_argument("--dense-max", type=int, default=16384, help="largest size also run with scipy dense")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--candidates", default="auto", choices=["auto", "int8", "fp32"],
+                        help="arithmetic of the exact matcher's first pass")
     parser.add_argument("--worker", choices=["dense", "sparse"])
     parser.add_argument("--n", type=int)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n, args.d, args.device)))
+        print(json.dumps(worker(args.worker, args.n, args.d, args.device, args.candidates)))
         return
 
     jobs = [(n, args.d) for n in args.sizes] + [(n, 2304) for n in args.wide]
     rows = []
     for n, d in jobs:
-        sparse = run_worker("sparse", n, d, args.device)
+        sparse = run_worker("sparse", n, d, args.device, args.candidates)
         dense = run_worker("dense", n, d, args.device) if n <= args.dense_max else None
         rows.append((sparse, dense))
         print(json.dumps({"sparse": sparse, "dense": dense}), file=sys.stderr, flush=True)

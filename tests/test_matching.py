@@ -164,7 +164,8 @@ def test_inputs_torch_any_dtype():
         dense_reference(a.astype(np.float32), b.astype(np.float32)), abs=1e-9)
 
 
-def test_certificate_duals_are_feasible_for_the_dense_problem():
+@pytest.mark.parametrize("candidates", ["auto", "fp32"])
+def test_certificate_duals_are_feasible_for_the_dense_problem(candidates):
     """The returned duals must prove optimality on every entry of the dense problem."""
     rng = np.random.default_rng(7)
     for trial in range(12):
@@ -177,7 +178,7 @@ def test_certificate_duals_are_feasible_for_the_dense_problem():
         ub, _ = _cosine.unit_rows64(torch.from_numpy(b))
         raw = solve_certified(ua, ub, device=torch.device("cpu"), k=1, max_rounds=200, block_rows=None,
                               near_margin=0.02, add_per_row=16, fix_margin=[0.0, 0.2][trial % 2],
-                              progress=False)
+                              progress=False, candidates=candidates)
         cos = (ua @ ub.T).numpy()
         u, v = raw.row_dual, raw.col_dual
         assert raw.certified
@@ -307,8 +308,8 @@ def test_fp32_error_bound_holds():
 
 def test_large_residual_uses_sparse_guess_and_stays_exact(monkeypatch):
     """A residual block above the dense threshold is solved on its top-k entries first; a guess that
-    is wrong (forced here: a random assignment) must be caught by the exchange-graph duals and redone
-    densely."""
+    is wrong (forced here: a random assignment) must be caught by the exchange-graph duals and
+    repaired (pricing, or a dense solve)."""
     from benchmark.matching import _engine
 
     rng = np.random.default_rng(12)
@@ -317,10 +318,10 @@ def test_large_residual_uses_sparse_guess_and_stays_exact(monkeypatch):
     calls = []
     original = _engine._solve_residual
 
-    def wrong_guess(res_vals, dense, k=32):
-        calls.append(dense)
-        if dense:
-            return original(res_vals, dense, k)
+    def wrong_guess(res_vals, mode, k=32):
+        calls.append(mode)
+        if mode != "sparse":
+            return original(res_vals, mode, k)
         rows, cols = res_vals.shape
         empty = np.empty(0, dtype=np.int64)
         return np.arange(rows), rng.permutation(cols)[:rows], empty, empty
@@ -331,4 +332,160 @@ def test_large_residual_uses_sparse_guess_and_stays_exact(monkeypatch):
     match = match_dictionaries(a, b, method="sparse", fix_margin=5.0)  # nothing fixed: all residual
     assert match.certified
     assert match.value == pytest.approx(ref, abs=1e-9)
-    assert calls[0] is False and True in calls  # the sparse guess was tried, then redone densely
+    assert calls[0] == "sparse" and "priced" in calls  # the sparse guess was tried, then repaired
+    assert match.details["residual_retries"] >= 1
+
+
+# --- the int8 candidate pass -------------------------------------------------------------------
+
+
+def test_int8_matmul_is_exact_against_int64():
+    """The int8 kernel must sum exactly in int32 (no int16 saturation), incl. extreme codes."""
+    if not _cosine.int8_matmul_is_exact("cpu"):
+        pytest.skip("this CPU's int8 matmul is not exact; the engine uses fp32 candidates")
+    rng = np.random.default_rng(13)
+    for m, n, d in [(1, 1, 1), (3, 70, 5), (65, 33, 768), (40, 50, 4096)]:
+        a = rng.integers(-127, 128, (m, d), dtype=np.int8)
+        b = rng.integers(-127, 128, (n, d), dtype=np.int8)
+        a[: m // 2] = 127
+        b[: n // 3] = -127
+        got = torch._int_mm(torch.from_numpy(a), torch.from_numpy(b).T).numpy()
+        np.testing.assert_array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64).T)
+
+
+def _dictionary_kinds(rng: np.random.Generator, n: int, d: int) -> dict[str, np.ndarray]:
+    heavy = rng.standard_t(2, (n, d))
+    sparse_rows = rng.standard_normal((n, d)) * (rng.random((n, d)) < 0.05)
+    sparse_rows[:, 0] += 1e-3  # no empty rows
+    spiky = rng.standard_normal((n, d))
+    spiky[::7, rng.integers(d)] = 40.0  # an outlier dimension
+    dup = np.repeat(rng.standard_normal((n // 4, d)), 4, axis=0)[:n]
+    return {"gauss": rng.standard_normal((n, d)), "heavy": heavy, "sparse": sparse_rows, "spiky": spiky,
+            "dup": dup, "tiny": 1e-30 * rng.standard_normal((n, d))}
+
+
+@pytest.mark.parametrize("d", [3, 64, 768, 2304])
+def test_int8_candidate_error_bound_holds(d):
+    """|scale · int8 dot − exact fp64 cosine| ≤ row_err[i] for every entry, on many kinds of rows."""
+    if not _cosine.int8_matmul_is_exact("cpu"):
+        pytest.skip("int8 candidates unavailable on this CPU")
+    rng = np.random.default_rng(d)
+    kinds = _dictionary_kinds(rng, 48, d)
+    worst = 0.0
+    for name_a, name_b in [("gauss", "gauss"), ("heavy", "gauss"), ("sparse", "heavy"), ("spiky", "gauss"),
+                           ("gauss", "spiky"), ("dup", "dup"), ("tiny", "sparse")]:
+        ua, _ = _cosine.unit_rows64(torch.from_numpy(kinds[name_a]))
+        ub, _ = _cosine.unit_rows64(torch.from_numpy(kinds[name_b]))
+        ub = torch.cat([ub, ua[:5], -ua[5:8]])  # exact matches (|cos| = 1) included
+        ops = _cosine.candidate_operands(ua, ub, torch.device("cpu"), "int8")
+        approx = _cosine.candidate_block(ops, slice(None)).numpy().astype(np.float64) * ops.scale
+        exact = (ua @ ub.T).numpy()
+        excess = np.abs(approx - exact) - ops.row_err[:, None]
+        assert excess.max() <= 0, (name_a, name_b, excess.max())
+        worst = max(worst, float((np.abs(approx - exact) / ops.row_err[:, None]).max()))
+    if d >= 64:  # the bound is rigorous, yet within a small factor of the errors that occur
+        assert worst > 0.05
+
+
+def test_int8_bound_is_useful_for_seed_like_dictionaries():
+    rng = np.random.default_rng(14)
+    a, b = seed_like(256, 768, rng)
+    ua, _ = _cosine.unit_rows64(torch.from_numpy(a))
+    ub, _ = _cosine.unit_rows64(torch.from_numpy(b))
+    ops = _cosine.candidate_operands(ua, ub, torch.device("cpu"), "auto")
+    if _cosine.int8_matmul_is_exact("cpu"):
+        assert ops.kind == "int8" and ops.row_err.max() < 0.05
+    else:
+        assert ops.kind == "fp32"
+
+
+@pytest.mark.parametrize("candidates", ["int8", "fp32"])
+@pytest.mark.parametrize("shape", [(1, 7, 4), (60, 90, 5), (90, 60, 5), (150, 150, 16), (300, 120, 12)])
+def test_candidate_precisions_match_scipy_dense(shape, candidates):
+    if candidates == "int8" and not _cosine.int8_matmul_is_exact("cpu"):
+        pytest.skip("int8 candidates unavailable on this CPU")
+    m, n, d = shape
+    rng = np.random.default_rng(m * 7 + n)
+    a, b = seed_like(max(m, n), d, rng)
+    a, b = a[:m], b[:n]
+    match = match_dictionaries(a, b, method="sparse", candidates=candidates)
+    assert match.certified and match.details["candidates"] == candidates
+    assert_valid_matching(match, a, b)
+    assert match.value == pytest.approx(dense_reference(a, b), abs=1e-9)
+
+
+def test_int8_near_ties_use_the_fp32_recheck():
+    """Clusters of near-identical rows: each row has many cosines within the int8 error bound of
+    its best one, so the int8 bound cannot prove the rows and the fp32 recheck must do it."""
+    if not _cosine.int8_matmul_is_exact("cpu"):
+        pytest.skip("int8 candidates unavailable on this CPU")
+    rng = np.random.default_rng(15)
+    centres = rng.standard_normal((60, 64))
+    a = np.repeat(centres, 8, axis=0) + 0.02 * rng.standard_normal((480, 64))
+    b = np.repeat(centres[rng.permutation(60)], 8, axis=0) + 0.02 * rng.standard_normal((480, 64))
+    ua, _ = _cosine.unit_rows64(torch.from_numpy(a))
+    ub, _ = _cosine.unit_rows64(torch.from_numpy(b))
+    err = _cosine.candidate_operands(ua, ub, torch.device("cpu"), "int8").row_err
+    cos = (ua @ ub.T).numpy()
+    top = np.sort(cos, axis=1)[:, ::-1]
+    assert np.mean(top[:, 0] - top[:, 4] < err) > 0.9  # the case is adversarial as intended
+    ref = dense_reference(a, b)
+    for fix_margin in (0.0, 0.2):
+        match = match_dictionaries(a, b, method="sparse", candidates="int8", fix_margin=fix_margin)
+        assert match.certified and match.details["candidates"] == "int8"
+        if fix_margin == 0.0:  # near-tied pairs fixed: their rows can only be proven by the recheck
+            assert match.details["fine_checked_rows"] > 0
+        assert match.value == pytest.approx(ref, abs=1e-9)
+
+
+def test_outlier_dimension_falls_back_to_fp32_and_forced_int8_stays_exact():
+    """One huge coordinate makes the shared int8 scale coarse: "auto" must choose fp32; forcing
+    int8 gives a loose bound whose rows are all rechecked, and the answer is still exact."""
+    rng = np.random.default_rng(16)
+    a, b = seed_like(200, 256, rng)
+    b[3] = 0.0
+    b[3, 17] = 1.0  # a one-hot latent: max |entry| = 1
+    ref = dense_reference(a, b)
+    auto = match_dictionaries(a, b, method="sparse")
+    assert auto.details["candidates"] == "fp32"
+    assert auto.value == pytest.approx(ref, abs=1e-9)
+    if _cosine.int8_matmul_is_exact("cpu"):
+        forced = match_dictionaries(a, b, method="sparse", candidates="int8")
+        assert forced.details["candidate_error"] > 0.05 and forced.certified
+        assert forced.value == pytest.approx(ref, abs=1e-9)
+    with pytest.raises(CanonBenchError, match="candidates"):
+        mcc(a, b, candidates="bf16")
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_residual_pricing_repairs_a_too_sparse_guess(k):
+    """With only the top-3/top-4 entries per row and column, the sparse LAPJV solution is usually
+    not optimal on the whole block; pricing against LP duals must add entries until it is."""
+    from benchmark.matching import _engine
+
+    rng = np.random.default_rng(17)
+    block = unit(rng.standard_normal((600, 16))) @ unit(rng.standard_normal((650, 16))).T
+    rows, cols = linear_sum_assignment(block, maximize=True)
+    best = block[rows, cols].sum()
+    r_loc, c_loc, g_rows, g_cols = _engine._solve_residual(block, "priced", k=k)
+    assert len(np.unique(r_loc)) == 600 and len(np.unique(c_loc)) == 600
+    assert block[r_loc, c_loc].sum() == pytest.approx(best, abs=1e-9)
+    s_rows, s_cols, i_rows, _ = _engine._solve_residual(block, "sparse", k=k)
+    assert len(g_rows) > len(i_rows)  # entries beyond the initial top-k graph were priced in
+    assert block[s_rows, s_cols].sum() < best - 1e-3  # the unrepaired guess is really suboptimal
+
+
+def test_residual_block_grows_from_the_previous_one():
+    """Releasing fixed pairs grows the residual block; reused entries must equal a fresh computation."""
+    from benchmark.matching import _engine
+
+    rng = np.random.default_rng(18)
+    ua, _ = _cosine.unit_rows64(torch.from_numpy(rng.standard_normal((50, 7))))
+    ub, _ = _cosine.unit_rows64(torch.from_numpy(rng.standard_normal((60, 7))))
+    old_rows, old_cols = np.array([3, 10, 11, 40]), np.array([0, 5, 9, 33, 59])
+    old = _engine._residual_block(ua, ub, old_rows, old_cols, None, None, None)
+    rows, cols = np.array([1, 3, 10, 11, 25, 40]), np.array([0, 2, 5, 9, 33, 44, 59])
+    grown = _engine._residual_block(ua, ub, rows, cols, old_rows, old_cols, old)
+    np.testing.assert_allclose(grown, (ua @ ub.T).numpy()[np.ix_(rows, cols)], atol=1e-15)
+    shrunk = _engine._residual_block(ua, ub, rows[:2], cols, old_rows, old_cols, old)  # no reuse possible
+    np.testing.assert_allclose(shrunk, (ua @ ub.T).numpy()[np.ix_(rows[:2], cols)], atol=1e-15)
