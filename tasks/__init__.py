@@ -8,7 +8,7 @@ import importlib
 from tasks.base import MetricSpec, Task, TaskContext, TaskMetadata, TaskOutput
 
 #: Modules that define and register tasks (``TASK_MODULES`` order is the leaderboard's column order).
-TASK_MODULES: tuple[str, ...] = ()
+TASK_MODULES: tuple[str, ...] = ("tasks.synthetic", "tasks.cross_seed", "tasks.absorption", "tasks.explanations")
 
 _REGISTRY: dict[str, type[Task]] = {}
 
