@@ -119,3 +119,75 @@ def test_topk_recovers_the_song_toy():
     # a short run: most of the 32 features found (the faithful 30k-step recipe gets 0.95-0.99)
     assert min(scores) > 0.8 and min(scores) > chance + 0.3, (scores, chance)
     assert result.log["final"]["l0"] == pytest.approx([3.0, 3.0], abs=0.05)
+
+
+GRADIENT_CASES = {
+    "standard": dict(l1_coefficient=1e-2, init="tied", init_decoder_norm=0.1),
+    "standard-centred": dict(l1_coefficient=1e-2, apply_b_dec_to_input=True),
+    "topk": dict(k=3, l1_coefficient=1e-2, apply_b_dec_to_input=True),
+    "topk-large-k": dict(k=10),  # torch.topk instead of the running insertion
+    "topk-sparse": dict(k=4, l1_coefficient=1e-2, apply_b_dec_to_input=True, width=256),
+    "batchtopk": dict(k=3, apply_b_dec_to_input=True),
+    "jumprelu": dict(l0_coefficient=1e-2, jumprelu_init_threshold=0.3, jumprelu_bandwidth=0.5),
+}
+
+
+@pytest.mark.parametrize("chunk", [4096, 40])  # 40: the batch of 96 in uneven column chunks
+@pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
+def test_hand_written_gradients_equal_autograd(case, chunk, monkeypatch):
+    """The analytic path's loss terms and gradients against autograd through BatchedSAE.losses."""
+    from benchmark import training
+    from benchmark.training import _FastSAE, uses_fast_path
+
+    monkeypatch.setattr(training, "CHUNK_COLUMNS", chunk)
+
+    hp = dict(GRADIENT_CASES[case])
+    width = hp.pop("width", 24)
+    spec = recipe(case.split("-")[0], width=width, **hp)
+    assert uses_fast_path(spec)
+    model = BatchedSAE(spec, 16, [3, 4, 5])
+    with torch.no_grad():  # non-trivial biases so that every bias term is exercised
+        gen = torch.Generator().manual_seed(1)
+        model.b_enc.copy_(0.1 * torch.randn(model.b_enc.shape, generator=gen))
+        model.b_dec.copy_(0.1 * torch.randn(model.b_dec.shape, generator=gen))
+    x = Organism("song2025-toy").samples(0, 96)
+    terms = model.losses(x, spec, None)
+    terms["total"].sum().backward()
+    fast = _FastSAE(model, spec)
+    assert fast.sparse == (case == "topk-sparse")
+    mine = fast.step_grads(x, stats=True)
+    for name in ("mse", "l0", "total"):
+        assert torch.allclose(mine[name], terms[name].detach(), atol=1e-6, rtol=1e-5), name
+    pairs = [(fast.enc.grad.transpose(1, 2), model.W_enc.grad), (fast.dec.grad, model.W_dec.grad),
+             (fast.b_enc.grad, model.b_enc.grad), (fast.b_dec.grad, model.b_dec.grad)]
+    if case == "jumprelu":
+        pairs.append((fast.log_threshold.grad, model.log_threshold.grad))
+        assert model.log_threshold.grad.abs().sum() > 0  # the window caught some pre-activations
+    for i, (analytic, reference) in enumerate(pairs):
+        assert torch.allclose(analytic, reference, atol=1e-6, rtol=1e-4), (i, (analytic - reference).abs().max())
+    if "_batch_min" in terms:
+        assert torch.allclose(mine["_batch_min"], terms["_batch_min"])
+
+
+def test_kth_largest_matches_topk():
+    from benchmark.training import kth_largest
+
+    gen = torch.Generator().manual_seed(0)
+    for shape, k in [((2, 32, 50), 3), ((3, 7, 5), 7), ((1, 40, 9), 8)]:
+        pre = torch.randn(shape, generator=gen)
+        pre[0, 1] = pre[0, 2]  # ties count once each, as in topk
+        assert torch.equal(kth_largest(pre, k), pre.topk(k, dim=1).values[:, -1:])
+
+
+def test_batch_threshold_search_is_exact_with_and_without_its_guess():
+    from benchmark.training import _FastSAE
+
+    spec = recipe("batchtopk", k=3)
+    fast = _FastSAE(BatchedSAE(spec, 16, [3, 4]), spec)
+    rows = torch.rand(2, 1000, generator=torch.Generator().manual_seed(0))
+    expected = rows.topk(50, dim=-1).values[:, -1]
+    assert torch.equal(fast._batch_kth(rows, 50), expected)  # no guess yet: full search
+    assert fast._kth_guess[0] == pytest.approx(0.9 * float(expected[0]))
+    assert torch.equal(fast._batch_kth(rows, 50), expected)  # filtered by the guess
+    halved = rows * 0.5  # the guess is now above the threshold: too few survive, full search again
+    assert torch.equal(fast._batch_kth(halved, 50), halved.topk(50, dim=-1).values[:, -1])
