@@ -51,7 +51,7 @@ from tasks.cross_seed import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LATENTS = 96
+DEFAULT_LATENTS = 64
 DEFAULT_TOKENS = 32_768
 SIM_BIN_EDGES = (-1.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SPEARMAN_REPS = 500
