@@ -177,7 +177,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         for m in meta.metrics:
             star = "*" if m.main else " "
             lo, hi = m.range
-            print(f"  {star} {m.name} ({m.direction} is better, range [{lo}, {hi}]) {m.description}")
+            better = "no direction" if m.direction == "none" else f"{m.direction} is better"
+            print(f"  {star} {m.name} ({better}, range [{lo}, {hi}]) {m.description}")
     return 0
 
 

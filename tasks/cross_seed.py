@@ -40,6 +40,7 @@ import torch
 from benchmark.errors import TaskError
 from benchmark.results import MetricValue
 from tasks import register_task
+from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
 from tasks.base import MetricSpec, Task, TaskContext, TaskMetadata, TaskOutput
 
 log = logging.getLogger(__name__)
@@ -50,23 +51,7 @@ HIST_EDGES = np.round(np.linspace(-1.0, 1.0, 41), 10)  # 0.05-wide bins of match
 FREQ_EDGES = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # firing-frequency bins (first: never fired)
 DEFAULT_TOKEN_SAMPLE = 16_384
 
-SONG_2025 = """@inproceedings{song2025position,
-  title = {Position: Mechanistic Interpretability Should Prioritize Feature Consistency in {SAEs}},
-  author = {Song, Xiangchen and Muhamed, Aashiq and Zheng, Yujia and Kong, Lingjing and Tang, Zeyu and Diab, Mona T. and Smith, Virginia and Zhang, Kun},
-  year = {2025},
-  eprint = {2505.20254},
-  archivePrefix = {arXiv},
-  url = {https://arxiv.org/abs/2505.20254}
-}"""
 
-PAULO_BELROSE_2025 = """@misc{paulo2025sparse,
-  title = {Sparse Autoencoders Trained on the Same Data Learn Different Features},
-  author = {Paulo, Gon{\\c{c}}alo and Belrose, Nora},
-  year = {2025},
-  eprint = {2501.16615},
-  archivePrefix = {arXiv},
-  url = {https://arxiv.org/abs/2501.16615}
-}"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,7 +631,7 @@ class CrossSeedTask(Task):
         min_seeds=2,
         needs_activations=False,
         uses_activations=True,
-        citation=SONG_2025 + "\n\n" + PAULO_BELROSE_2025,
+        citation=join(SONG_2025, PAULO_BELROSE_2025),
         references=("https://arxiv.org/abs/2505.20254", "https://arxiv.org/abs/2501.16615"),
     )
 

@@ -40,9 +40,8 @@ from benchmark.errors import TaskError
 from benchmark.results import MetricValue
 from tasks import register_task
 from tasks.base import MetricSpec, Task, TaskContext, TaskMetadata, TaskOutput
+from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
 from tasks.cross_seed import (
-    PAULO_BELROSE_2025,
-    SONG_2025,
     iter_token_batches,
     match_rows,
     sample_token_rows,
@@ -468,7 +467,7 @@ class ExplanationSimilarityTask(Task):
         accepts=("checkpoints", "recipe"),
         min_seeds=2,
         needs_activations=True,
-        citation=PAULO_BELROSE_2025 + "\n\n" + SONG_2025,
+        citation=join(PAULO_BELROSE_2025, SONG_2025),
         references=("https://arxiv.org/abs/2501.16615", "https://arxiv.org/abs/2505.20254"),
     )
 

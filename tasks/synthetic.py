@@ -41,6 +41,7 @@ import torch
 from benchmark.errors import TaskError
 from benchmark.results import MetricValue
 from tasks import register_task
+from tasks.citations import CHANIN_GARRIGA_ALONSO_2026, PAULO_BELROSE_2025, SONG_2025, join
 from tasks.base import MetricSpec, Task, TaskContext, TaskMetadata, TaskOutput
 
 log = logging.getLogger(__name__)
@@ -52,24 +53,7 @@ RECOVERED_THRESHOLD = 0.9
 CHANCE_SEED = 20250526
 EVAL_BATCH = 4096
 
-CITATION = r"""@article{song2025position,
-  title   = {Position: Mechanistic Interpretability Should Prioritize Feature Consistency in {SAEs}},
-  author  = {Song, Xiangchen and Muhamed, Aashiq and Zheng, Yujia and Kong, Lingjing and Tang, Zeyu and Diab, Mona T. and Smith, Virginia and Zhang, Kun},
-  journal = {arXiv preprint arXiv:2505.20254},
-  year    = {2025}
-}
-@article{chanin2026synthsaebench,
-  title   = {{SynthSAEBench}: Evaluating Sparse Autoencoders on Scalable Realistic Synthetic Data},
-  author  = {Chanin, David and Garriga-Alonso, Adri{\`a}},
-  year    = {2026},
-  note    = {Synthetic model organisms in SAELens, \texttt{sae\_lens.synthetic}}
-}
-@article{paulo2025sparse,
-  title   = {Sparse Autoencoders Trained on the Same Data Learn Different Features},
-  author  = {Paulo, Gon{\c{c}}alo and Belrose, Nora},
-  journal = {arXiv preprint arXiv:2501.16615},
-  year    = {2025}
-}"""
+CITATION = join(SONG_2025, CHANIN_GARRIGA_ALONSO_2026, PAULO_BELROSE_2025)
 
 METRICS = (
     MetricSpec("gt_mcc", "MCC between the true dictionary and each seed's decoder (mean over seeds)", "higher", (-1.0, 1.0), main=True),
