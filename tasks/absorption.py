@@ -451,6 +451,7 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 @register_task
 class AbsorptionTask(Task):
+    synthetic_recipe_reason = "synthetic recipes read no language model"
     metadata = TaskMetadata(
         name="absorption",
         version="1",
@@ -484,22 +485,9 @@ class AbsorptionTask(Task):
         reason = super().not_applicable(manifest)
         if reason:
             return reason
-        sub = manifest.submission
-        if sub.kind == "recipe" and sub.recipe.trains_on != "model":
-            return "synthetic recipes read no language model"
-        if getattr(sub, "model", None) is None:
+        if getattr(manifest.submission, "model", None) is None:
             return "the submission names no model"
         return None
-
-    @staticmethod
-    def config_from_options(options: dict[str, Any]) -> AbsorptionConfig:
-        overrides: dict[str, Any] = {}
-        if options.get("limit"):
-            overrides["max_words"] = int(options["limit"])
-        for name in ("min_letters", "min_probe_f1", "max_words", "max_k", "l1_steps"):
-            if f"absorption_{name}" in options:
-                overrides[name] = options[f"absorption_{name}"]
-        return AbsorptionConfig(**overrides)
 
     def run(self, ctx: TaskContext) -> TaskOutput:
         provider = ctx.activations

@@ -113,6 +113,8 @@ class Task:
     """Base class. Subclasses set ``metadata`` and implement :meth:`run`."""
 
     metadata: ClassVar[TaskMetadata]
+    #: Set by tasks that need a model's SAEs: why a recipe trained on synthetic data does not apply.
+    synthetic_recipe_reason: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self.log = logging.getLogger(f"tasks.{self.metadata.name}")
@@ -124,6 +126,8 @@ class Task:
             return f"takes {' or '.join(self.metadata.accepts)} submissions, not {sub.kind}"
         if len(sub.seeds) < self.metadata.min_seeds:
             return f"needs at least {self.metadata.min_seeds} seeds, submission has {len(sub.seeds)}"
+        if self.synthetic_recipe_reason and sub.kind == "recipe" and sub.recipe.trains_on != "model":
+            return self.synthetic_recipe_reason
         return None
 
     def run(self, ctx: TaskContext) -> TaskOutput:  # pragma: no cover - abstract

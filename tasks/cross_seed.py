@@ -592,6 +592,7 @@ def _spec(name, description, direction, lo=None, hi=None, main=False, unit=""):
 
 @register_task
 class CrossSeedTask(Task):
+    synthetic_recipe_reason = "synthetic recipes are compared across seeds inside the synthetic task"
     metadata = TaskMetadata(
         name="cross-seed",
         version="1",
@@ -634,15 +635,6 @@ class CrossSeedTask(Task):
         citation=join(SONG_2025, PAULO_BELROSE_2025),
         references=("https://arxiv.org/abs/2505.20254", "https://arxiv.org/abs/2501.16615"),
     )
-
-    def not_applicable(self, manifest) -> str | None:
-        reason = super().not_applicable(manifest)
-        if reason:
-            return reason
-        sub = manifest.submission
-        if sub.kind == "recipe" and sub.recipe.trains_on != "model":
-            return "synthetic recipes are compared across seeds inside the synthetic task"
-        return None
 
     def run(self, ctx: TaskContext) -> TaskOutput:
         saes = ctx.saes()

@@ -442,6 +442,7 @@ def _spec(name, description, direction, lo=None, hi=None, main=False):
 
 @register_task
 class ExplanationSimilarityTask(Task):
+    synthetic_recipe_reason = "synthetic recipes have no text to explain latents with"
     metadata = TaskMetadata(
         name="explanation-similarity",
         version="1",
@@ -470,15 +471,6 @@ class ExplanationSimilarityTask(Task):
         citation=join(PAULO_BELROSE_2025, SONG_2025),
         references=("https://arxiv.org/abs/2501.16615", "https://arxiv.org/abs/2505.20254"),
     )
-
-    def not_applicable(self, manifest) -> str | None:
-        reason = super().not_applicable(manifest)
-        if reason:
-            return reason
-        sub = manifest.submission
-        if sub.kind == "recipe" and sub.recipe.trains_on != "model":
-            return "synthetic recipes have no text to explain latents with"
-        return None
 
     def run(self, ctx: TaskContext) -> TaskOutput:
         saes = ctx.saes()
