@@ -489,6 +489,16 @@ class AbsorptionTask(Task):
             return "the submission names no model"
         return None
 
+    @staticmethod
+    def config_from_options(options: dict[str, Any]) -> AbsorptionConfig:
+        overrides: dict[str, Any] = {}
+        if options.get("limit"):
+            overrides["max_words"] = int(options["limit"])
+        for name in ("min_letters", "min_probe_f1", "max_words", "max_k", "l1_steps"):
+            if f"absorption_{name}" in options:
+                overrides[name] = options[f"absorption_{name}"]
+        return AbsorptionConfig(**overrides)
+
     def run(self, ctx: TaskContext) -> TaskOutput:
         provider = ctx.activations
         if provider is None:
