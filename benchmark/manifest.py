@@ -48,6 +48,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_TEXT, allow_inf_nan=False)
 
 
+def _check_commit_sha(value: str) -> str:
+    """Revisions are pinned commits: a branch or tag could move under a published score."""
+    if not COMMIT_SHA.match(value):
+        raise ValueError(f"revision {value!r} must be a full 40-hex commit sha (branch names are refused)")
+    return value
+
+
 def _check_relative_path(value: str) -> str:
     """Paths inside a repo or below the manifest: relative, no ``..``, no backslashes."""
     if value == "":
@@ -90,9 +97,7 @@ class ModelSpec(_Strict):
     @field_validator("revision")
     @classmethod
     def _revision_is_sha(cls, value: str | None) -> str | None:
-        if value is not None and not COMMIT_SHA.match(value):
-            raise ValueError(f"revision {value!r} must be a full 40-hex commit sha (branch names are refused)")
-        return value
+        return None if value is None else _check_commit_sha(value)
 
     @field_validator("local")
     @classmethod
@@ -149,9 +154,7 @@ class CheckpointSpec(_Strict):
     @field_validator("revision")
     @classmethod
     def _revision_is_sha(cls, value: str | None) -> str | None:
-        if value is not None and not COMMIT_SHA.match(value):
-            raise ValueError(f"revision {value!r} must be a full 40-hex commit sha (branch names are refused)")
-        return value
+        return None if value is None else _check_commit_sha(value)
 
     @field_validator("path", "local")
     @classmethod

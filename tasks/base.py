@@ -34,6 +34,12 @@ class MetricSpec:
     main: bool = False
 
 
+def metric_spec(name: str, description: str, direction: Direction, lo: float | None = None,
+                hi: float | None = None, *, main: bool = False, unit: str = "") -> MetricSpec:
+    """A :class:`MetricSpec` written on one line, as task tables of many metrics want."""
+    return MetricSpec(name=name, description=description, direction=direction, range=(lo, hi), main=main, unit=unit)
+
+
 @dataclass(frozen=True)
 class TaskMetadata:
     """Everything the runner, the docs and the leaderboard need to know about a task."""

@@ -41,7 +41,7 @@ from benchmark.errors import TaskError
 from benchmark.results import MetricValue
 from tasks import register_task
 from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
-from tasks.base import MetricSpec, Task, TaskContext, TaskMetadata, TaskOutput
+from tasks.base import Task, TaskContext, TaskMetadata, TaskOutput, metric_spec
 
 log = logging.getLogger(__name__)
 
@@ -586,8 +586,6 @@ def consistency_by_frequency(pairs: dict[tuple[int, int], PairResult], act: Acti
 # --------------------------------------------------------------------------------------------
 # the task
 # --------------------------------------------------------------------------------------------
-def _spec(name, description, direction, lo=None, hi=None, main=False, unit=""):
-    return MetricSpec(name=name, description=description, direction=direction, range=(lo, hi), main=main, unit=unit)
 
 
 @register_task
@@ -607,26 +605,26 @@ class CrossSeedTask(Task):
             "latents and consistency by firing frequency. Unequal widths appear as stitch_* metrics."
         ),
         metrics=(
-            _spec("decoder_pw_mcc", "mean over seed pairs of the mean matched decoder cosine (Song et al.)", "higher", -1, 1, main=True),
-            _spec("encoder_pw_mcc", "PW-MCC of encoder directions (separate assignment)", "higher", -1, 1),
-            _spec("shared_fraction", "fraction of latents matched to the same partner by the decoder and the encoder assignment, both cos > 0.7", "higher", 0, 1),
-            _spec("shared_fraction_any_partner", "Paulo & Belrose read literally: decoder and encoder matches both > 0.7, partners may differ (mean of both directions)", "higher", 0, 1),
-            _spec("shared_fraction_decoder", "fraction of latents whose decoder match has cos > 0.7", "higher", 0, 1),
-            _spec("mean_max_cosine", "mean over latents of the best decoder cosine with any latent of the other seed (not one-to-one)", "higher", -1, 1),
-            _spec("chance_mcc", "MCC of two random unit dictionaries of the same shape", "none", -1, 1),
-            _spec("activation_correlation", "mean Pearson correlation over a token sample of decoder-matched latents' activations", "higher", -1, 1),
-            _spec("l0", "mean number of active latents per token on the activation sample (mean over seeds)", "none", 0, None, unit="latents"),
-            _spec("never_fired_fraction", "fraction of latents that never fired on the activation sample (mean over seeds)", "lower", 0, 1),
-            _spec("dead_fraction", "fraction of latents with an all-zero decoder row (mean over seeds)", "lower", 0, 1),
-            _spec("matched_cosine_by_frequency", "mean matched decoder cosine of latents in a firing-frequency bin (subset)", "higher", -1, 1),
-            _spec("stitch_decoder_mcc", "unequal widths: mean matched decoder cosine over the smaller SAE's latents", "higher", -1, 1),
-            _spec("stitch_encoder_mcc", "unequal widths: the same for encoder directions", "higher", -1, 1),
-            _spec("stitch_shared_fraction", "unequal widths: shared fraction of the smaller SAE's latents", "higher", 0, 1),
-            _spec("stitch_shared_fraction_decoder", "unequal widths: decoder-only shared fraction", "higher", 0, 1),
-            _spec("stitch_max_cosine_large_to_small", "unequal widths: mean best cosine of the larger SAE's latents with the smaller (low = novel latents, Leask et al.)", "none", -1, 1),
-            _spec("stitch_max_cosine_small_to_large", "unequal widths: mean best cosine of the smaller SAE's latents with the larger", "higher", -1, 1),
-            _spec("stitch_activation_correlation", "unequal widths: activation correlation of matched latents", "higher", -1, 1),
-            _spec("stitch_chance_mcc", "unequal widths: chance MCC for the same shapes", "none", -1, 1),
+            metric_spec("decoder_pw_mcc", "mean over seed pairs of the mean matched decoder cosine (Song et al.)", "higher", -1, 1, main=True),
+            metric_spec("encoder_pw_mcc", "PW-MCC of encoder directions (separate assignment)", "higher", -1, 1),
+            metric_spec("shared_fraction", "fraction of latents matched to the same partner by the decoder and the encoder assignment, both cos > 0.7", "higher", 0, 1),
+            metric_spec("shared_fraction_any_partner", "Paulo & Belrose read literally: decoder and encoder matches both > 0.7, partners may differ (mean of both directions)", "higher", 0, 1),
+            metric_spec("shared_fraction_decoder", "fraction of latents whose decoder match has cos > 0.7", "higher", 0, 1),
+            metric_spec("mean_max_cosine", "mean over latents of the best decoder cosine with any latent of the other seed (not one-to-one)", "higher", -1, 1),
+            metric_spec("chance_mcc", "MCC of two random unit dictionaries of the same shape", "none", -1, 1),
+            metric_spec("activation_correlation", "mean Pearson correlation over a token sample of decoder-matched latents' activations", "higher", -1, 1),
+            metric_spec("l0", "mean number of active latents per token on the activation sample (mean over seeds)", "none", 0, None, unit="latents"),
+            metric_spec("never_fired_fraction", "fraction of latents that never fired on the activation sample (mean over seeds)", "lower", 0, 1),
+            metric_spec("dead_fraction", "fraction of latents with an all-zero decoder row (mean over seeds)", "lower", 0, 1),
+            metric_spec("matched_cosine_by_frequency", "mean matched decoder cosine of latents in a firing-frequency bin (subset)", "higher", -1, 1),
+            metric_spec("stitch_decoder_mcc", "unequal widths: mean matched decoder cosine over the smaller SAE's latents", "higher", -1, 1),
+            metric_spec("stitch_encoder_mcc", "unequal widths: the same for encoder directions", "higher", -1, 1),
+            metric_spec("stitch_shared_fraction", "unequal widths: shared fraction of the smaller SAE's latents", "higher", 0, 1),
+            metric_spec("stitch_shared_fraction_decoder", "unequal widths: decoder-only shared fraction", "higher", 0, 1),
+            metric_spec("stitch_max_cosine_large_to_small", "unequal widths: mean best cosine of the larger SAE's latents with the smaller (low = novel latents, Leask et al.)", "none", -1, 1),
+            metric_spec("stitch_max_cosine_small_to_large", "unequal widths: mean best cosine of the smaller SAE's latents with the larger", "higher", -1, 1),
+            metric_spec("stitch_activation_correlation", "unequal widths: activation correlation of matched latents", "higher", -1, 1),
+            metric_spec("stitch_chance_mcc", "unequal widths: chance MCC for the same shapes", "none", -1, 1),
         ),
         accepts=("checkpoints", "recipe"),
         min_seeds=2,

@@ -39,7 +39,7 @@ import torch
 from benchmark.errors import TaskError
 from benchmark.results import MetricValue
 from tasks import register_task
-from tasks.base import MetricSpec, Task, TaskContext, TaskMetadata, TaskOutput
+from tasks.base import Task, TaskContext, TaskMetadata, TaskOutput, metric_spec
 from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
 from tasks.cross_seed import (
     iter_token_batches,
@@ -436,8 +436,6 @@ def pair_table(sims: list[PairSimilarity], explanations: dict[int, dict[int, str
 # --------------------------------------------------------------------------------------------
 # the task
 # --------------------------------------------------------------------------------------------
-def _spec(name, description, direction, lo=None, hi=None, main=False):
-    return MetricSpec(name=name, description=description, direction=direction, range=(lo, hi), main=main)
 
 
 @register_task
@@ -456,14 +454,14 @@ class ExplanationSimilarityTask(Task):
             "similarity, and similarity by decoder-cosine bin."
         ),
         metrics=(
-            _spec("similarity_gap", "matched minus random-pair explanation similarity", "higher", -2, 2, main=True),
-            _spec("matched_similarity", "mean cosine of explanation embeddings of decoder-matched latents", "higher", -1, 1),
-            _spec("random_pair_similarity", "baseline: the same for random latent pairs", "none", -1, 1),
-            _spec("same_index_similarity", "baseline: the same for latents with the same index (unaligned)", "none", -1, 1),
-            _spec("similarity_gap_same_index", "matched minus same-index explanation similarity", "higher", -2, 2),
-            _spec("spearman_cosine_similarity", "Spearman correlation of decoder cosine and explanation similarity (matched and random pairs)", "higher", -1, 1),
-            _spec("spearman_matched", "Spearman correlation of decoder cosine and explanation similarity (matched pairs only)", "higher", -1, 1),
-            _spec("explained_fraction", "fraction of the compared latents that have an explanation", "higher", 0, 1),
+            metric_spec("similarity_gap", "matched minus random-pair explanation similarity", "higher", -2, 2, main=True),
+            metric_spec("matched_similarity", "mean cosine of explanation embeddings of decoder-matched latents", "higher", -1, 1),
+            metric_spec("random_pair_similarity", "baseline: the same for random latent pairs", "none", -1, 1),
+            metric_spec("same_index_similarity", "baseline: the same for latents with the same index (unaligned)", "none", -1, 1),
+            metric_spec("similarity_gap_same_index", "matched minus same-index explanation similarity", "higher", -2, 2),
+            metric_spec("spearman_cosine_similarity", "Spearman correlation of decoder cosine and explanation similarity (matched and random pairs)", "higher", -1, 1),
+            metric_spec("spearman_matched", "Spearman correlation of decoder cosine and explanation similarity (matched pairs only)", "higher", -1, 1),
+            metric_spec("explained_fraction", "fraction of the compared latents that have an explanation", "higher", 0, 1),
         ),
         accepts=("checkpoints", "recipe"),
         min_seeds=2,
