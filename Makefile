@@ -34,7 +34,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench: setup
-	$(PY) -m pytest -q tests/benchmarks --benchmark-enable -p no:cacheprovider -o addopts=""
+	$(PY) -m pytest -q tests/perf --benchmark-enable -p no:cacheprovider -o addopts=""
 
 clean-outputs:
 	rm -rf results site .canonbench

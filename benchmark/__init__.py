@@ -13,15 +13,15 @@ from typing import Any
 from benchmark.version import BENCHMARK_VERSION as __version__
 
 _EXPORTS = {
-    "SAE": "benchmark.sae",
-    "SAEConfig": "benchmark.sae",
-    "load_sae": "benchmark.checkpoints",
-    "mcc": "benchmark.matching",
-    "match_dictionaries": "benchmark.matching",
-    "pw_mcc": "benchmark.matching",
-    "Matching": "benchmark.matching",
-    "PairwiseMCC": "benchmark.matching",
-    "load_manifest": "benchmark.manifest",
+    "SAE": "benchmark.sae.model",
+    "SAEConfig": "benchmark.sae.model",
+    "load_sae": "benchmark.sae.checkpoints",
+    "mcc": "benchmark.metrics.matching",
+    "match_dictionaries": "benchmark.metrics.matching",
+    "pw_mcc": "benchmark.metrics.matching",
+    "Matching": "benchmark.metrics.matching",
+    "PairwiseMCC": "benchmark.metrics.matching",
+    "load_manifest": "benchmark.submission.manifest",
     "ResultStore": "benchmark.results",
 }
 

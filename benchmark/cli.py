@@ -121,7 +121,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.manifest import load_manifests
+    from benchmark.submission.manifest import load_manifests
     from benchmark.runner import run_benchmark
 
     manifests = load_manifests(args.paths)
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from benchmark.manifest import load_manifests
+    from benchmark.submission.manifest import load_manifests
     from benchmark.runner import run_benchmark
 
     manifests = load_manifests([args.submissions])
@@ -148,7 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from benchmark.validate import validate_paths
+    from benchmark.submission.validate import validate_paths
 
     problems, checked = validate_paths(args.paths, check_files=args.check_files, cache_dir=args.cache_dir)
     for problem in problems:
@@ -160,7 +160,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_new_submission(args: argparse.Namespace) -> int:
-    from benchmark.new_submission import write_new_submission
+    from benchmark.submission.new_submission import write_new_submission
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     path = write_new_submission(args.sources, name=args.name, seeds=seeds, out=args.out, cache_dir=args.cache_dir)
@@ -207,7 +207,7 @@ def cmd_leaderboard_build(args: argparse.Namespace) -> int:
 
 
 def cmd_synthetic_export(args: argparse.Namespace) -> int:
-    from benchmark.organisms import export_preset
+    from benchmark.data.organisms import export_preset
 
     card = export_preset(args.preset, args.out, quiet=args.quiet)
     print(f"wrote {args.preset} to {args.out} ({card})")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from benchmark.errors import CanonBenchError, TaskError
-from benchmark.manifest import LoadedManifest
+from benchmark.submission.manifest import LoadedManifest
 from benchmark.results import ResultStore, UnitProvenance, make_rows
 from benchmark.version import BENCHMARK_VERSION, git_sha
 
@@ -116,14 +116,14 @@ def load_submission_saes(
 ) -> tuple[dict[int, Any], list[dict[str, Any]]]:
     """``{seed: SAE}`` plus one provenance record per checkpoint.
 
-    Checkpoints submissions are resolved through :mod:`benchmark.sources` and loaded through
-    :mod:`benchmark.checkpoints`; recipes that train on a model are trained (cached) by
-    :mod:`benchmark.reference`. Synthetic recipes have no SAEs outside the synthetic task.
+    Checkpoints submissions are resolved through :mod:`benchmark.submission.sources` and loaded through
+    :mod:`benchmark.sae.checkpoints`; recipes that train on a model are trained (cached) by
+    :mod:`benchmark.training.model_recipes`. Synthetic recipes have no SAEs outside the synthetic task.
     """
     sub = manifest.submission
     if sub.kind == "checkpoints":
-        from benchmark.checkpoints import load_sae
-        from benchmark.sources import resolve_checkpoint
+        from benchmark.sae.checkpoints import load_sae
+        from benchmark.submission.sources import resolve_checkpoint
 
         saes, records = {}, []
         for spec in sub.checkpoints:
@@ -135,7 +135,7 @@ def load_submission_saes(
             records.append(resolved.record())
         return saes, records
     if sub.recipe.trains_on == "model":
-        from benchmark.reference import train_recipe_saes
+        from benchmark.training.model_recipes import train_recipe_saes
 
         return train_recipe_saes(manifest, cache_dir=cache_dir, device=device, quiet=quiet)
     raise TaskError("synthetic recipes are trained inside the synthetic task only", file=manifest.path, field="recipe.trains_on")
@@ -183,7 +183,7 @@ def run_benchmark(
     """Run every requested task on every manifest, skipping finished units.
 
     ``activations_factory(manifest)`` builds the activation provider for tasks that need one; by
-    default :func:`benchmark.activations.provider_for_manifest` is used.
+    default :func:`benchmark.data.activations.provider_for_manifest` is used.
     """
     from tasks import all_tasks
 
@@ -287,12 +287,12 @@ def _run_unit(manifest, task, sub_inputs, store, *, run_id, device, dtype, seed,
     optional_activations = getattr(meta, "uses_activations", False) and getattr(sub, "model", None) is not None
     if meta.needs_activations:
         if activations_factory is None:
-            from benchmark.activations import provider_for_manifest as activations_factory
+            from benchmark.data.activations import provider_for_manifest as activations_factory
         activations = activations_factory(manifest, cache_dir=cache_dir, device=device, quiet=quiet)
     elif optional_activations:
         try:
             if activations_factory is None:
-                from benchmark.activations import provider_for_manifest as activations_factory
+                from benchmark.data.activations import provider_for_manifest as activations_factory
             activations = activations_factory(manifest, cache_dir=cache_dir, device=device, quiet=quiet)
         except Exception as exc:  # optional input: the task runs on weights alone
             log.warning("%s × %s: no activations (%s); running without them", manifest.name, meta.name, exc)

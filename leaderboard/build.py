@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from markupsafe import Markup
 
 from benchmark.errors import CanonBenchError
-from benchmark.manifest import COMMIT_SHA, HUB_REPO, LoadedManifest, load_manifests
+from benchmark.submission.manifest import COMMIT_SHA, HUB_REPO, LoadedManifest, load_manifests
 from benchmark.results import SCHEMA, ResultStore
 from benchmark.version import BENCHMARK_VERSION, git_sha
 from leaderboard import plots

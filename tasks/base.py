@@ -16,8 +16,8 @@ import pandas as pd
 from benchmark.results import MetricValue
 
 if TYPE_CHECKING:
-    from benchmark.manifest import LoadedManifest
-    from benchmark.sae import SAE
+    from benchmark.submission.manifest import LoadedManifest
+    from benchmark.sae.model import SAE
 
 Direction = Literal["higher", "lower", "none"]
 

@@ -55,7 +55,7 @@ DEFAULT_TOKEN_SAMPLE = 16_384
 
 
 # --------------------------------------------------------------------------------------------
-# matching: the engine in benchmark.matching, with a dense fallback for small problems
+# matching: the engine in benchmark.metrics.matching, with a dense fallback for small problems
 # --------------------------------------------------------------------------------------------
 @dataclass
 class PairMatch:
@@ -85,12 +85,12 @@ class PairMatch:
 def match_rows(a: torch.Tensor, b: torch.Tensor, *, device: str = "cpu") -> PairMatch:
     """Optimal one-to-one matching (max sum of signed cosine) of unit rows ``a [m, d]``, ``b [n, d]``.
 
-    Uses :func:`benchmark.matching.match_dictionaries` (exact at scale); falls back to scipy's
+    Uses :func:`benchmark.metrics.matching.match_dictionaries` (exact at scale); falls back to scipy's
     dense assignment in float64 when that module is not installed.
     """
     m, n = a.shape[0], b.shape[0]
     try:
-        from benchmark.matching import match_dictionaries
+        from benchmark.metrics.matching import match_dictionaries
     except ImportError:
         match_dictionaries = None
     if match_dictionaries is not None:
@@ -103,7 +103,7 @@ def match_rows(a: torch.Tensor, b: torch.Tensor, *, device: str = "cpu") -> Pair
         from scipy.optimize import linear_sum_assignment
 
         if m * n > 8192 * 8192:
-            raise TaskError(f"benchmark.matching is not available and a dense {m}x{n} assignment is too large")
+            raise TaskError(f"benchmark.metrics.matching is not available and a dense {m}x{n} assignment is too large")
         sim = (a.double().cpu() @ b.double().cpu().T).numpy()
         rows_a, rows_b = linear_sum_assignment(sim, maximize=True)
         cos = sim[rows_a, rows_b]
@@ -139,14 +139,14 @@ def chance_baseline(m: int, n: int, d: int, *, seed: int, device: str = "cpu") -
     """MCC of two independent random unit dictionaries of shapes ``[m, d]`` and ``[n, d]``."""
     trials = 3 if max(m, n) <= 4096 else 1
     try:
-        from benchmark.matching import chance_mcc
+        from benchmark.metrics.matching import chance_mcc
     except ImportError:
         chance_mcc = None
     if chance_mcc is not None:
         res = chance_mcc(m, n, d, seed=seed, trials=trials, device=device)
-        return float(getattr(res, "mean", res)), f"benchmark.matching.chance_mcc, {trials} trial(s)"
+        return float(getattr(res, "mean", res)), f"benchmark.metrics.matching.chance_mcc, {trials} trial(s)"
     if max(m, n) > 4096:
-        return None, "benchmark.matching is not available; dense chance baseline skipped above 4096 latents"
+        return None, "benchmark.metrics.matching is not available; dense chance baseline skipped above 4096 latents"
     gen = torch.Generator().manual_seed(seed)
     values = []
     for _ in range(trials):

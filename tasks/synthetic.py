@@ -17,7 +17,7 @@ Rows (``subset = "preset=<name>"``; per-seed GT-MCC rows use ``"preset=<name>,se
 shapes), ``shared_fraction`` (decoder and encoder matches both above cos 0.7), ``gt_mean_max_cosine``,
 ``gt_recovered_fraction`` (true features whose best latent has cos > 0.9), and on held-out samples
 ``l0``, ``explained_variance`` and ``dead_fraction``. Matching is signed-cosine and one-to-one,
-averaged over the smaller dictionary (:mod:`benchmark.matching`).
+averaged over the smaller dictionary (:mod:`benchmark.metrics.matching`).
 
 Why GT-MCC is the main metric: on a model organism the truth is known, and recovering it is what
 the benchmark wants to reward; PW-MCC is the proxy one must use on real models, and this task is
@@ -96,10 +96,10 @@ def training_cache_key(recipe, organism) -> str:
 
 
 def _checkpoint_io():
-    """``(save_native, load_sae)`` from :mod:`benchmark.checkpoints`, or None while it is missing."""
+    """``(save_native, load_sae)`` from :mod:`benchmark.sae.checkpoints`, or None while it is missing."""
     try:
-        from benchmark.checkpoints import load_sae
-        from benchmark.checkpoints.native import save_native
+        from benchmark.sae.checkpoints import load_sae
+        from benchmark.sae.checkpoints.native import save_native
     except ImportError:
         return None
     return save_native, load_sae
@@ -151,14 +151,14 @@ def train_or_load(recipe, organism, *, cache_dir: Path | None, device: str, quie
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"log-{'-'.join(map(str, missing))}.json").write_text(json.dumps(train_log, indent=2))
         if io is None:
-            log.warning("benchmark.checkpoints is not available: trained SAEs are not cached")
+            log.warning("benchmark.sae.checkpoints is not available: trained SAEs are not cached")
     return {s: saes[s] for s in recipe.seeds}, records, train_log
 
 
 # --- metrics --------------------------------------------------------------------------------------
 def row_max_cosines(a: torch.Tensor, b: torch.Tensor, block: int = 4096) -> torch.Tensor:
     """For each row of ``a [m, d]``, the largest cosine with any row of ``b [n, d]`` (``[m]``, fp64)."""
-    from benchmark.sae import unit_rows
+    from benchmark.sae.model import unit_rows
 
     ua, ub = unit_rows(a.double()), unit_rows(b.double())
     return torch.cat([(ua[i:i + block] @ ub.T).max(dim=1).values for i in range(0, ua.shape[0], block)])
@@ -195,7 +195,7 @@ def _spread(values: list[float]) -> tuple[float, float | None]:
 def evaluate_preset(saes: dict[int, Any], organism, *, device: str = "cpu", eval_samples: int | None = None,
                     chance_trials: int = 5) -> tuple[list[MetricValue], dict[str, pd.DataFrame]]:
     """All metrics of one preset for ``{seed: SAE}``; returns rows and drill-down tables."""
-    from benchmark.matching import chance_mcc, match_dictionaries
+    from benchmark.metrics.matching import chance_mcc, match_dictionaries
 
     preset = organism.preset.name
     subset = f"preset={preset}"
@@ -301,7 +301,7 @@ class SyntheticTask(Task):
         return None
 
     def run(self, ctx: TaskContext) -> TaskOutput:
-        from benchmark.organisms import Organism, get_preset
+        from benchmark.data.organisms import Organism, get_preset
 
         manifest = ctx.manifest
         sub = manifest.submission

@@ -2,7 +2,7 @@
 runs on one results store, unreadable result files. Nothing finished may be lost, nothing may be
 stored twice or torn, and the exit code and summary must say what happened.
 
-The misbehaving tasks live in ``tests/fault_tasks.py`` and are registered only for these tests.
+The misbehaving tasks live in ``tests/fixtures/fault_tasks.py`` and are registered only for these tests.
 Subprocess tests use real signals; their kill moments are drawn from a seeded generator.
 """
 
@@ -25,7 +25,7 @@ import pytest
 import fault_tasks
 from benchmark import cli
 from benchmark.errors import CanonBenchError
-from benchmark.manifest import load_manifests
+from benchmark.submission.manifest import load_manifests
 from benchmark.results import ResultStore
 from benchmark.runner import RunInterrupted, RunSummary, UnitOutcome, run_benchmark
 

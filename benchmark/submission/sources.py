@@ -1,0 +1,581 @@
+"""Checkpoint sources: turn a manifest entry or a URI into files on disk, and record exactly which.
+
+Three kinds of source:
+
+* ``hf://owner/repo@<revision>/path/in/repo`` (revision optional, default ``main``): fetched through
+  ``huggingface_hub`` into the standard Hub cache (or ``hub_cache``), downloading only the files a
+  checkpoint needs from that one folder (configs and weights; never code).
+* ``saelens://<release>/<sae_id>``: looked up in sae-lens's ``pretrained_saes.yaml`` (read from the
+  installed package without importing it), then fetched like an ``hf://`` source. The registry has no
+  revision, so the branch is resolved to a commit and both are recorded.
+* a local folder or file.
+
+Every resolution yields a :class:`ResolvedCheckpoint` whose :meth:`~ResolvedCheckpoint.record` goes
+into each result row: repo, requested and resolved revision, path, and size + sha256 of every file.
+Branch names are resolved to a commit sha before anything is downloaded, so a branch that moves later
+never changes what a recorded sha points at.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, TypeVar, Union
+
+from huggingface_hub import HfApi, snapshot_download
+
+from benchmark.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+DEFAULT_REVISION = "main"
+
+# What a checkpoint folder may hold that we need: configs and weights. Never code (*.py), never
+# anything below the folder (sibling checkpoints of a multi-SAE repo stay on the Hub).
+CHECKPOINT_FILE_PATTERNS = ("cfg.json", "config.json", "*.safetensors", "*.npz", "ae.pt")
+CONFIG_NAMES = ("cfg.json", "config.json")
+# Side files that are not weights: a folder holding only these has no checkpoint.
+NOT_WEIGHTS = ("sparsity.safetensors",)
+
+RETRY_ATTEMPTS = 4
+RETRY_BASE_DELAY_S = 1.0
+_sleep: Callable[[float], None] = time.sleep  # tests replace it
+
+_TRANSIENT_NAMES = frozenset({
+    "TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "Timeout",
+    "ConnectError", "ReadError", "WriteError", "NetworkError", "RemoteProtocolError", "ConnectionError",
+    "ChunkedEncodingError",
+})
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------- URIs
+@dataclass(frozen=True)
+class HubRef:
+    """A location on the Hub: ``repo`` at ``revision`` (branch, tag or sha), ``path`` inside it."""
+
+    repo: str
+    revision: str
+    path: str = ""
+
+    @property
+    def uri(self) -> str:
+        return f"hf://{self.repo}@{self.revision}" + (f"/{self.path}" if self.path else "")
+
+
+@dataclass(frozen=True)
+class SaelensRef:
+    """An SAE named in sae-lens's registry of pretrained SAEs."""
+
+    release: str
+    sae_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"saelens://{self.release}/{self.sae_id}"
+
+
+def _check_repo_path(path: str, uri: str) -> str:
+    path = path.strip("/")
+    if "\\" in path or "\x00" in path or ".." in PurePosixPath(path).parts:
+        raise SourceError(f"path {path!r} may not contain '..', backslashes or NUL bytes", field=uri)
+    return path
+
+
+def parse_source(uri: str) -> Union[HubRef, SaelensRef, Path]:
+    """Parse ``hf://owner/repo[@rev][/path]``, ``saelens://release/sae_id`` or a local path."""
+    if uri.startswith("hf://"):
+        rest = uri[len("hf://"):]
+        parts = rest.split("/", 2)
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise SourceError("expected hf://owner/repo@REVISION/path", field=uri)
+        owner, name_rev = parts[0], parts[1]
+        path = parts[2] if len(parts) == 3 else ""
+        name, _, revision = name_rev.partition("@")
+        repo = f"{owner}/{name}"
+        if not HUB_REPO.match(repo):
+            raise SourceError(f"{repo!r} is not a Hub repo id of the form owner/name", field=uri)
+        if "@" in name_rev and not revision:
+            raise SourceError("empty revision after '@'", field=uri)
+        revision = revision or DEFAULT_REVISION
+        if ".." in revision or revision.startswith("/"):
+            raise SourceError(f"revision {revision!r} is not a branch, tag or commit", field=uri)
+        return HubRef(repo=repo, revision=revision, path=_check_repo_path(path, uri))
+    if uri.startswith("saelens://"):
+        release, _, sae_id = uri[len("saelens://"):].partition("/")
+        if not release or not sae_id:
+            raise SourceError("expected saelens://RELEASE/SAE_ID", field=uri)
+        return SaelensRef(release=release, sae_id=sae_id)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri):
+        raise SourceError("unknown scheme; use hf://, saelens:// or a local path", field=uri)
+    return Path(uri)
+
+
+# ---------------------------------------------------------------------------------------- results
+@dataclass
+class ResolvedCheckpoint:
+    """A checkpoint's files on disk plus where they came from.
+
+    ``path`` is the local folder (or single file) to load. ``files`` maps each file name relative to
+    the checkpoint folder to ``{"bytes": int, "sha256": str}``.
+    """
+
+    path: Path
+    local: bool
+    source: str
+    repo: str | None = None
+    requested_revision: str | None = None
+    resolved_revision: str | None = None
+    path_in_repo: str = ""
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    saelens: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-serialisable provenance record (goes into every result row)."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "repo": self.repo,
+            "requested_revision": self.requested_revision,
+            "resolved_revision": self.resolved_revision,
+            "path": self.path_in_repo,
+            "local": self.local,
+            "files": {name: dict(info) for name, info in sorted(self.files.items())},
+        }
+        if self.saelens is not None:
+            out["saelens"] = dict(self.saelens)
+        return out
+
+
+# ---------------------------------------------------------------------------- environment and cache
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set now, or was when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return env in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
+
+
+def default_hub_cache() -> Path:
+    """The Hub cache folder, honouring ``HF_HUB_CACHE`` / ``HF_HOME`` as they are set now."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _repo_cache_folder(hub_cache: Path, repo: str) -> Path:
+    return hub_cache / ("models--" + repo.replace("/", "--"))
+
+
+def cached_revision(repo: str, revision: str, *, hub_cache: Path | str | None = None) -> str | None:
+    """The commit a branch/tag pointed at when last fetched into the cache (``refs/<revision>``)."""
+    ref = _repo_cache_folder(Path(hub_cache) if hub_cache else default_hub_cache(), repo) / "refs" / revision
+    try:
+        sha = ref.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    return sha if COMMIT_SHA.match(sha) else None
+
+
+# ------------------------------------------------------------------------------- errors and retries
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _status_code(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Timeouts, dropped connections, HTTP 5xx and 429: worth another try. Offline mode is not."""
+    for e in _chain(exc):
+        names = {cls.__name__ for cls in type(e).__mro__}
+        if "OfflineModeIsEnabled" in names:
+            return False
+        code = _status_code(e)
+        if code is not None:
+            return code >= 500 or code == 429
+        if isinstance(e, TimeoutError) or names & _TRANSIENT_NAMES:
+            return True
+    return False
+
+
+def _with_retries(action: Callable[[], T], *, what: str) -> T:
+    """Run ``action``; on a transient error wait 1 s, 2 s, 4 s ... and try again."""
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt == RETRY_ATTEMPTS or not is_transient(exc):
+                raise
+            delay = RETRY_BASE_DELAY_S * 2 ** (attempt - 1)
+            log.warning("%s: %s: %s; retrying in %.0f s (attempt %d of %d)",
+                        what, type(exc).__name__, _first_line(exc), delay, attempt + 1, RETRY_ATTEMPTS)
+            _sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _explain(exc: BaseException, *, offline: bool, hub_cache: Path) -> str:
+    """One line saying why a Hub request failed, from the real huggingface_hub exception type."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    code = _status_code(exc)
+    if "GatedRepoError" in names:
+        return "gated repository: accept its terms on the Hub and log in (hf auth login)"
+    if "RepositoryNotFoundError" in names:
+        return "repository not found on the Hub (or private and no access)"
+    if "RevisionNotFoundError" in names:
+        return "revision not found in the repository"
+    if "RemoteEntryNotFoundError" in names or ("EntryNotFoundError" in names and code == 404):
+        return "file not found in the repository at this revision"
+    if "LocalEntryNotFoundError" in names or "OfflineModeIsEnabled" in names:
+        if offline:
+            return f"not in the local Hub cache ({hub_cache}) and HF_HUB_OFFLINE is set, so nothing can be downloaded"
+        cause = next((e for e in _chain(exc) if e is not exc), None)
+        why = f" ({type(cause).__name__}: {_first_line(cause)})" if cause is not None else ""
+        return f"the Hub could not be reached{why} and the files are not in the local cache ({hub_cache})"
+    if code == 401 or code == 403:
+        return f"access denied (HTTP {code}); log in with a token that can read this repository"
+    if code == 404:
+        return "not found on the Hub (HTTP 404)"
+    if is_transient(exc):
+        return f"the Hub did not answer after {RETRY_ATTEMPTS} attempts ({type(exc).__name__}: {_first_line(exc)})"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+# ------------------------------------------------------------------------------------------ hashing
+def _memo_path(cache_dir: Path | str | None) -> Path | None:
+    return None if cache_dir is None else Path(cache_dir) / "sources" / "sha256-memo.json"
+
+
+def _load_memo(cache_dir: Path | str | None) -> dict[str, list]:
+    path = _memo_path(cache_dir)
+    if path is None or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # a damaged memo only costs re-hashing
+    return data if isinstance(data, dict) else {}
+
+
+def _save_memo(cache_dir: Path | str | None, memo: dict[str, list]) -> None:
+    path = _memo_path(cache_dir)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".memo-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(memo, handle, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def file_digest(path: Path, memo: dict[str, list] | None = None) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex}`` of a file (symlinks followed), streamed in 8 MiB chunks.
+
+    ``memo`` maps real path + size + mtime to a digest computed before, so large files are hashed
+    once per change rather than once per run.
+    """
+    real = Path(os.path.realpath(path))
+    stat = real.stat()
+    key = f"{real}|{stat.st_size}|{stat.st_mtime_ns}"
+    if memo is not None and key in memo:
+        size, digest = memo[key]
+        return {"bytes": int(size), "sha256": str(digest)}
+    hasher = hashlib.sha256()
+    with open(real, "rb") as handle:
+        for chunk in iter(functools.partial(handle.read, 8 << 20), b""):
+            hasher.update(chunk)
+    digest = hasher.hexdigest()
+    # Hub cache blobs of LFS files are named by their sha256: a mismatch is a damaged download.
+    if "blobs" in real.parts and SHA256_HEX.match(real.name) and real.name != digest:
+        raise SourceError(f"cached file {path.name} is damaged (sha256 {digest[:12]}… but blob {real.name[:12]}…); "
+                          f"delete {real} and fetch again", file=str(path))
+    if memo is not None:
+        memo[key] = [stat.st_size, digest]
+    return {"bytes": stat.st_size, "sha256": digest}
+
+
+def checkpoint_files(target: Path) -> list[Path]:
+    """The files that make up a checkpoint: the file itself plus its folder's configs, or a folder's
+    configs and weights (top level only, matching :data:`CHECKPOINT_FILE_PATTERNS`)."""
+    if target.is_file():
+        siblings = [target.parent / n for n in CONFIG_NAMES if (target.parent / n).is_file() and n != target.name]
+        return [target, *siblings]
+    if not target.is_dir():
+        return []
+    found = []
+    for child in sorted(target.iterdir()):
+        if child.is_file() and any(PurePosixPath(child.name).match(p) for p in CHECKPOINT_FILE_PATTERNS):
+            found.append(child)
+    return found
+
+
+def _has_weights(files: list[Path]) -> bool:
+    return any(
+        f.suffix in (".safetensors", ".npz", ".pt") and f.name not in NOT_WEIGHTS for f in files
+    )
+
+
+def describe_files(target: Path, *, cache_dir: Path | str | None = None) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of each checkpoint file, keyed by name relative to the checkpoint folder."""
+    memo = _load_memo(cache_dir)
+    before = len(memo)
+    base = target.parent if target.is_file() else target
+    out = {f.relative_to(base).as_posix(): file_digest(f, memo) for f in checkpoint_files(target)}
+    if len(memo) != before:
+        _save_memo(cache_dir, memo)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- revisions
+def resolve_revision(repo: str, revision: str, *, hub_cache: Path | str | None = None) -> str:
+    """The 40-hex commit sha that ``revision`` (branch, tag or sha) of ``repo`` names.
+
+    Online: asks the Hub (with retries) and falls back to the cache's ``refs/`` when the Hub cannot be
+    reached. Offline: the cache's ``refs/`` only.
+    """
+    if COMMIT_SHA.match(revision):
+        return revision
+    cache = Path(hub_cache) if hub_cache else default_hub_cache()
+    where = f"{repo}@{revision}"
+    if hub_offline():
+        sha = cached_revision(repo, revision, hub_cache=cache)
+        if sha is None:
+            raise SourceError(f"cannot resolve revision {revision!r} to a commit: HF_HUB_OFFLINE is set and the "
+                              f"local Hub cache ({cache}) has no refs/{revision} for this repo", field=where)
+        return sha
+    try:
+        info = _with_retries(lambda: HfApi().repo_info(repo, revision=revision), what=f"resolving {where}")
+    except Exception as exc:
+        sha = cached_revision(repo, revision, hub_cache=cache) if is_transient(exc) else None
+        if sha is not None:
+            log.warning("%s: the Hub could not be reached; using the cached commit %s", where, sha)
+            return sha
+        raise SourceError(_explain(exc, offline=False, hub_cache=cache), field=where) from None
+    sha = getattr(info, "sha", None)
+    if not sha or not COMMIT_SHA.match(sha):
+        raise SourceError(f"the Hub returned no commit sha for revision {revision!r}", field=where)
+    return sha
+
+
+# ---------------------------------------------------------------------------------------- resolving
+def _escape_glob(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def download_patterns(path: str) -> tuple[list[str], list[str]]:
+    """``(allow_patterns, ignore_patterns)`` fetching only the checkpoint at ``path`` in a repo.
+
+    ``path`` may name a folder or one file (and folders may have file-like names, e.g. sae-lens's
+    ``v5_32k_layer_6.pt``), so both readings are allowed: the exact path, the checkpoint files directly
+    inside it, and the configs next to it. Nothing deeper and no code is fetched.
+    """
+    if not path:
+        return list(CHECKPOINT_FILE_PATTERNS), ["*/*", "*.py"]
+    escaped = _escape_glob(path)
+    parent = str(PurePosixPath(path).parent)
+    parent_prefix = "" if parent in ("", ".") else _escape_glob(parent) + "/"
+    allow = [escaped]
+    allow += [f"{escaped}/{pattern}" for pattern in CHECKPOINT_FILE_PATTERNS]
+    allow += [parent_prefix + name for name in CONFIG_NAMES]
+    return allow, [f"{escaped}/*/*", "*.py"]
+
+
+def _download(repo: str, sha: str, path: str, *, hub_cache: Path, offline: bool) -> Path:
+    allow, ignore = download_patterns(path)
+    folder = _with_retries(
+        lambda: snapshot_download(
+            repo, revision=sha, cache_dir=str(hub_cache), allow_patterns=allow, ignore_patterns=ignore,
+            local_files_only=offline,
+        ),
+        what=f"downloading {repo}@{sha}/{path}",
+    )
+    return Path(folder)
+
+
+def resolve_hub(
+    repo: str,
+    revision: str,
+    path: str = "",
+    *,
+    cache_dir: Path | str | None = None,
+    hub_cache: Path | str | None = None,
+    source: str | None = None,
+    saelens: dict[str, Any] | None = None,
+) -> ResolvedCheckpoint:
+    """Fetch the checkpoint at ``repo@revision/path`` (only its own files) and describe it.
+
+    ``hub_cache``: the Hub cache folder (default: the standard one, ``HF_HUB_CACHE``). ``cache_dir``:
+    CanonBench's cache, where file digests are memoised. Raises :class:`SourceError` with one line
+    naming repo, revision and path.
+    """
+    cache = Path(hub_cache) if hub_cache else default_hub_cache()
+    path = _check_repo_path(path, f"{repo}@{revision}/{path}")
+    sha = resolve_revision(repo, revision, hub_cache=cache)
+    where = f"{repo}@{sha}" + (f"/{path}" if path else "")
+    offline = hub_offline()
+    try:
+        snapshot = _download(repo, sha, path, hub_cache=cache, offline=offline)
+    except Exception as exc:
+        if isinstance(exc, (KeyboardInterrupt, MemoryError)):
+            raise
+        raise SourceError(_explain(exc, offline=offline, hub_cache=cache), field=where) from None
+    target = snapshot / path if path else snapshot
+    files = checkpoint_files(target)
+    if not files or (target.is_dir() and not _has_weights(files)):
+        looked = ", ".join(CHECKPOINT_FILE_PATTERNS)
+        if offline:
+            raise SourceError(f"no checkpoint files ({looked}) at this path in the local Hub cache ({cache}) "
+                              "and HF_HUB_OFFLINE is set, so nothing can be downloaded", field=where)
+        raise SourceError(f"no checkpoint files ({looked}) at this path in the repository", field=where)
+    return ResolvedCheckpoint(
+        path=target, local=False, source=source or f"hf://{repo}@{revision}" + (f"/{path}" if path else ""),
+        repo=repo, requested_revision=revision, resolved_revision=sha, path_in_repo=path,
+        files=describe_files(target, cache_dir=cache_dir), saelens=saelens,
+    )
+
+
+def resolve_local(path: Path | str, *, display: str | None = None, cache_dir: Path | str | None = None) -> ResolvedCheckpoint:
+    """Describe a checkpoint in a local folder or file (nothing is copied)."""
+    target = Path(path)
+    shown = display if display is not None else str(path)
+    if not target.exists():
+        raise SourceError("no such file or folder", field=shown)
+    files = checkpoint_files(target)
+    if not files or (target.is_dir() and not _has_weights(files)):
+        raise SourceError(f"no checkpoint files ({', '.join(CHECKPOINT_FILE_PATTERNS)}) in this folder", field=shown)
+    return ResolvedCheckpoint(
+        path=target.resolve(), local=True, source=shown, path_in_repo=shown,
+        files=describe_files(target, cache_dir=cache_dir),
+    )
+
+
+# -------------------------------------------------------------------------------------- sae-lens
+def saelens_registry_path() -> Path:
+    """Where the installed sae-lens keeps ``pretrained_saes.yaml``, found without importing sae_lens."""
+    spec = importlib.util.find_spec("sae_lens")
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError("saelens:// sources need the sae-lens package for its registry of pretrained SAEs "
+                          "(pip install sae-lens), or give the Hub location as hf://owner/repo@SHA/path")
+    for folder in spec.submodule_search_locations:
+        for candidate in (Path(folder) / "pretrained_saes.yaml", Path(folder) / "toolkit" / "pretrained_saes.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise SourceError("the installed sae-lens has no pretrained_saes.yaml; give the Hub location as "
+                      "hf://owner/repo@SHA/path")
+
+
+@functools.lru_cache(maxsize=4)
+def _read_registry(path: str, mtime_ns: int) -> dict[str, Any]:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.load(handle, Loader=loader)  # noqa: S506 - a safe loader
+    if not isinstance(data, dict):
+        raise SourceError("not a mapping of releases", file=path)
+    return data
+
+
+def lookup_saelens(release: str, sae_id: str, *, registry_path: Path | str | None = None) -> dict[str, Any]:
+    """``{repo, path, model, conversion_func, release, sae_id}`` for an SAE in sae-lens's registry."""
+    path = Path(registry_path) if registry_path else saelens_registry_path()
+    registry = _read_registry(str(path), path.stat().st_mtime_ns)
+    uri = f"saelens://{release}/{sae_id}"
+    entry = registry.get(release)
+    if not isinstance(entry, dict):
+        near = difflib.get_close_matches(release, [str(k) for k in registry], n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise SourceError(f"release {release!r} is not in sae-lens's registry ({path}){hint}", field=uri)
+    saes = entry.get("saes") or []
+    match = next((s for s in saes if isinstance(s, dict) and str(s.get("id")) == sae_id), None)
+    if match is None:
+        ids = [str(s.get("id")) for s in saes if isinstance(s, dict)]
+        near = difflib.get_close_matches(sae_id, ids, n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else f" ({len(ids)} ids in this release)"
+        raise SourceError(f"sae id {sae_id!r} is not in release {release!r}{hint}", field=uri)
+    repo = entry.get("repo_id")
+    if not isinstance(repo, str) or not HUB_REPO.match(repo):
+        raise SourceError(f"release {release!r} has no usable repo_id in the registry", field=uri)
+    return {
+        "release": release,
+        "sae_id": sae_id,
+        "repo": repo,
+        "path": _check_repo_path(str(match.get("path") or ""), uri),
+        "model": entry.get("model"),
+        "conversion_func": entry.get("conversion_func"),
+    }
+
+
+# ---------------------------------------------------------------------------------------- public API
+def resolve_source(
+    uri: str,
+    *,
+    cache_dir: Path | str | None = None,
+    hub_cache: Path | str | None = None,
+    saelens_registry: Path | str | None = None,
+) -> ResolvedCheckpoint:
+    """Resolve an ``hf://`` / ``saelens://`` URI or a local path to files on disk, with provenance."""
+    ref = parse_source(uri)
+    if isinstance(ref, HubRef):
+        return resolve_hub(ref.repo, ref.revision, ref.path, cache_dir=cache_dir, hub_cache=hub_cache, source=uri)
+    if isinstance(ref, SaelensRef):
+        entry = lookup_saelens(ref.release, ref.sae_id, registry_path=saelens_registry)
+        info = {k: entry[k] for k in ("release", "sae_id", "model", "conversion_func")}
+        return resolve_hub(entry["repo"], DEFAULT_REVISION, entry["path"], cache_dir=cache_dir,
+                           hub_cache=hub_cache, source=uri, saelens=info)
+    return resolve_local(ref, display=uri, cache_dir=cache_dir)
+
+
+def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
+                       hub_cache: Path | str | None = None) -> ResolvedCheckpoint:
+    """Resolve one :class:`~benchmark.submission.manifest.CheckpointSpec` of a loaded manifest.
+
+    Local paths are relative to the manifest's folder; Hub entries are always pinned to a sha by the
+    schema. Errors name the manifest file and the checkpoint entry.
+    """
+    checkpoints = list(manifest.submission.checkpoints)
+    index = next((i for i, c in enumerate(checkpoints) if c is spec), None)
+    if index is None:
+        index = checkpoints.index(spec)
+    entry = f"checkpoints[{index}]"
+    try:
+        if spec.local is not None:
+            return resolve_local(manifest.resolve_local(spec.local), display=spec.local, cache_dir=cache_dir)
+        return resolve_hub(spec.repo, spec.revision, spec.path, cache_dir=cache_dir, hub_cache=hub_cache)
+    except SourceError as exc:
+        where = f"{entry}.local" if spec.local is not None else entry
+        subject = exc.field or ""
+        detail = f"{subject}: {exc.detail}" if subject else exc.detail
+        raise SourceError(detail, file=manifest.path, field=where) from None

@@ -1,0 +1,208 @@
+"""The training loop: Adam with warm-up and decay, decoder renormalisation, AuxK dead-latent tracking."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmark.errors import CanonBenchError
+from benchmark.submission.manifest import RecipeSpec
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever a change to this module changes what a recipe trains to (part of cache keys).
+from benchmark.training.batched import TRAINABLE, TRAINER_VERSION, BatchedSAE, TrainingResult, LOG_EVERY, SMALL_STEP_MACS
+from benchmark.training.fast_path import _FastSAE, uses_fast_path
+
+# --- training loop --------------------------------------------------------------------------------
+def _lr_lambda(hp) -> Callable[[int], float]:
+    steps, warmup = hp.steps, hp.warmup_steps
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if hp.lr_decay == "none":
+            return 1.0
+        progress = (step - warmup) / max(steps - warmup, 1)
+        if hp.lr_decay == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _batch_source(batches: Iterable[torch.Tensor] | Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor | None]:
+    if callable(batches) and not hasattr(batches, "__iter__"):
+        return batches  # type: ignore[return-value]
+    iterator = iter(batches)  # type: ignore[arg-type]
+
+    def next_batch(step: int) -> torch.Tensor | None:
+        return next(iterator, None)
+
+    return next_batch
+
+
+def check_recipe(recipe: RecipeSpec, *, file: Any = None) -> None:
+    """Raise a one-line error for a recipe this trainer cannot run."""
+    hp = recipe.hyperparameters
+    where = "recipe.hyperparameters"
+    if recipe.architecture not in TRAINABLE:
+        raise CanonBenchError(f"cannot train {recipe.architecture!r}", file=file, field="recipe.architecture")
+    if recipe.architecture in ("topk", "batchtopk", "matryoshka") and not hp.k:
+        raise CanonBenchError(f"{recipe.architecture} needs k", file=file, field=f"{where}.k")
+    if hp.k and hp.k > recipe.width:
+        raise CanonBenchError(f"k={hp.k} exceeds width {recipe.width}", file=file, field=f"{where}.k")
+    if recipe.architecture == "matryoshka" and not hp.matryoshka_widths:
+        raise CanonBenchError("matryoshka needs matryoshka_widths", file=file, field=f"{where}.matryoshka_widths")
+
+
+def train_batched(
+    recipe: RecipeSpec,
+    batches: Iterable[torch.Tensor] | Callable[[int], torch.Tensor],
+    *,
+    d_in: int,
+    device: str = "cpu",
+    quiet: bool = False,
+    seeds: list[int] | None = None,
+) -> TrainingResult:
+    """Train every seed of ``recipe`` (or ``seeds``) together; returns one SAE per seed.
+
+    ``batches``: an iterable of ``[batch, d_in]`` float tensors or a callable ``step -> tensor``; the
+    same batch goes to every seed. Runs ``recipe.hyperparameters.steps`` steps (fewer if an iterable
+    ends first; the log says how many). Adam (β = 0.9, 0.999) at ``lr`` with the recipe's warm-up and
+    decay; decoder rows renormalised after every step when ``normalise_decoder``. fp32 unless the
+    recipe asks for ``bfloat16`` (autocast of the forward pass; parameters stay fp32).
+    """
+    check_recipe(recipe)
+    hp = recipe.hyperparameters
+    seeds = list(recipe.seeds if seeds is None else seeds)
+    if not seeds:
+        raise CanonBenchError("no seeds to train", field="seeds")
+    dev = torch.device(device)
+    previous_threads = torch.get_num_threads()
+    try:
+        return _train(recipe, batches, d_in=d_in, dev=dev, quiet=quiet, seeds=seeds)
+    finally:
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
+
+
+def _thread_count(dev: torch.device, n_seeds: int, batch_rows: int, d_in: int, width: int) -> int:
+    """CPU threads to train with: 1 when one dense product of a step is under :data:`SMALL_STEP_MACS`.
+
+    A small SAE's step is dozens of element-wise ops and skinny GEMMs (inner dimension d_in) that are
+    memory-bound: a second thread buys little, and on a loaded 2-core machine every op then waits for a
+    descheduled sibling (measured with load average ~7 on 2 cores: small ops 3-10× slower with 2 threads
+    than 1; the Song full-batch step 0.31 → 0.78 s, the zipf-hierarchy step 0.05 → 0.18 s). Steps above
+    the bound (model-sized SAEs, d_in in the hundreds) keep torch's setting."""
+    if dev.type != "cpu":
+        return torch.get_num_threads()
+    macs = n_seeds * batch_rows * d_in * width
+    return 1 if macs < SMALL_STEP_MACS else torch.get_num_threads()
+
+
+def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: bool, seeds: list[int]) -> TrainingResult:
+    hp = recipe.hyperparameters
+    model = BatchedSAE(recipe, d_in, seeds).to(dev)
+    if hp.normalise_decoder:
+        model.normalise_decoder()
+    fast = _FastSAE(model, recipe) if uses_fast_path(recipe) else None
+    params = fast.params if fast is not None else list(model.parameters())
+    optimiser = _adam(params, hp.lr, dev)
+    lr_factor = _lr_lambda(hp)
+    next_batch = _batch_source(batches)
+    track_dead = bool(hp.aux_k_coefficient and hp.dead_after_steps)
+    steps_since_fired = torch.zeros(len(seeds), recipe.width, dtype=torch.long, device=dev)
+    autocast = hp.dtype == "bfloat16"
+    started = time.perf_counter()
+    last: dict[str, torch.Tensor] = {}
+    done = 0
+    bar = tqdm(total=hp.steps, desc=f"train {recipe.architecture}×{len(seeds)} seeds", disable=quiet, unit="step", mininterval=1.0)
+    for step in range(hp.steps):
+        x = next_batch(step)
+        if x is None:
+            log.warning("batches ran out after %d of %d steps", step, hp.steps)
+            break
+        if x.dim() != 2 or x.shape[1] != d_in:
+            raise CanonBenchError(f"batch {step} has shape {tuple(x.shape)}, expected [batch, {d_in}]", field="batches")
+        x = x.to(dev, torch.float32, non_blocking=True)
+        if step == 0:
+            threads = _thread_count(dev, len(seeds), x.shape[0], d_in, recipe.width)
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)  # train_batched restores the caller's setting
+        logging_step = step % LOG_EVERY == 0 or step + 1 == hp.steps
+        for group in optimiser.param_groups:
+            group["lr"] = hp.lr * lr_factor(step)
+        if fast is not None:
+            terms = fast.step_grads(x, stats=logging_step)
+            optimiser.step()
+            if hp.normalise_decoder:
+                fast.normalise_decoder()
+        else:
+            dead_mask = (steps_since_fired >= hp.dead_after_steps) if track_dead else None
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+                terms = model.losses(x, recipe, dead_mask, stats=logging_step)
+            optimiser.zero_grad(set_to_none=True)
+            terms["total"].float().sum().backward()
+            optimiser.step()
+            if hp.normalise_decoder:
+                model.normalise_decoder()
+        with torch.no_grad():
+            if "_batch_min" in terms:
+                _update_threshold(model, terms["_batch_min"])
+            if track_dead:
+                fired = (terms["_z"] > 0).any(dim=1)
+                steps_since_fired = torch.where(fired, torch.zeros_like(steps_since_fired), steps_since_fired + 1)
+        done = step + 1
+        if logging_step:
+            last = {k: v.detach() for k, v in terms.items() if not k.startswith("_")}
+            if not quiet:
+                bar.update(done - bar.n)  # the bar moves every LOG_EVERY steps: no per-step bookkeeping
+                bar.set_postfix(mse=f"{float(last['mse'].mean()):.4g}", l0=f"{float(last['l0'].mean()):.3g}")
+    bar.update(done - bar.n)
+    bar.close()
+    wall = time.perf_counter() - started
+    if not last:
+        raise CanonBenchError("no training batches were given", field="batches")
+    if fast is not None:
+        fast.write_back()
+    saes = model.to_saes(recipe)
+    train_log = {
+        "steps": done,
+        "seeds": seeds,
+        "wall_s": wall,
+        "steps_per_s": done / wall if wall > 0 else None,
+        "device": str(dev),
+        "dtype": hp.dtype,
+        "threads": torch.get_num_threads(),
+        "path": "analytic" if fast is not None else "autograd",
+        "trainer_version": TRAINER_VERSION,
+        "final": {name: [float(v) for v in values.float().cpu()] for name, values in last.items()},
+    }
+    if recipe.architecture in ("batchtopk", "matryoshka"):
+        train_log["threshold"] = [float(t) for t in model.threshold_estimate.cpu()]
+    log.info("trained %s × %d seeds: %d steps in %.1fs", recipe.architecture, len(seeds), done, wall)
+    return TrainingResult(saes=saes, log=train_log)
+
+
+def _adam(params: list[torch.Tensor], lr: float, dev: torch.device) -> torch.optim.Optimizer:
+    """Adam (β = 0.9, 0.999); the fused kernel (one pass over all stacked tensors) where torch has it."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), foreach=dev.type != "cpu" or None)
+
+
+def _update_threshold(model: BatchedSAE, batch_min: torch.Tensor) -> None:
+    """Each batch's smallest kept activation, averaged: a plain mean over the first 100 steps, then an
+    exponential moving average (decay 0.99) so the estimate follows the late, trained encoder."""
+    finite = torch.isfinite(batch_min)
+    n = int(model.threshold_seen) + 1
+    update = torch.where(finite, batch_min, model.threshold_estimate)
+    model.threshold_estimate.add_((update - model.threshold_estimate) * max(1.0 / n, 0.01))
+    model.threshold_seen.fill_(n)
