@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from benchmark.errors import CanonBenchError
@@ -28,11 +32,17 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="downloads, activations, trained SAEs")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--seed", type=int, default=0, help="global seed; per-task generators derive from it")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="task seed: every random choice inside a task derives from it (another seed is another unit)")
     parser.add_argument("--overwrite", action="store_true", help="recompute finished units (old rows are kept as superseded)")
     parser.add_argument("--dry-run", action="store_true", help="show what would run")
     parser.add_argument("--batch-size", type=int, default=None, help="override tasks' batch sizes (lower it on OOM)")
-    parser.add_argument("--limit", type=int, default=None, help="cap samples per task (quick looks; results are marked)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="cap samples per task: a quick preview, stored as its own capped unit, never as the score")
+    parser.add_argument("--task-option", action="append", default=[], metavar="TASK.FIELD=VALUE",
+                        help="set a field of a task's config (see `canonbench tasks`); part of the run spec")
+    parser.add_argument("--no-activations", action="store_true",
+                        help="do not prepare model activations for tasks that only use them optionally")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_new_submission)
 
+    p = sub.add_parser("summarize", help="compute the tasks' cross-submission summaries and store them as results")
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
+    _common(p)
+    p.set_defaults(func=cmd_summarize)
+
     p = sub.add_parser("tasks", help="list registered tasks and their metrics")
     _common(p)
     p.set_defaults(func=cmd_tasks)
@@ -102,21 +118,42 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.quiet:  # the libraries' own progress bars and advice go too (read when they are imported)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def _task_list(args: argparse.Namespace) -> list[str] | None:
     return [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
 
 
+#: Environment variables that set task options (spelled out here: tasks never read the environment).
+ENV_TASK_OPTIONS = {
+    "CANONBENCH_EXPLAINER": ("explanation-similarity", "explainer"),
+    "CANONBENCH_LLM_URL": ("explanation-similarity", "llm_url"),
+    "CANONBENCH_LLM_MODEL": ("explanation-similarity", "llm_model"),
+    "CANONBENCH_EMBEDDING_MODEL": ("explanation-similarity", "embedding_model"),
+}
+
+
+def _task_options(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    from benchmark.spec import parse_task_options
+
+    options: dict[str, dict[str, str]] = {}
+    for env, (task, name) in ENV_TASK_OPTIONS.items():
+        if os.environ.get(env):
+            options.setdefault(task, {})[name] = os.environ[env]
+    for task, values in parse_task_options(args.task_option).items():  # flags win over the environment
+        options.setdefault(task, {}).update(values)
+    return options
+
+
 def _run_kwargs(args: argparse.Namespace) -> dict:
-    options = {}
-    if args.batch_size:
-        options["batch_size"] = args.batch_size
-    if args.limit:
-        options["limit"] = args.limit
     return dict(
         results_dir=args.results, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, seed=args.seed,
-        overwrite=args.overwrite, quiet=args.quiet, dry_run=args.dry_run, options=options,
+        limit=args.limit, batch_size=args.batch_size, task_options=_task_options(args), overwrite=args.overwrite,
+        quiet=args.quiet, dry_run=args.dry_run, skip_activations=args.no_activations,
     )
 
 
@@ -130,18 +167,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from benchmark.summaries import render_outcomes, summarize
+
+    outcomes = summarize(args.results, tasks=_task_list(args))
+    print(render_outcomes(outcomes))
+    return 1 if any(o.error for o in outcomes) else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from benchmark.submission.manifest import load_manifests
     from benchmark.runner import run_benchmark
+    from benchmark.submission.manifest import load_manifests
+    from benchmark.summaries import render_outcomes, summarize
 
     manifests = load_manifests([args.submissions])
     summary = run_benchmark(manifests, _task_list(args), **_run_kwargs(args))
     print(summary.render())
-    try:
-        from leaderboard.build import build_site
-    except ImportError:
-        print("leaderboard renderer not available yet; results are in", args.results)
-        return 1 if summary.failed else 0
+    if not args.dry_run:
+        outcomes = summarize(args.results)
+        print(render_outcomes(outcomes))
+    from leaderboard.build import build_site
+
     index = build_site(results_dir=args.results, submissions_dir=Path("submissions"), out_dir=args.out)
     print(f"leaderboard: {Path(index).resolve()}")
     return 1 if summary.failed else 0
@@ -179,21 +225,47 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             lo, hi = m.range
             better = "no direction" if m.direction == "none" else f"{m.direction} is better"
             print(f"  {star} {m.name} ({better}, range [{lo}, {hi}]) {m.description}")
+        fields = dataclasses.fields(cls.config_class)
+        if fields:
+            options = ", ".join(f"{f.name}={_default_text(f)}" for f in fields)
+            print(f"    options (--task-option {name}.FIELD=VALUE): {options}")
     return 0
+
+
+def _default_text(fld) -> str:
+    if fld.default is not dataclasses.MISSING:
+        return repr(fld.default)
+    if fld.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return repr(fld.default_factory())  # type: ignore[misc]
+    return "(required)"
+
+
+EXPORT_FORMATS = (".csv", ".parquet")
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from benchmark.results import ResultStore
 
+    if args.export and args.export.suffix.lower() not in EXPORT_FORMATS:
+        raise CanonBenchError(f"unknown export format {args.export.suffix or '(none)'!r}; use {' or '.join(EXPORT_FORMATS)}",
+                              file=args.export, field="--export")
+    if not args.results.is_dir():
+        raise CanonBenchError("no results store here (run `canonbench run` first, or check the path)", file=args.results,
+                              field="--results")
     frame = ResultStore(args.results).read()
     if args.export:
-        if args.export.suffix == ".csv":
-            frame.to_csv(args.export, index=False)
-        else:
-            frame.to_parquet(args.export, index=False)
+        try:
+            if args.export.suffix.lower() == ".csv":
+                from leaderboard.write import write_csv
+
+                write_csv(frame, args.export)
+            else:
+                frame.to_parquet(args.export, index=False)
+        except OSError as exc:
+            raise CanonBenchError(f"cannot write the export: {exc.strerror or exc}", file=args.export, field="--export") from None
         print(f"wrote {len(frame)} rows to {args.export}")
         return 0
-    cols = ["submission", "task", "metric", "subset", "value", "std", "n"]
+    cols = ["submission", "task", "task_version", "metric", "subset", "value", "std", "n", "task_seed", "capped"]
     print(frame[cols].to_string(index=False) if len(frame) else "no results yet")
     return 0
 
@@ -201,7 +273,14 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_leaderboard_build(args: argparse.Namespace) -> int:
     from leaderboard.build import build_site
 
-    index = build_site(results_dir=args.results, submissions_dir=args.submissions, out_dir=args.out)
+    if not args.results.is_dir():
+        raise CanonBenchError("no results store here (run `canonbench run` first, or check the path)", file=args.results,
+                              field="--results")
+    try:
+        index = build_site(results_dir=args.results, submissions_dir=args.submissions, out_dir=args.out)
+    except OSError as exc:
+        raise CanonBenchError(f"cannot write the site: {exc.strerror or exc}", file=exc.filename or args.out,
+                              field="--out") from None
     print(f"leaderboard: {Path(index).resolve()}")
     return 0
 
@@ -214,21 +293,44 @@ def cmd_synthetic_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same orderly stop as Ctrl-C (finished units kept, summary printed)."""
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subprocess in the tests
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    terminated = False
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
     except CanonBenchError as exc:
         print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # always one line
         return 2
+    except BrokenPipeError:  # `canonbench results | head`: the reader left, nothing is wrong
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python's exit flush quiet
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated) or isinstance(exc.__context__, _Terminated) or getattr(exc, "terminated", False)
         summary = getattr(exc, "summary", None)  # runner.RunInterrupted: what finished before Ctrl-C
         if summary is not None:
             print(summary.render())
-        print("interrupted: finished results are kept; rerun to continue", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"{what}: finished results are kept; rerun to continue", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

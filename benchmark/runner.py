@@ -1,7 +1,12 @@
-"""Plans (submission × task) units, skips finished ones, runs the rest and reports.
+"""Plans (submission × task × run spec) units, skips finished ones, runs the rest and reports.
 
-A failing unit is recorded with its reason and the run goes on with the others; the exit code says
-that something failed. Finished units are never recomputed unless ``overwrite`` is asked for.
+A unit's identity is its submission, task, task version, run spec hash and inputs hash (see
+:mod:`benchmark.spec`, :mod:`benchmark.submission.identity`): a stored unit is reused only when all
+of them match, so a ``--limit`` preview never stands in for a full run, two task seeds are two units,
+and changed checkpoint files are recomputed (with a warning; the stale unit moves to ``superseded/``
+once the new one is stored). Inputs are prepared by :mod:`benchmark.provision` before the task's
+clock starts. A failing unit is recorded with its reason and the run goes on with the others; the
+exit code says that something failed.
 """
 
 from __future__ import annotations
@@ -9,19 +14,24 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+import os
 import sys
 import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from benchmark.cache import TaskCache
 from benchmark.errors import CanonBenchError, TaskError
-from benchmark.submission.manifest import LoadedManifest
+from benchmark.provision import SubmissionInputs
 from benchmark.results import ResultStore, UnitProvenance, make_rows
+from benchmark.spec import RunSpec, build_config, make_spec
+from benchmark.submission.identity import inputs_hash
+from benchmark.submission.manifest import LoadedManifest
 from benchmark.version import BENCHMARK_VERSION, git_sha
 
 log = logging.getLogger(__name__)
@@ -72,9 +82,10 @@ class RunSummary:
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGINT) during a run; ``summary`` says what finished before it."""
 
-    def __init__(self, summary: RunSummary):
+    def __init__(self, summary: RunSummary, *, terminated: bool = False):
         super().__init__("interrupted")
         self.summary = summary
+        self.terminated = terminated
 
 
 def _release_memory() -> None:
@@ -90,63 +101,6 @@ def _failure_detail(exc: BaseException) -> str:
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return f"out of memory ({type(exc).__name__}: {first_line}); {OOM_HINT}"
     return f"{type(exc).__name__}: {exc}"
-
-
-class SubmissionInputs:
-    """Loads a submission's SAEs (and their provenance) once, on first use, for every task."""
-
-    def __init__(self, manifest: LoadedManifest, *, device: str, cache_dir: Path, quiet: bool):
-        self.manifest = manifest
-        self.device = device
-        self.cache_dir = cache_dir
-        self.quiet = quiet
-        self._saes: dict[int, Any] | None = None
-        self.checkpoint_records: list[dict[str, Any]] = []
-
-    def load_saes(self) -> dict[int, Any]:
-        if self._saes is None:
-            self._saes, self.checkpoint_records = load_submission_saes(
-                self.manifest, device=self.device, cache_dir=self.cache_dir, quiet=self.quiet
-            )
-        return self._saes
-
-
-def load_submission_saes(
-    manifest: LoadedManifest, *, device: str, cache_dir: Path, quiet: bool
-) -> tuple[dict[int, Any], list[dict[str, Any]]]:
-    """``{seed: SAE}`` plus one provenance record per checkpoint.
-
-    Checkpoints submissions are resolved through :mod:`benchmark.submission.sources` and loaded through
-    :mod:`benchmark.sae.checkpoints`; recipes that train on a model are trained (cached) by
-    :mod:`benchmark.training.model_recipes`. Synthetic recipes have no SAEs outside the synthetic task.
-    """
-    sub = manifest.submission
-    if sub.kind == "checkpoints":
-        from benchmark.sae.checkpoints import load_sae
-        from benchmark.submission.sources import resolve_checkpoint
-
-        saes, records = {}, []
-        for spec in sub.checkpoints:
-            resolved = resolve_checkpoint(manifest, spec, cache_dir=cache_dir)
-            fmt = None if sub.sae.format == "auto" else sub.sae.format
-            sae = load_sae(resolved.path, format=fmt, device=device)
-            _check_against_manifest(sae, manifest, resolved.path)
-            saes[spec.seed] = sae
-            records.append(resolved.record())
-        return saes, records
-    if sub.recipe.trains_on == "model":
-        from benchmark.training.model_recipes import train_recipe_saes
-
-        return train_recipe_saes(manifest, cache_dir=cache_dir, device=device, quiet=quiet)
-    raise TaskError("synthetic recipes are trained inside the synthetic task only", file=manifest.path, field="recipe.trains_on")
-
-
-def _check_against_manifest(sae: Any, manifest: LoadedManifest, path: Path) -> None:
-    spec = manifest.submission.sae
-    if sae.d_sae != spec.width:
-        raise CanonBenchError(f"checkpoint has d_sae={sae.d_sae} but the manifest says {spec.width}", file=manifest.path, field="sae.width")
-    if spec.d_in is not None and sae.d_in != spec.d_in:
-        raise CanonBenchError(f"checkpoint has d_in={sae.d_in} but the manifest says {spec.d_in}", file=manifest.path, field="sae.d_in")
 
 
 def _model_fields(manifest: LoadedManifest) -> dict[str, Any]:
@@ -165,6 +119,32 @@ def _model_fields(manifest: LoadedManifest) -> dict[str, Any]:
     }
 
 
+@dataclass
+class RunSettings:
+    """Run-wide settings that are not part of any spec (where files go, what to show)."""
+
+    results_dir: Path
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    device: str = "cpu"
+    overwrite: bool = False
+    quiet: bool = False
+    dry_run: bool = False
+    skip_activations: bool = False
+    activations_factory: Any = None
+
+
+def build_specs(registry: dict[str, type], names: list[str], *, seed: int = 0, limit: int | None = None,
+                dtype: str = "float32", device: str = "cpu", batch_size: int | None = None,
+                task_options: dict[str, dict[str, Any]] | None = None) -> dict[str, RunSpec]:
+    """One :class:`RunSpec` per task name; ``task_options`` maps task name → config overrides."""
+    task_options = dict(task_options or {})
+    unknown = sorted(set(task_options) - set(registry))
+    if unknown:
+        raise CanonBenchError(f"options for unknown task(s) {', '.join(unknown)}", field="--task-option")
+    return {n: make_spec(registry[n], seed=seed, limit=limit, dtype=dtype, device=device, batch_size=batch_size,
+                         overrides=task_options.get(n)) for n in names}
+
+
 def run_benchmark(
     manifests: list[LoadedManifest],
     task_names: list[str] | None,
@@ -174,16 +154,21 @@ def run_benchmark(
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    task_options: dict[str, dict[str, Any]] | None = None,
     overwrite: bool = False,
     quiet: bool = False,
     dry_run: bool = False,
-    options: dict[str, Any] | None = None,
-    activations_factory: Callable[[LoadedManifest], Any] | None = None,
+    skip_activations: bool = False,
+    activations_factory=None,
 ) -> RunSummary:
-    """Run every requested task on every manifest, skipping finished units.
+    """Run every requested task on every manifest, skipping finished units (same spec, same inputs).
 
-    ``activations_factory(manifest)`` builds the activation provider for tasks that need one; by
-    default :func:`benchmark.data.activations.provider_for_manifest` is used.
+    ``seed``, ``limit``, ``dtype``, ``batch_size`` and ``task_options`` make the run spec of each
+    task (see :func:`benchmark.spec.make_spec`); ``device`` contributes its class (cpu/cuda).
+    ``activations_factory(manifest, cache_dir=, device=, quiet=, dtype=)`` replaces the default
+    activation provider (:func:`benchmark.data.activations.provider_for_manifest`).
     """
     from tasks import all_tasks
 
@@ -192,11 +177,15 @@ def run_benchmark(
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise CanonBenchError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(registry)}", field="--tasks")
+    specs = build_specs(registry, names, seed=seed, limit=limit, dtype=dtype, device=device, batch_size=batch_size,
+                        task_options=task_options)
+    settings = RunSettings(results_dir=Path(results_dir), cache_dir=Path(cache_dir), device=device, overwrite=overwrite,
+                           quiet=quiet, dry_run=dry_run, skip_activations=skip_activations,
+                           activations_factory=activations_factory)
     run_id = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
     summary = RunSummary(run_id=run_id)
-    store = ResultStore(results_dir)
-    cache_dir = Path(cache_dir)
-    units = [(m, registry[n]()) for m in manifests for n in names]
+    store = ResultStore(settings.results_dir)
+    units = [(m, registry[n]) for m in manifests for n in names]
     if not dry_run:
         stale = store.remove_stale_temp_files()
         if stale:
@@ -204,36 +193,47 @@ def run_benchmark(
     bar = tqdm(units, desc="units", disable=quiet, unit="unit")
     current: dict[str, Any] = {}  # the unit in progress, for the interrupt report
     try:
-        _run_units(bar, current, summary, store, run_id=run_id, device=device, dtype=dtype, seed=seed, quiet=quiet,
-                   cache_dir=cache_dir, overwrite=overwrite, dry_run=dry_run, options=options,
-                   activations_factory=activations_factory)
-    except KeyboardInterrupt:
+        _run_units(bar, current, summary, store, specs, settings, run_id=run_id)
+    except KeyboardInterrupt as stop:
         # finished units are already on disk; report them, and mark the unit that was cut short
-        manifest, task = current.get("unit", (None, None))
+        manifest, task_cls, key = current.get("unit", (None, None, None))
         if manifest is not None and not any(
-            o.submission == manifest.name and o.task == task.metadata.name for o in summary.outcomes
+            o.submission == manifest.name and o.task == task_cls.metadata.name for o in summary.outcomes
         ):
-            meta = task.metadata
-            if store.has_unit(manifest.name, meta.name, meta.version):  # Ctrl-C came just after the write
+            meta = task_cls.metadata
+            stored = key is not None and _stored_by(store, manifest.name, meta, key, run_id)
+            if stored:  # Ctrl-C came just after the write
                 outcome = UnitOutcome(manifest.name, meta.name, "done", "stored just before Ctrl-C")
             else:
-                outcome = UnitOutcome(manifest.name, meta.name, "interrupted", "stopped by Ctrl-C; nothing of this unit was stored")
+                outcome = UnitOutcome(manifest.name, meta.name, "interrupted",
+                                      "stopped by Ctrl-C; nothing of this run was stored for this unit")
             summary.outcomes.append(outcome)
-        raise RunInterrupted(summary) from None
+        raise RunInterrupted(summary, terminated=type(stop).__name__ == "_Terminated") from None
     finally:
         bar.close()
     return summary
 
 
-def _run_units(bar, current, summary, store, *, run_id, device, dtype, seed, quiet, cache_dir, overwrite, dry_run,
-               options, activations_factory) -> None:
+def _stored_by(store: ResultStore, submission: str, meta, key: str, run_id: str) -> bool:
+    """Whether the stored unit ``key`` holds rows of this run (not an older result it would replace)."""
+    path = store.unit_path(submission, meta.name, meta.version, key)
+    if not path.exists():
+        return False
+    frame = store.read_unit(path)
+    return frame is not None and (frame["run_id"] == run_id).all()
+
+
+def _run_units(bar, current, summary: RunSummary, store: ResultStore, specs: dict[str, RunSpec],
+               settings: RunSettings, *, run_id: str) -> None:
     inputs: dict[str, SubmissionInputs] = {}
-    for manifest, task in bar:
-        meta = task.metadata
-        current["unit"] = (manifest, task)
+    fingerprints: dict[str, tuple[str, dict[str, Any]] | CanonBenchError] = {}
+    for manifest, task_cls in bar:
+        meta = task_cls.metadata
+        spec = specs[meta.name]
+        current["unit"] = (manifest, task_cls, None)
         bar.set_postfix_str(f"{manifest.name} × {meta.name}")
         try:
-            reason = task.not_applicable(manifest)
+            reason = task_cls.not_applicable(manifest)
         except Exception as exc:  # a buggy check fails its unit, not the run
             summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "failed",
                                                 f"applicability check raised {type(exc).__name__}: {exc}"))
@@ -242,25 +242,44 @@ def _run_units(bar, current, summary, store, *, run_id, device, dtype, seed, qui
         if reason:
             summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "not-applicable", reason))
             continue
-        if store.has_unit(manifest.name, meta.name, meta.version) and not overwrite:
-            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "cached"))
+        if manifest.name not in fingerprints:
+            try:
+                fingerprints[manifest.name] = inputs_hash(manifest, cache_dir=settings.cache_dir)
+            except CanonBenchError as exc:
+                fingerprints[manifest.name] = exc
+        fingerprint = fingerprints[manifest.name]
+        if isinstance(fingerprint, CanonBenchError):
+            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "failed", str(fingerprint)))
+            log.error("%s × %s failed: %s", manifest.name, meta.name, fingerprint)
             continue
-        if dry_run:
-            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "would-run"))
+        in_hash, in_record = fingerprint
+        key = f"{spec.hash}-{in_hash}"
+        current["unit"] = (manifest, task_cls, key)
+        if store.has_unit(manifest.name, meta.name, meta.version, key) and not settings.overwrite:
+            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "cached", spec.describe()))
+            continue
+        stale = [k for k in store.units_of(manifest.name, meta.name, meta.version) if k.startswith(spec.hash + "-") and k != key]
+        if stale:
+            log.warning("%s × %s: the submission's inputs changed since the stored result (checkpoint files, recipe "
+                        "or model); recomputing", manifest.name, meta.name)
+        if settings.dry_run:
+            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "would-run",
+                                                spec.describe() + ("; inputs changed" if stale else "")))
             continue
         if manifest.name not in inputs:
             inputs.clear()  # units come grouped by submission: drop the previous one's SAEs before loading more
         sub_inputs = inputs.setdefault(
-            manifest.name, SubmissionInputs(manifest, device=device, cache_dir=cache_dir, quiet=quiet)
+            manifest.name, SubmissionInputs(manifest, cache_dir=settings.cache_dir, device=settings.device,
+                                            dtype=spec.dtype, quiet=settings.quiet,
+                                            provider_factory=settings.activations_factory)
         )
         started = time.perf_counter()
         try:
-            outcome = _run_unit(
-                manifest, task, sub_inputs, store,
-                run_id=run_id, device=device, dtype=dtype, seed=seed, quiet=quiet,
-                cache_dir=cache_dir, overwrite=overwrite, options=options or {},
-                activations_factory=activations_factory,
-            )
+            outcome = _run_unit(manifest, task_cls, spec, sub_inputs, store, settings, run_id=run_id,
+                                inputs_hash=in_hash, inputs_record=in_record)
+            if outcome.status == "done" and stale:
+                moved = store.supersede_units(manifest.name, meta.name, meta.version, key, spec_hash=spec.hash, run_id=run_id)
+                outcome.detail = f"inputs changed: recomputed, {len(moved)} stale unit(s) moved to superseded/"
         except KeyboardInterrupt:
             raise
         except CanonBenchError as exc:
@@ -271,56 +290,48 @@ def _run_units(bar, current, summary, store, *, run_id, device, dtype, seed, qui
             if outcome.detail.startswith("out of memory"):
                 inputs.clear()
                 _release_memory()
-        outcome.runtime_s = time.perf_counter() - started
+        if not outcome.runtime_s:
+            outcome.runtime_s = time.perf_counter() - started
         if outcome.status == "failed":
             log.error("%s × %s failed: %s", manifest.name, meta.name, outcome.detail)
         summary.outcomes.append(outcome)
 
 
-def _run_unit(manifest, task, sub_inputs, store, *, run_id, device, dtype, seed, quiet, cache_dir,
-              overwrite, options, activations_factory) -> UnitOutcome:
-    from tasks.base import TaskContext, TaskOutput
+def _run_unit(manifest, task_cls, spec: RunSpec, sub_inputs: SubmissionInputs, store: ResultStore,
+              settings: RunSettings, *, run_id: str, inputs_hash: str, inputs_record: dict[str, Any]) -> UnitOutcome:
+    from tasks.base import TaskInputs, TaskOutput
 
-    meta = task.metadata
-    sub = manifest.submission
-    activations = None
-    optional_activations = getattr(meta, "uses_activations", False) and getattr(sub, "model", None) is not None
-    if meta.needs_activations:
-        if activations_factory is None:
-            from benchmark.data.activations import provider_for_manifest as activations_factory
-        activations = activations_factory(manifest, cache_dir=cache_dir, device=device, quiet=quiet)
-    elif optional_activations:
-        try:
-            if activations_factory is None:
-                from benchmark.data.activations import provider_for_manifest as activations_factory
-            activations = activations_factory(manifest, cache_dir=cache_dir, device=device, quiet=quiet)
-        except Exception as exc:  # optional input: the task runs on weights alone
-            log.warning("%s × %s: no activations (%s); running without them", manifest.name, meta.name, exc)
-            activations = None
-    has_saes = sub.kind == "checkpoints" or sub.recipe.trains_on == "model"
-    ctx = TaskContext(
-        manifest=manifest, device=device, dtype=dtype, seed=seed, quiet=quiet, cache_dir=cache_dir,
-        options=dict(options), load_saes=sub_inputs.load_saes if has_saes else None, activations=activations,
+    meta = task_cls.metadata
+    prepared, records, setup_s = sub_inputs.prepare(meta, skip_activations=settings.skip_activations)
+    task = task_cls()
+    config = build_config(task_cls.config_class, spec.config, task=meta.name)
+    secrets = {name: os.environ[name] for name in meta.secrets if os.environ.get(name)}
+    task_inputs = TaskInputs(
+        manifest=manifest, spec=spec, config=config, device=settings.device, quiet=settings.quiet,
+        cache=TaskCache(settings.cache_dir / "tasks", meta.name), secrets=secrets, **prepared,
     )
     started = time.perf_counter()
-    output = task.run(ctx)
+    output = task.run(task_inputs)
     runtime = time.perf_counter() - started
     if not isinstance(output, TaskOutput) or not output.metrics:
         raise TaskError(f"task {meta.name} v{meta.version} returned no metric values (got {type(output).__name__})")
     fields = _model_fields(manifest)
     extra_prov = dict(output.provenance)
     provenance = UnitProvenance(
-        run_id=run_id, submission=manifest.name, submission_kind=sub.kind, local=bool(sub.is_local),
-        task=meta.name, task_version=meta.version, benchmark_version=BENCHMARK_VERSION, git_sha=git_sha(),
-        device=device, dtype=dtype, seeds=list(sub.seeds),
-        checkpoints=extra_prov.pop("checkpoints", None) or sub_inputs.checkpoint_records,
-        data_hash=output.data_hash, **{**fields, **{k: v for k, v in extra_prov.items() if k in fields}},
+        run_id=run_id, submission=manifest.name, submission_kind=manifest.submission.kind,
+        local=bool(manifest.submission.is_local), task=meta.name, task_version=meta.version,
+        benchmark_version=BENCHMARK_VERSION, git_sha=git_sha(), device=settings.device, dtype=spec.dtype,
+        spec=spec.canonical(), spec_hash=spec.hash, inputs=inputs_record, inputs_hash=inputs_hash,
+        seeds=list(manifest.submission.seeds), checkpoints=extra_prov.pop("checkpoints", None) or records,
+        data_hash=output.data_hash, setup_s=setup_s, **{**fields, **{k: v for k, v in extra_prov.items() if k in fields}},
     )
     rows = make_rows(
         output.metrics, provenance, meta.directions,
         timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), runtime_s=runtime,
     )
-    written = store.write_unit(rows, output.artifacts, overwrite=overwrite)
+    written = store.write_unit(rows, output.artifacts, overwrite=settings.overwrite)
     status = "done" if written else "lost-race"
-    detail = "" if written else "another run stored this unit first; its rows were kept"
-    return UnitOutcome(manifest.name, meta.name, status, detail)
+    detail = spec.describe() if written else "another run stored this unit first; its rows were kept"
+    if written and setup_s >= 1.0:
+        detail += f"; inputs prepared in {setup_s:.1f}s"
+    return UnitOutcome(manifest.name, meta.name, status, detail, runtime_s=runtime)

@@ -1,20 +1,8 @@
 """The static leaderboard: renders the results store, the manifests and the tasks' metadata into an
-offline HTML site (``canonbench leaderboard build``). It formats stored rows; it never computes a metric."""
+offline HTML site (``canonbench leaderboard build``). It formats stored rows and stored summaries; it
+never computes a metric and never imports a task module by name (plots and summaries are declared in
+each task's metadata).
 
-from leaderboard.plots import (
-    GT_MCC_METRIC,
-    L0_METRIC,
-    MATCHED_COSINE_HISTOGRAM,
-    PRESET_SUBSET_PREFIX,
-    PW_MCC_METRIC,
-    SIMILARITY_BY_COSINE_BIN,
-)
-
-__all__ = [
-    "GT_MCC_METRIC",
-    "L0_METRIC",
-    "MATCHED_COSINE_HISTOGRAM",
-    "PRESET_SUBSET_PREFIX",
-    "PW_MCC_METRIC",
-    "SIMILARITY_BY_COSINE_BIN",
-]
+Modules: :mod:`.collect` (what the pages show), :mod:`.cells` (how a value is shown), :mod:`.plots`
+(SVG per declared plot kind), :mod:`.pages` (the three page kinds), :mod:`.write` (the files),
+:mod:`.build` (the entry point)."""

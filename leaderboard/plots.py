@@ -1,4 +1,5 @@
-"""Static SVG plots drawn at build time, and the names tasks use so that their rows can be plotted.
+"""Static SVG plots drawn at build time, one builder per plot kind that tasks declare in their metadata
+(:class:`tasks.base.PlotSpec`); no task or metric name is written here.
 
 Plots are hand-written SVG rather than matplotlib: the output is a small, byte-deterministic string
 (no renderer version, font cache or timestamp leaks into it), it is inlined into the page so it works
@@ -17,40 +18,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import pandas as pd
-
-# ---------------------------------------------------------------------------------------------
-# Conventions shared with the task authors (the one place these names are written down).
-# ---------------------------------------------------------------------------------------------
-
-#: Metric (subset "all") giving a submission's L0 for every "vs L0" plot; taken from the first task
-#: (in ``tasks.TASK_MODULES`` order) whose current-version rows report it.
-L0_METRIC = "l0"
-#: Pairwise MCC across seeds (cross-seed task; also per preset in the synthetic task).
-PW_MCC_METRIC = "pw_mcc"
-#: MCC against the true dictionary (synthetic task, one row per preset).
-GT_MCC_METRIC = "gt_mcc"
-#: Subset prefix naming a synthetic preset, e.g. ``preset=song-32x16``.
-PRESET_SUBSET_PREFIX = "preset="
-#: Cross-seed artifact: histogram of matched decoder cosines; columns ``bin_low, bin_high, count``.
-MATCHED_COSINE_HISTOGRAM = "matched_cosine_histogram"
-MATCHED_COSINE_HISTOGRAM_COLUMNS = ("bin_low", "bin_high", "count")
-#: Explanation-similarity artifact: mean explanation similarity per decoder-cosine bin;
-#: columns ``bin_low, bin_high, mean_similarity, n``.
-SIMILARITY_BY_COSINE_BIN = "similarity_by_cosine_bin"
-SIMILARITY_BY_COSINE_BIN_COLUMNS = ("bin_low", "bin_high", "mean_similarity", "n")
-#: Tasks whose pages always show the artifact plot (with a note when no submission has it yet).
-#: Any other task that stores one of these artifacts gets the plot too.
-EXPECTED_ARTIFACT_PLOTS: dict[str, tuple[str, ...]] = {
-    "cross-seed": (MATCHED_COSINE_HISTOGRAM,),
-    "explanation-similarity": (SIMILARITY_BY_COSINE_BIN,),
-}
-#: The synthetic task's cross-submission proxy validity. On that task's page the leaderboard calls
-#: ``proxy_validity(rows)`` from the task class's module (else from ``tasks.synthetic``) with the
-#: task's current-version rows (results schema) and shows the returned DataFrame / mapping / scalar
-#: as is.
-PROXY_VALIDITY_TASK = "synthetic"
-PROXY_VALIDITY_MODULE = "tasks.synthetic"
-PROXY_VALIDITY_FUNCTION = "proxy_validity"
 
 # Okabe-Ito colours (colour-blind safe), paired with marker shapes so series differ without colour.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8C6D31")
@@ -308,12 +275,13 @@ def metric_vs_l0(
     l0: dict[str, tuple[float, float | None, str]],
     architectures: dict[str, str],
     figure_id: str,
+    title: str | None = None,
 ) -> Figure:
     """``metric`` (subset "all") against the submission's L0, one series per architecture.
 
-    ``rows``: the task's current-version rows. ``l0``: submission → (L0, its std or None, task it came
-    from). ``architectures``: submission → architecture."""
-    title = f"{metric} vs L0, by architecture"
+    ``rows``: the task's shown rows. ``l0``: submission → (L0, its std or None, task it came from).
+    ``architectures``: submission → architecture."""
+    title = title or f"{metric} vs L0, by architecture"
     picked = rows[(rows["metric"] == metric) & (rows["subset"] == "all")]
     records = []
     for row in picked.itertuples(index=False):
@@ -321,20 +289,11 @@ def metric_vs_l0(
         if value is None or row.submission not in l0:
             continue
         l0_value, l0_std, l0_task = l0[row.submission]
-        records.append(
-            {
-                "submission": row.submission,
-                "architecture": architectures.get(row.submission) or "unknown",
-                "l0": l0_value,
-                "l0_std": l0_std,
-                "l0_task": l0_task,
-                metric: value,
-                f"{metric}_std": _value(row.std),
-            }
-        )
+        records.append({"submission": row.submission, "architecture": architectures.get(row.submission) or "unknown",
+                        "l0": l0_value, "l0_std": l0_std, "l0_task": l0_task, metric: value, f"{metric}_std": _value(row.std)})
     if not records:
         if len(picked):
-            missing = f"no submission has both a stored L0 (metric '{L0_METRIC}', subset all) and a value of this metric"
+            missing = "no submission has both a stored L0 (metric 'l0', subset all) and a value of this metric"
         elif (rows["metric"] == metric).any():
             missing = "this metric is stored per slice only (no subset \u201call\u201d), so there is no single value to place against L0"
         else:
@@ -344,10 +303,8 @@ def metric_vs_l0(
     series = []
     for arch, group in data.groupby("architecture", sort=True):
         points = [
-            Point(
-                x=r["l0"], y=r[metric], x_err=r["l0_std"], y_err=r[f"{metric}_std"],
-                label=f"{r['submission']} ({arch}): L0 {format_number(r['l0'])}, {metric} {format_number(r[metric])}",
-            )
+            Point(x=r["l0"], y=r[metric], x_err=r["l0_std"], y_err=r[f"{metric}_std"],
+                  label=f"{r['submission']} ({arch}): L0 {format_number(r['l0'])}, {metric} {format_number(r[metric])}")
             for r in group.to_dict("records")
         ]
         series.append(Series(str(arch), points))
@@ -355,116 +312,140 @@ def metric_vs_l0(
     return Figure(figure_id, title, svg, note="Error bars: stored std. L0 from the metric 'l0' (subset all).", data=data)
 
 
-def gt_vs_pw_by_preset(
+def metric_pair(
     rows: pd.DataFrame,
     *,
+    x_metric: str,
+    y_metric: str,
+    subset_prefix: str,
     figure_id: str,
-    gt_metric: str = GT_MCC_METRIC,
-    pw_metric: str = PW_MCC_METRIC,
-    value_range: tuple[float | None, float | None] = (None, None),
+    title: str,
+    diagonal: bool = False,
+    x_range: tuple[float | None, float | None] = (None, None),
+    y_range: tuple[float | None, float | None] = (None, None),
+    note: str = "",
 ) -> Figure:
-    """The proxy check: GT-MCC (y) against PW-MCC (x) for each (submission, preset), one series per
-    preset, with the y = x line."""
-    title = f"{gt_metric} vs {pw_metric} (proxy check), by preset"
-    pick = rows[rows["metric"].isin([gt_metric, pw_metric]) & rows["subset"].str.startswith(PRESET_SUBSET_PREFIX)]
+    """``y_metric`` against ``x_metric`` for each (submission, slice) whose subset starts with
+    ``subset_prefix``, one series per slice (e.g. per preset); ``diagonal`` draws y = x."""
+    pick = rows[rows["metric"].isin([x_metric, y_metric]) & rows["subset"].astype(str).str.startswith(subset_prefix)]
+    pick = pick[~pick["subset"].astype(str).str.contains(",")]  # slices of slices (e.g. per seed) are not points here
     records = []
     for (submission, subset), group in pick.groupby(["submission", "subset"], sort=True):
         by_metric = {r.metric: r for r in group.itertuples(index=False)}
-        if gt_metric not in by_metric or pw_metric not in by_metric:
+        if x_metric not in by_metric or y_metric not in by_metric:
             continue
-        gt, pw = _value(by_metric[gt_metric].value), _value(by_metric[pw_metric].value)
-        if gt is None or pw is None:
+        x, y = _value(by_metric[x_metric].value), _value(by_metric[y_metric].value)
+        if x is None or y is None:
             continue
-        records.append(
-            {
-                "submission": submission,
-                "preset": subset[len(PRESET_SUBSET_PREFIX):],
-                pw_metric: pw,
-                f"{pw_metric}_std": _value(by_metric[pw_metric].std),
-                gt_metric: gt,
-                f"{gt_metric}_std": _value(by_metric[gt_metric].std),
-            }
-        )
+        records.append({"submission": submission, "slice": subset[len(subset_prefix):], x_metric: x,
+                        f"{x_metric}_std": _value(by_metric[x_metric].std), y_metric: y,
+                        f"{y_metric}_std": _value(by_metric[y_metric].std)})
     if not records:
-        return Figure(figure_id, title, None, note=f"Plot omitted: no (submission, preset) has both {gt_metric} and {pw_metric} stored.")
+        return Figure(figure_id, title, None, note=f"Plot omitted: no (submission, slice) has both {y_metric} and {x_metric} stored.")
     data = pd.DataFrame(records)
     series = []
-    for preset, group in data.groupby("preset", sort=True):
+    for name, group in data.groupby("slice", sort=True):
         points = [
-            Point(
-                x=r[pw_metric], y=r[gt_metric], x_err=r[f"{pw_metric}_std"], y_err=r[f"{gt_metric}_std"],
-                label=f"{r['submission']} on {preset}: {pw_metric} {format_number(r[pw_metric])}, {gt_metric} {format_number(r[gt_metric])}",
-            )
+            Point(x=r[x_metric], y=r[y_metric], x_err=r[f"{x_metric}_std"], y_err=r[f"{y_metric}_std"],
+                  label=f"{r['submission']} on {name}: {x_metric} {format_number(r[x_metric])}, {y_metric} {format_number(r[y_metric])}")
             for r in group.to_dict("records")
         ]
-        series.append(Series(str(preset), points))
-    svg = xy_chart(series, x_label=pw_metric, y_label=gt_metric, x_range=value_range, y_range=value_range, diagonal=True, legend_title="preset")
-    return Figure(figure_id, title, svg, note="Dashed line: y = x. Error bars: stored std.", data=data)
+        series.append(Series(str(name), points))
+    svg = xy_chart(series, x_label=x_metric, y_label=y_metric, x_range=x_range, y_range=y_range, diagonal=diagonal,
+                   legend_title=subset_prefix.rstrip("=") or "slice")
+    return Figure(figure_id, title, svg, note=note, data=data)
 
 
 def _check_columns(frame: pd.DataFrame, needed: Sequence[str]) -> list[str]:
-    return [c for c in needed if c not in frame.columns]
+    return [c for c in needed if c and c not in frame.columns]
 
 
-def matched_cosine_histograms(artifacts: dict[str, pd.DataFrame], *, figure_id: str) -> Figure:
-    """Overlaid step histograms of matched decoder cosines, one line per submission; heights are
-    each bin's share of that submission's matched latents so that widths compare."""
-    title = "Matched decoder cosines across seeds"
+def artifact_histogram(artifacts: dict[str, pd.DataFrame], *, artifact: str, x_low: str, x_high: str, y: str,
+                       figure_id: str, title: str, x_label: str = "", y_label: str = "",
+                       x_range: tuple[float | None, float | None] = (None, None),
+                       y_range: tuple[float | None, float | None] = (0.0, None), note: str = "") -> Figure:
+    """Overlaid step histograms of an artifact's bin counts, one line per submission; heights are
+    each bin's share of that submission's total so that widths compare."""
     series, records, problems = [], [], []
     for submission, frame in sorted(artifacts.items()):
-        missing = _check_columns(frame, MATCHED_COSINE_HISTOGRAM_COLUMNS)
+        missing = _check_columns(frame, (x_low, x_high, y))
         if missing:
-            problems.append(f"{submission}'s {MATCHED_COSINE_HISTOGRAM} lacks column(s) {', '.join(missing)}")
+            problems.append(f"{submission}'s {artifact} lacks column(s) {', '.join(missing)}")
             continue
-        bins = frame.sort_values("bin_low", kind="stable")
-        total = float(pd.to_numeric(bins["count"]).sum())
+        bins = frame.sort_values(x_low, kind="stable")
+        total = float(pd.to_numeric(bins[y]).sum())
         if total <= 0 or len(bins) == 0:
-            problems.append(f"{submission}'s {MATCHED_COSINE_HISTOGRAM} is empty")
+            problems.append(f"{submission}'s {artifact} is empty")
             continue
         points = []
-        for r in bins.itertuples(index=False):
-            share = float(r.count) / total
-            points.append(Point(float(r.bin_low), share))
-            records.append({"submission": submission, "bin_low": float(r.bin_low), "bin_high": float(r.bin_high),
-                            "count": float(r.count), "share": share})
-        points.append(Point(float(bins["bin_high"].iloc[-1]), points[-1].y))
+        for low, high, count in zip(bins[x_low], bins[x_high], bins[y]):
+            share = float(count) / total
+            points.append(Point(float(low), share))
+            records.append({"submission": submission, x_low: float(low), x_high: float(high), y: float(count), "share": share})
+        points.append(Point(float(bins[x_high].iloc[-1]), points[-1].y))
         series.append(Series(submission, points, step=True))
-    note = "; ".join(problems)
+    problem_text = "; ".join(problems)
     if not series:
-        return Figure(figure_id, title, None, note=f"Plot omitted: no submission has a '{MATCHED_COSINE_HISTOGRAM}' artifact yet." + (f" ({note})" if note else ""))
-    svg = xy_chart(series, x_label="matched decoder cosine", y_label="share of matched latents", x_range=(-1.0, 1.0), y_range=(0.0, None), legend_title="submission")
-    return Figure(figure_id, title, svg, note=("Heights: bin count / total count of that submission. " + note).strip(), data=pd.DataFrame(records))
+        return Figure(figure_id, title, None, note=f"Plot omitted: no submission has a '{artifact}' artifact yet."
+                      + (f" ({problem_text})" if problem_text else ""))
+    svg = xy_chart(series, x_label=x_label or x_low, y_label=y_label or "share", x_range=x_range, y_range=y_range,
+                   legend_title="submission")
+    return Figure(figure_id, title, svg, note=(note + " " + problem_text).strip(), data=pd.DataFrame(records))
 
 
-def similarity_by_cosine(artifacts: dict[str, pd.DataFrame], *, figure_id: str) -> Figure:
-    """Mean explanation similarity per decoder-cosine bin (at the bin centre), one line per submission."""
-    title = "Explanation similarity vs decoder cosine"
+def artifact_curve(artifacts: dict[str, pd.DataFrame], *, artifact: str, y: str, figure_id: str, title: str,
+                   x: str | None = None, x_low: str | None = None, x_high: str | None = None, n: str | None = None,
+                   x_label: str = "", y_label: str = "", x_range: tuple[float | None, float | None] = (None, None),
+                   y_range: tuple[float | None, float | None] = (None, None), note: str = "") -> Figure:
+    """An artifact's ``y`` at ``x`` (or at bin centres of ``x_low``/``x_high``), one line per
+    submission; rows whose ``n`` is 0 are left out."""
     series, records, problems = [], [], []
+    needed = (y, n) + ((x,) if x else (x_low, x_high))
     for submission, frame in sorted(artifacts.items()):
-        missing = _check_columns(frame, SIMILARITY_BY_COSINE_BIN_COLUMNS)
+        missing = _check_columns(frame, needed)
         if missing:
-            problems.append(f"{submission}'s {SIMILARITY_BY_COSINE_BIN} lacks column(s) {', '.join(missing)}")
+            problems.append(f"{submission}'s {artifact} lacks column(s) {', '.join(missing)}")
             continue
         points = []
-        for r in frame.sort_values("bin_low", kind="stable").itertuples(index=False):
-            sim = _value(r.mean_similarity)
-            if sim is None or not _value(r.n):
+        ordered = frame.sort_values(x or x_low, kind="stable")
+        for record in ordered.to_dict("records"):
+            value = _value(record[y])
+            if value is None or (n and not _value(record[n])):
                 continue
-            centre = (float(r.bin_low) + float(r.bin_high)) / 2
-            points.append(Point(centre, sim, label=f"{submission}: cosine {format_number(r.bin_low)}–{format_number(r.bin_high)}, similarity {format_number(sim)} (n={int(r.n)})"))
-            records.append({"submission": submission, "bin_low": float(r.bin_low), "bin_high": float(r.bin_high),
-                            "mean_similarity": sim, "n": int(r.n)})
+            at = float(record[x]) if x else (float(record[x_low]) + float(record[x_high])) / 2
+            label = f"{submission}: {x or 'bin'} {format_number(at)}, {y} {format_number(value)}" + (f" (n={int(record[n])})" if n else "")
+            points.append(Point(at, value, label=label))
+            records.append({"submission": submission, "x": at, y: value, **({n: int(record[n])} if n else {})})
         if points:
             series.append(Series(submission, points, connect=True))
-    note = "; ".join(problems)
+    problem_text = "; ".join(problems)
     if not series:
-        return Figure(figure_id, title, None, note=f"Plot omitted: no submission has a '{SIMILARITY_BY_COSINE_BIN}' artifact with data yet." + (f" ({note})" if note else ""))
-    svg = xy_chart(series, x_label="decoder cosine of the matched pair (bin centre)", y_label="mean explanation similarity", x_range=(-1.0, 1.0), y_range=(-1.0, 1.0), legend_title="submission")
-    return Figure(figure_id, title, svg, note=("Points at bin centres; empty bins are left out. " + note).strip(), data=pd.DataFrame(records))
+        return Figure(figure_id, title, None, note=f"Plot omitted: no submission has a '{artifact}' artifact with data yet."
+                      + (f" ({problem_text})" if problem_text else ""))
+    svg = xy_chart(series, x_label=x_label or (x or x_low), y_label=y_label or y, x_range=x_range, y_range=y_range,
+                   legend_title="submission")
+    return Figure(figure_id, title, svg, note=(note + " " + problem_text).strip(), data=pd.DataFrame(records))
 
 
-#: Artifact name → figure builder, for the artifact plots.
-ARTIFACT_FIGURES = {
-    MATCHED_COSINE_HISTOGRAM: matched_cosine_histograms,
-    SIMILARITY_BY_COSINE_BIN: similarity_by_cosine,
-}
+def figure_for(spec, *, rows: pd.DataFrame, artifacts: dict[str, pd.DataFrame], l0: dict[str, tuple[float, float | None, str]],
+               architectures: dict[str, str], metric_ranges: dict[str, tuple[float | None, float | None]],
+               figure_id: str | None = None) -> Figure:
+    """The figure a task's :class:`~tasks.base.PlotSpec` asks for, from stored rows and artifacts
+    (``artifacts``: submission → the artifact the spec names)."""
+    fid = figure_id or spec.id
+    if spec.kind == "metric_vs_l0":
+        return metric_vs_l0(rows, metric=spec.metric, metric_range=metric_ranges.get(spec.metric, (None, None)), l0=l0,
+                            architectures=architectures, figure_id=fid, title=spec.title)
+    if spec.kind == "metric_pair":
+        return metric_pair(rows, x_metric=spec.x_metric, y_metric=spec.y_metric, subset_prefix=spec.subset_prefix or "",
+                           figure_id=fid, title=spec.title, diagonal=spec.diagonal, x_range=spec.x_range,
+                           y_range=spec.y_range, note=spec.note)
+    if spec.kind == "artifact_histogram":
+        return artifact_histogram(artifacts, artifact=spec.artifact, x_low=spec.x_low, x_high=spec.x_high, y=spec.y,
+                                  figure_id=fid, title=spec.title, x_label=spec.x_label, y_label=spec.y_label,
+                                  x_range=spec.x_range, y_range=spec.y_range, note=spec.note)
+    if spec.kind == "artifact_curve":
+        return artifact_curve(artifacts, artifact=spec.artifact, y=spec.y, x=spec.x, x_low=spec.x_low, x_high=spec.x_high,
+                              n=spec.n, figure_id=fid, title=spec.title, x_label=spec.x_label, y_label=spec.y_label,
+                              x_range=spec.x_range, y_range=spec.y_range, note=spec.note)
+    return Figure(fid, spec.title, None, note=f"Plot omitted: unknown plot kind {spec.kind!r}.")

@@ -41,16 +41,15 @@ the split and the in-context examples.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -58,7 +57,9 @@ from tqdm.auto import tqdm
 from benchmark.errors import TaskError
 from benchmark.results import MetricValue
 from tasks import register_task
-from tasks.base import MetricSpec, Task, TaskContext, TaskMetadata, TaskOutput
+from benchmark.cache import TaskCache
+from benchmark.metrics.stats import mean_std
+from tasks.base import ArtifactSpec, MetricSpec, Task, TaskInputs, TaskMetadata, TaskOutput
 
 log = logging.getLogger(__name__)
 
@@ -368,8 +369,10 @@ class WordData:
     key: str
 
 
-def prepare_words(provider, hook: str, cfg: AbsorptionConfig, seed: int, cache_dir: Path | None, quiet: bool = True) -> WordData:
-    """Vocabulary, prompts, word activations (provider cache) and the ground-truth probe (cached)."""
+def prepare_words(provider, hook: str, cfg: AbsorptionConfig, seed: int, cache: TaskCache | None = None,
+                  quiet: bool = True) -> WordData:
+    """Vocabulary, prompts, word activations (provider cache) and the ground-truth probe (kept in the
+    runner's task cache under a key over everything that determines it)."""
     tokenizer = provider.tokenizer
     words = letter_vocabulary(tokenizer)
     if cfg.max_words is not None and len(words) > cfg.max_words:
@@ -384,17 +387,13 @@ def prepare_words(provider, hook: str, cfg: AbsorptionConfig, seed: int, cache_d
     fields = {"version": PROBE_VERSION, "prompts": provider.prompt_key_fields(prompts, positions, hook),
               "seed": seed, "test_fraction": cfg.test_fraction}
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
-    path = None if cache_dir is None else Path(cache_dir) / "absorption" / f"probe-{key}.pt"
-    if path is not None and path.exists():
-        saved = torch.load(path, weights_only=True)
+    saved = cache.load_tensors("probes", key) if cache is not None else None
+    if saved is not None and {"weight", "bias"} <= set(saved):
         weight, bias = saved["weight"], saved["bias"]
     else:
         weight, bias = train_letter_probe(acts[train], labels[train])
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{random.getrandbits(32):08x}.tmp")
-            torch.save({"weight": weight, "bias": bias, "fields": json.dumps(fields)}, tmp)
-            tmp.replace(path)
+        if cache is not None:
+            cache.save_tensors("probes", key, {"weight": weight, "bias": bias}, metadata={"fields": json.dumps(fields)})
     scores = acts[test].float() @ weight.T + bias
     truth = torch.nn.functional.one_hot(labels[test], 26).bool()
     probe_f1 = f1_scores(scores > 0, truth).float()
@@ -444,14 +443,10 @@ _PER_LETTER = {"mean_absorption_fraction_score": "absorption_fraction",
                "mean_num_split_features": "num_split_features"}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
-
-
 @register_task
 class AbsorptionTask(Task):
     synthetic_recipe_reason = "synthetic recipes read no language model"
+    config_class = AbsorptionConfig
     metadata = TaskMetadata(
         name="absorption",
         version="1",
@@ -476,12 +471,22 @@ class AbsorptionTask(Task):
         ),
         accepts=("checkpoints", "recipe"),
         min_seeds=1,
-        needs_activations=True,
+        needs_saes=True,
+        needs_model=True,
+        artifacts=(
+            ArtifactSpec("letters", "one row per (seed, gated letter): probe F1, main latents, absorption",
+                         ("letter", "probe_f1", "n_true_positives", "main_latents", "num_split_features", "k_sparse_f1",
+                          "absorption_fraction", "full_absorption_rate", "seed")),
+            ArtifactSpec("words", "one row per (seed, test word the probe fires on): absorption and the top latent",
+                         ("letter", "word", "absorption_fraction", "full_absorption", "top_latent", "top_latent_cos",
+                          "probe_projection", "seed")),
+        ),
         citation=CITATION,
         references=("https://arxiv.org/abs/2409.14507", "https://github.com/adamkarvonen/SAEBench"),
     )
 
-    def not_applicable(self, manifest) -> str | None:
+    @classmethod
+    def not_applicable(cls, manifest) -> str | None:
         reason = super().not_applicable(manifest)
         if reason:
             return reason
@@ -489,32 +494,24 @@ class AbsorptionTask(Task):
             return "the submission names no model"
         return None
 
-    @staticmethod
-    def config_from_options(options: dict[str, Any]) -> AbsorptionConfig:
-        overrides: dict[str, Any] = {}
-        if options.get("limit"):
-            overrides["max_words"] = int(options["limit"])
-        for name in ("min_letters", "min_probe_f1", "max_words", "max_k", "l1_steps"):
-            if f"absorption_{name}" in options:
-                overrides[name] = options[f"absorption_{name}"]
-        return AbsorptionConfig(**overrides)
-
-    def run(self, ctx: TaskContext) -> TaskOutput:
-        provider = ctx.activations
+    def run(self, inputs: TaskInputs) -> TaskOutput:
+        provider = inputs.activations
         if provider is None:
-            raise TaskError("absorption needs the model's activations", file=ctx.manifest.path, field="model")
-        cfg = self.config_from_options(ctx.options)
+            raise TaskError("absorption needs the model's activations", file=inputs.manifest.path, field="model")
+        cfg: AbsorptionConfig = inputs.config
+        if inputs.limit and (cfg.max_words is None or cfg.max_words > inputs.limit):
+            cfg = dataclasses.replace(cfg, max_words=inputs.limit)
         hook = provider.hook
-        saes = ctx.saes()
+        saes = inputs.require_saes()
         for seed, sae in saes.items():
             if sae.hook_name and sae.hook_name != hook:
                 self.log.warning("seed %s: checkpoint says hook %s, manifest says %s; using the manifest's",
                                  seed, sae.hook_name, hook)
-        data = prepare_words(provider, hook, cfg, ctx.seed, ctx.cache_dir, quiet=ctx.quiet)
+        data = prepare_words(provider, hook, cfg, inputs.seed, inputs.cache, quiet=inputs.quiet)
         for seed, sae in saes.items():
             if sae.d_in != data.acts.shape[1]:
                 raise TaskError(f"seed {seed}: SAE d_in={sae.d_in} but {hook} has width {data.acts.shape[1]}",
-                                file=ctx.manifest.path, field="model.hook")
+                                file=inputs.manifest.path, field="model.hook")
         gated = [i for i in range(26) if float(data.probe_f1[i]) > cfg.min_probe_f1]
         metrics: list[MetricValue] = []
         for i, letter in enumerate(LETTERS):
@@ -535,8 +532,8 @@ class AbsorptionTask(Task):
         ordered = sorted(saes)
         per_seed: dict[int, dict[str, float]] = {}
         letter_frames, word_frames = [], []
-        for seed in tqdm(ordered, desc="absorption seeds", disable=ctx.quiet, leave=False):
-            result = evaluate_sae(saes[seed], data, gated, cfg, device=ctx.device)
+        for seed in tqdm(ordered, desc="absorption seeds", disable=inputs.quiet, leave=False):
+            result = evaluate_sae(saes[seed], data, gated, cfg, device=inputs.device)
             letters = pd.DataFrame(result["letters"]).assign(seed=seed)
             words = pd.DataFrame(result["words"]).assign(seed=seed)
             letter_frames.append(letters)
@@ -547,7 +544,7 @@ class AbsorptionTask(Task):
         letters_all = pd.concat(letter_frames, ignore_index=True)
         for name in MEANS:
             values = [per_seed[s][name] for s in ordered]
-            mean, std = _mean_std(values)
+            mean, std = mean_std(values)
             metrics.append(MetricValue(name, mean, std=std, n=len(values),
                                        extra={**details, "per_seed": {str(s): per_seed[s][name] for s in ordered},
                                               "letters_scored": {str(s): per_seed[s]["n_letters"] for s in ordered}}))
@@ -560,7 +557,7 @@ class AbsorptionTask(Task):
                     metrics.append(MetricValue(name, None, subset=f"letter={letter}",
                                                note="the probe fired on no test word of this letter"))
                     continue
-                mean, std = _mean_std(vals)
+                mean, std = mean_std(vals)
                 metrics.append(MetricValue(name, mean, std=std, n=len(vals), subset=f"letter={letter}"))
         artifacts = {"letters": letters_all, "words": pd.concat(word_frames, ignore_index=True)}
         return TaskOutput(metrics=metrics, artifacts=artifacts, data_hash=data.key, provenance={"hook": hook})

@@ -1,8 +1,17 @@
-"""The task contract: metadata declared once, a run that turns inputs into metric values.
+"""The task contract: metadata declared once; a run that turns prepared inputs into metric values.
 
-A task receives what it needs through a :class:`TaskContext` (loaded SAEs, activations, device) and
-returns a :class:`TaskOutput`. It never downloads, never writes files and never renders; the runner
-stores its output and the leaderboard reads :class:`TaskMetadata` instead of repeating it.
+A task declares, in one :class:`TaskMetadata`: its name and version, its metrics (direction, range,
+unit), the inputs the runner must prepare for it (SAEs, model activations, synthetic organisms), the
+artifacts it returns (tables with fixed columns), the plots the leaderboard draws from its rows and
+artifacts, and its cross-submission summaries (statistics over the results table, computed by
+``canonbench summarize`` and stored as results). Its settings are one frozen dataclass
+(``config_class``) whose defaults are declared once; the runner builds it from the run spec.
+
+A task receives everything through :class:`TaskInputs` (loaded or trained SAEs, an activation
+provider, organisms, its config and spec, and a runner-owned :class:`~benchmark.cache.TaskCache`
+for expensive intermediates) and returns a :class:`TaskOutput`. It never downloads, never writes a
+file, never reads an environment variable and never renders: the runner prepares and stores, and the
+leaderboard reads this metadata instead of repeating it.
 """
 
 from __future__ import annotations
@@ -13,31 +22,76 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import pandas as pd
 
+from benchmark.metrics.definitions import Direction, MetricSpec, metric_spec  # noqa: F401 - the task authors' names
 from benchmark.results import MetricValue
 
 if TYPE_CHECKING:
-    from benchmark.submission.manifest import LoadedManifest
+    from benchmark.cache import TaskCache
     from benchmark.sae.model import SAE
-
-Direction = Literal["higher", "lower", "none"]
+    from benchmark.spec import RunSpec
+    from benchmark.submission.manifest import LoadedManifest
 
 
 @dataclass(frozen=True)
-class MetricSpec:
-    """One metric a task reports. ``range`` is (low, high), None for unbounded."""
+class ArtifactSpec:
+    """A drill-down table a task returns with each unit (stored as parquet beside its rows)."""
 
     name: str
     description: str
-    direction: Direction
-    range: tuple[float | None, float | None] = (None, None)
-    unit: str = ""
-    main: bool = False
+    columns: tuple[str, ...]
 
 
-def metric_spec(name: str, description: str, direction: Direction, lo: float | None = None,
-                hi: float | None = None, *, main: bool = False, unit: str = "") -> MetricSpec:
-    """A :class:`MetricSpec` written on one line, as task tables of many metrics want."""
-    return MetricSpec(name=name, description=description, direction=direction, range=(lo, hi), main=main, unit=unit)
+@dataclass(frozen=True)
+class PlotSpec:
+    """A plot the leaderboard draws on the task's page, from stored rows or artifacts only.
+
+    Kinds (the leaderboard implements each once, for every task):
+
+    * ``metric_vs_l0``: ``metric`` (subset "all") against the submission's stored L0, one series per
+      architecture;
+    * ``metric_pair``: ``y_metric`` against ``x_metric`` for every (submission, slice) whose subset
+      starts with ``subset_prefix``, one series per slice, ``diagonal`` draws y = x;
+    * ``artifact_histogram``: the artifact's ``x_low``/``x_high``/``y`` bin counts as step lines
+      (heights as shares of each submission's total), one line per submission;
+    * ``artifact_curve``: the artifact's ``y`` at bin centres of ``x_low``/``x_high`` (or at ``x``),
+      one line per submission; rows with ``n`` == 0 are skipped when ``n`` is given.
+    """
+
+    kind: Literal["metric_vs_l0", "metric_pair", "artifact_histogram", "artifact_curve"]
+    id: str
+    title: str
+    metric: str | None = None
+    x_metric: str | None = None
+    y_metric: str | None = None
+    subset_prefix: str | None = None
+    diagonal: bool = False
+    artifact: str | None = None
+    x: str | None = None
+    x_low: str | None = None
+    x_high: str | None = None
+    y: str | None = None
+    n: str | None = None
+    x_label: str = ""
+    y_label: str = ""
+    x_range: tuple[float | None, float | None] = (None, None)
+    y_range: tuple[float | None, float | None] = (None, None)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SummarySpec:
+    """A statistic across submissions, computed from the stored rows by ``canonbench summarize``
+    and stored (versioned) in the results store; the leaderboard shows the stored table.
+
+    ``compute(rows)`` takes the shown rows of this task's current version (the results schema) and
+    returns a table with ``columns``; it is a pure function of the rows."""
+
+    name: str
+    version: str
+    title: str
+    description: str
+    columns: tuple[str, ...]
+    compute: Callable[[pd.DataFrame], pd.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -51,11 +105,19 @@ class TaskMetadata:
     metrics: tuple[MetricSpec, ...]
     accepts: tuple[Literal["checkpoints", "recipe"], ...]
     min_seeds: int = 1
-    needs_activations: bool = False
-    uses_activations: bool = False  # optional: the runner passes a provider when it can build one, else None
+    needs_saes: bool = False  # the runner loads (or trains) the submission's SAEs before the unit is timed
+    needs_model: bool = False  # an activation provider for the model and hook (no corpus pass; e.g. prompts only)
+    needs_activations: bool = False  # the runner prepares the model's corpus activations; the unit fails without
+    uses_activations: bool = False  # optional: used when available (and not skipped with --no-activations)
+    needs_organisms: bool = False  # synthetic presets: the runner builds organisms and trains recipes on them
+    artifacts: tuple[ArtifactSpec, ...] = ()
+    plots: tuple[PlotSpec, ...] = ()
+    summaries: tuple[SummarySpec, ...] = ()
     citation: str = ""  # BibTeX of the work the task follows
     references: tuple[str, ...] = ()
     superseded: tuple[str, ...] = ()  # earlier versions and why they changed
+    notes: tuple[str, ...] = ()  # caveats shown on the task page (e.g. differences from a reference implementation)
+    secrets: tuple[str, ...] = ()  # environment variables (API keys) the runner may pass in TaskInputs.secrets
 
     def __post_init__(self) -> None:
         mains = [m for m in self.metrics if m.main]
@@ -64,6 +126,13 @@ class TaskMetadata:
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"task {self.name!r} declares a metric twice")
+        artifacts = {a.name for a in self.artifacts}
+        for plot in self.plots:
+            if plot.artifact and plot.artifact not in artifacts:
+                raise ValueError(f"task {self.name!r} plot {plot.id!r} reads undeclared artifact {plot.artifact!r}")
+            for metric in (plot.metric, plot.x_metric, plot.y_metric):
+                if metric and metric not in names:
+                    raise ValueError(f"task {self.name!r} plot {plot.id!r} reads undeclared metric {metric!r}")
 
     @property
     def main_metric(self) -> MetricSpec:
@@ -75,34 +144,76 @@ class TaskMetadata:
                 return m
         raise KeyError(f"task {self.name!r} declares no metric {name!r}")
 
+    def artifact(self, name: str) -> ArtifactSpec:
+        for a in self.artifacts:
+            if a.name == name:
+                return a
+        raise KeyError(f"task {self.name!r} declares no artifact {name!r}")
+
     @property
     def directions(self) -> dict[str, str]:
         return {m.name: m.direction for m in self.metrics}
 
 
+@dataclass(frozen=True)
+class NoConfig:
+    """The config of a task without settings."""
+
+
 @dataclass
-class TaskContext:
-    """What a task may use. ``load_saes`` returns ``{seed: SAE}`` (loaded lazily, once);
-    ``activations`` is an activation provider or None when the task needs none."""
+class OrganismInputs:
+    """One synthetic preset of a submission: the organism and the SAEs trained or loaded on it."""
+
+    organism: Any  # benchmark.data.organisms.Organism
+    saes: dict[int, "SAE"]
+    records: list[dict[str, Any]] = field(default_factory=list)  # provenance of each SAE
+
+
+@dataclass
+class TaskInputs:
+    """What a task may use, prepared by the runner before the unit is timed.
+
+    ``saes``: ``{seed: SAE}`` when the task declares ``needs_saes`` (else None). ``activations``: an
+    activation provider for the submission's model and hook; its corpus activations are ready when
+    the task declares ``needs_activations`` or ``uses_activations`` (None when the task uses none or
+    they are skipped), and it only locates the model for ``needs_model``. ``organisms``: ``{preset: OrganismInputs}`` for tasks
+    that declare ``needs_organisms``. ``cache``: a runner-owned store for the task's expensive
+    intermediates (never a place to write results). ``secrets``: credentials (e.g. an LLM API key)
+    that never enter the spec or the stored rows."""
 
     manifest: "LoadedManifest"
+    spec: "RunSpec"
+    config: Any
     device: str = "cpu"
-    dtype: str = "float32"
-    seed: int = 0
     quiet: bool = False
-    cache_dir: Any = None
-    options: dict[str, Any] = field(default_factory=dict)
-    load_saes: Callable[[], dict[int, "SAE"]] | None = None
+    saes: dict[int, "SAE"] | None = None
     activations: Any = None
+    organisms: dict[str, OrganismInputs] | None = None
+    cache: "TaskCache | None" = None
+    secrets: dict[str, str] = field(default_factory=dict)
 
     @property
     def submission(self):
         return self.manifest.submission
 
-    def saes(self) -> dict[int, "SAE"]:
-        if self.load_saes is None:
-            raise RuntimeError("this submission provides no SAEs to load")
-        return self.load_saes()
+    @property
+    def seed(self) -> int:
+        """The task seed: every random choice inside the task derives from it."""
+        return self.spec.seed
+
+    @property
+    def limit(self) -> int | None:
+        """The sample cap of a ``--limit`` preview (None for a full run)."""
+        return self.spec.limit
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.spec.batch_size
+
+    def require_saes(self) -> dict[int, "SAE"]:
+        if self.saes is None:
+            raise RuntimeError("this task was given no SAEs (declare needs_saes in its metadata)")
+        return self.saes
 
 
 @dataclass
@@ -112,29 +223,33 @@ class TaskOutput:
     metrics: list[MetricValue]
     artifacts: dict[str, pd.DataFrame] = field(default_factory=dict)
     data_hash: str | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)  # e.g. model revision, trained checkpoints
+    provenance: dict[str, Any] = field(default_factory=dict)  # e.g. model revision, kernels used
 
 
 class Task:
-    """Base class. Subclasses set ``metadata`` and implement :meth:`run`."""
+    """Base class. Subclasses set ``metadata`` (and ``config_class`` when they have settings) and
+    implement :meth:`run`."""
 
     metadata: ClassVar[TaskMetadata]
+    config_class: ClassVar[type] = NoConfig
     #: Set by tasks that need a model's SAEs: why a recipe trained on synthetic data does not apply.
     synthetic_recipe_reason: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self.log = logging.getLogger(f"tasks.{self.metadata.name}")
 
-    def not_applicable(self, manifest: "LoadedManifest") -> str | None:
-        """Why this task cannot evaluate ``manifest``, or None when it can."""
+    @classmethod
+    def not_applicable(cls, manifest: "LoadedManifest") -> str | None:
+        """Why this task cannot evaluate ``manifest``, or None when it can (a pure function of the
+        manifest: the runner and the leaderboard both ask it)."""
         sub = manifest.submission
-        if sub.kind not in self.metadata.accepts:
-            return f"takes {' or '.join(self.metadata.accepts)} submissions, not {sub.kind}"
-        if len(sub.seeds) < self.metadata.min_seeds:
-            return f"needs at least {self.metadata.min_seeds} seeds, submission has {len(sub.seeds)}"
-        if self.synthetic_recipe_reason and sub.kind == "recipe" and sub.recipe.trains_on != "model":
-            return self.synthetic_recipe_reason
+        if sub.kind not in cls.metadata.accepts:
+            return f"takes {' or '.join(cls.metadata.accepts)} submissions, not {sub.kind}"
+        if len(sub.seeds) < cls.metadata.min_seeds:
+            return f"needs at least {cls.metadata.min_seeds} seeds, submission has {len(sub.seeds)}"
+        if cls.synthetic_recipe_reason and sub.kind == "recipe" and sub.recipe.trains_on != "model":
+            return cls.synthetic_recipe_reason
         return None
 
-    def run(self, ctx: TaskContext) -> TaskOutput:  # pragma: no cover - abstract
+    def run(self, inputs: TaskInputs) -> TaskOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -31,271 +31,35 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.data.activations import iter_token_batches, sample_token_rows
 from benchmark.errors import TaskError
+from benchmark.metrics import definitions as defs
+from benchmark.metrics.seed_pairs import SHARED_THRESHOLD, PairResult, chance_baseline, compare_pair
+from benchmark.metrics.stats import mean_std, pair_summary
 from benchmark.results import MetricValue
 from tasks import register_task
+from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
 from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
-from tasks.base import Task, TaskContext, TaskMetadata, TaskOutput, metric_spec
 
 log = logging.getLogger(__name__)
 
-SHARED_THRESHOLD = 0.7
-BOOTSTRAP_REPS = 1000
 HIST_EDGES = np.round(np.linspace(-1.0, 1.0, 41), 10)  # 0.05-wide bins of matched cosine
 FREQ_EDGES = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # firing-frequency bins (first: never fired)
 DEFAULT_TOKEN_SAMPLE = 16_384
 
 
+@dataclass(frozen=True)
+class CrossSeedConfig:
+    """Settings of the cross-seed task (part of every run spec)."""
 
-
-# --------------------------------------------------------------------------------------------
-# matching: the engine in benchmark.metrics.matching, with a dense fallback for small problems
-# --------------------------------------------------------------------------------------------
-@dataclass
-class PairMatch:
-    """A one-to-one matching of rows of A ``[m, d]`` to rows of B ``[n, d]``.
-
-    ``partner_a[i]`` is the B row matched to A row ``i`` (-1 when unmatched, only possible when
-    m > n); ``cos_a[i]`` its signed cosine (NaN when unmatched); ``partner_b``/``cos_b`` the
-    inverse view. ``cosines`` holds the min(m, n) matched cosines in A-row order.
-    """
-
-    partner_a: np.ndarray
-    cos_a: np.ndarray
-    partner_b: np.ndarray
-    cos_b: np.ndarray
-    method: str = ""
-    certified: bool | None = None
-
-    @property
-    def cosines(self) -> np.ndarray:
-        return self.cos_a[self.partner_a >= 0]
-
-    @property
-    def mcc(self) -> float:
-        return float(self.cosines.mean())
-
-
-def match_rows(a: torch.Tensor, b: torch.Tensor, *, device: str = "cpu") -> PairMatch:
-    """Optimal one-to-one matching (max sum of signed cosine) of unit rows ``a [m, d]``, ``b [n, d]``.
-
-    Uses :func:`benchmark.metrics.matching.match_dictionaries` (exact at scale); falls back to scipy's
-    dense assignment in float64 when that module is not installed.
-    """
-    m, n = a.shape[0], b.shape[0]
-    try:
-        from benchmark.metrics.matching import match_dictionaries
-    except ImportError:
-        match_dictionaries = None
-    if match_dictionaries is not None:
-        res = match_dictionaries(a, b, device=device)
-        rows_a = _as_numpy(res.rows_a).astype(np.int64)
-        rows_b = _as_numpy(res.rows_b).astype(np.int64)
-        cos = _as_numpy(res.cosines).astype(np.float64)
-        method, certified = str(getattr(res, "method", "")), getattr(res, "certified", None)
-    else:
-        from scipy.optimize import linear_sum_assignment
-
-        if m * n > 8192 * 8192:
-            raise TaskError(f"benchmark.metrics.matching is not available and a dense {m}x{n} assignment is too large")
-        sim = (a.double().cpu() @ b.double().cpu().T).numpy()
-        rows_a, rows_b = linear_sum_assignment(sim, maximize=True)
-        cos = sim[rows_a, rows_b]
-        method, certified = "scipy-dense-fallback", True
-    partner_a = np.full(m, -1, dtype=np.int64)
-    partner_b = np.full(n, -1, dtype=np.int64)
-    cos_a = np.full(m, np.nan)
-    cos_b = np.full(n, np.nan)
-    partner_a[rows_a], cos_a[rows_a] = rows_b, cos
-    partner_b[rows_b], cos_b[rows_b] = rows_a, cos
-    return PairMatch(partner_a, cos_a, partner_b, cos_b, method=method, certified=certified)
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def max_cosines(a: torch.Tensor, b: torch.Tensor, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row maximum cosine of unit rows ``a [m, d]`` against ``b [n, d]`` and of ``b`` against ``a``
-    (not one-to-one; Sharkey et al. 2022). Returns float64 arrays ``[m]`` and ``[n]``."""
-    best_b = torch.full((b.shape[0],), -math.inf, dtype=torch.float32, device=b.device)
-    best_a = []
-    for start in range(0, a.shape[0], chunk):
-        sim = a[start : start + chunk] @ b.T
-        best_a.append(sim.max(dim=1).values)
-        best_b = torch.maximum(best_b, sim.max(dim=0).values)
-    return torch.cat(best_a).double().cpu().numpy(), best_b.double().cpu().numpy()
-
-
-def chance_baseline(m: int, n: int, d: int, *, seed: int, device: str = "cpu") -> tuple[float | None, str]:
-    """MCC of two independent random unit dictionaries of shapes ``[m, d]`` and ``[n, d]``."""
-    trials = 3 if max(m, n) <= 4096 else 1
-    try:
-        from benchmark.metrics.matching import chance_mcc
-    except ImportError:
-        chance_mcc = None
-    if chance_mcc is not None:
-        res = chance_mcc(m, n, d, seed=seed, trials=trials, device=device)
-        return float(getattr(res, "mean", res)), f"benchmark.metrics.matching.chance_mcc, {trials} trial(s)"
-    if max(m, n) > 4096:
-        return None, "benchmark.metrics.matching is not available; dense chance baseline skipped above 4096 latents"
-    gen = torch.Generator().manual_seed(seed)
-    values = []
-    for _ in range(trials):
-        ra = torch.nn.functional.normalize(torch.randn(m, d, generator=gen), dim=1)
-        rb = torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=1)
-        values.append(match_rows(ra, rb).mcc)
-    return float(np.mean(values)), f"dense scipy, {trials} trial(s)"
-
-
-# --------------------------------------------------------------------------------------------
-# statistics helpers
-# --------------------------------------------------------------------------------------------
-def bootstrap_mean_of_means(
-    per_pair: list[np.ndarray], *, seed: int, reps: int = BOOTSTRAP_REPS, level: float = 0.95
-) -> tuple[float, float] | tuple[None, None]:
-    """Percentile CI of ``mean_p mean(per_pair[p])`` resampling each pair's values with replacement.
-
-    NaNs are dropped first. Returns (low, high), or (None, None) when there is nothing to resample.
-    """
-    arrays = [np.asarray(v, dtype=np.float64) for v in per_pair]
-    arrays = [v[np.isfinite(v)] for v in arrays]
-    arrays = [v for v in arrays if v.size]
-    if not arrays:
-        return None, None
-    rng = np.random.default_rng(seed)
-    stats = np.zeros(reps)
-    chunk = max(1, min(reps, 2_000_000 // max(v.size for v in arrays)))
-    for values in arrays:
-        done = 0
-        while done < reps:
-            k = min(chunk, reps - done)
-            idx = rng.integers(0, values.size, size=(k, values.size))
-            stats[done : done + k] += values[idx].mean(axis=1)
-            done += k
-    stats /= len(arrays)
-    alpha = (1.0 - level) / 2
-    low, high = np.quantile(stats, [alpha, 1 - alpha])
-    return float(low), float(high)
-
-
-def summarise(
-    name: str,
-    per_pair: list[np.ndarray],
-    *,
-    seed: int,
-    subset: str = "all",
-    extra: dict[str, Any] | None = None,
-) -> MetricValue:
-    """Mean over pairs of per-latent means, spread over pairs, latent-bootstrap CI."""
-    means = [float(np.nanmean(v)) for v in per_pair if np.isfinite(v).any()]
-    if not means:
-        return MetricValue(name, None, subset=subset, note="no defined values (all latents dead or unmatched)")
-    value = float(np.mean(means))
-    std = float(np.std(means, ddof=1)) if len(means) > 1 else None
-    lo, hi = bootstrap_mean_of_means(per_pair, seed=seed)
-    info = {"spread": "std over seed pairs", "ci": f"95% percentile bootstrap over latents, B={BOOTSTRAP_REPS}"}
-    info.update(extra or {})
-    n = int(sum(np.isfinite(v).sum() for v in per_pair))
-    # numerical safety: the percentile interval of a mean always brackets it, up to rounding
-    if lo is not None:
-        lo, hi = min(lo, value), max(hi, value)
-    return MetricValue(name, value, std=std, ci_low=lo, ci_high=hi, n=n, subset=subset, extra=info)
-
-
-# --------------------------------------------------------------------------------------------
-# the pairwise comparison
-# --------------------------------------------------------------------------------------------
-@dataclass
-class PairResult:
-    seed_a: int
-    seed_b: int
-    width_a: int
-    width_b: int
-    decoder: PairMatch
-    encoder: PairMatch
-    max_cos_a: np.ndarray  # decoder, A rows vs any B row
-    max_cos_b: np.ndarray
-    shared_a: np.ndarray  # bool [m]: A latent shared (same partner in both assignments, both > 0.7)
-    any_partner_a: np.ndarray  # bool [m]: both assignments > 0.7, partners may differ
-    any_partner_b: np.ndarray  # bool [n]
-    activation_corr_a: np.ndarray | None = None  # [m], NaN where undefined / unmatched
-
-    @property
-    def equal_width(self) -> bool:
-        return self.width_a == self.width_b
-
-    @property
-    def label(self) -> str:
-        return f"{self.seed_a}-{self.seed_b}"
-
-    def per_latent(self) -> dict[str, np.ndarray]:
-        """Per-latent values whose means are this pair's metrics (over the min(m, n) matched A rows)."""
-        matched = self.decoder.partner_a >= 0
-        enc_matched = self.encoder.partner_a >= 0
-        k = min(self.width_a, self.width_b)
-        shared = np.zeros(k)
-        shared[: int(self.shared_a.sum())] = 1.0  # a fraction of k: order is irrelevant for means
-        dec_only = np.zeros(k)
-        dec_only[: int((self.decoder.cos_a[matched] > SHARED_THRESHOLD).sum())] = 1.0
-        out = {
-            "decoder_mcc": self.decoder.cos_a[matched],
-            "encoder_mcc": self.encoder.cos_a[enc_matched],
-            "shared_fraction": shared,
-            "shared_fraction_decoder": dec_only,
-        }
-        if self.equal_width:
-            any_partner = np.concatenate([self.any_partner_a, self.any_partner_b]).astype(float)
-            out["shared_fraction_any_partner"] = any_partner
-            out["mean_max_cosine"] = np.concatenate([self.max_cos_a, self.max_cos_b])
-        else:
-            small_is_a = self.width_a < self.width_b
-            out["max_cosine_large_to_small"] = self.max_cos_b if small_is_a else self.max_cos_a
-            out["max_cosine_small_to_large"] = self.max_cos_a if small_is_a else self.max_cos_b
-        if self.activation_corr_a is not None:
-            out["activation_correlation"] = self.activation_corr_a[matched]
-        return out
-
-
-def compare_pair(
-    seed_a: int, sae_a: Any, seed_b: int, sae_b: Any, *, device: str = "cpu", threshold: float = SHARED_THRESHOLD
-) -> PairResult:
-    """Decoder and encoder matchings of two SAEs plus the per-latent shared flags."""
-    dec_a, dec_b = sae_a.decoder_directions().to(device), sae_b.decoder_directions().to(device)
-    enc_a, enc_b = sae_a.encoder_directions().to(device), sae_b.encoder_directions().to(device)
-    decoder = match_rows(dec_a, dec_b, device=device)
-    encoder = match_rows(enc_a, enc_b, device=device)
-    max_a, max_b = max_cosines(dec_a, dec_b)
-    return build_pair_result(seed_a, seed_b, decoder, encoder, max_a, max_b, threshold=threshold)
-
-
-def build_pair_result(
-    seed_a: int, seed_b: int, decoder: PairMatch, encoder: PairMatch, max_a: np.ndarray, max_b: np.ndarray,
-    *, threshold: float = SHARED_THRESHOLD,
-) -> PairResult:
-    """Combine a decoder and an encoder matching into shared-latent flags (see the module docstring)."""
-    with np.errstate(invalid="ignore"):
-        dec_ok_a = np.nan_to_num(decoder.cos_a, nan=-2.0) > threshold
-        enc_ok_a = np.nan_to_num(encoder.cos_a, nan=-2.0) > threshold
-        dec_ok_b = np.nan_to_num(decoder.cos_b, nan=-2.0) > threshold
-        enc_ok_b = np.nan_to_num(encoder.cos_b, nan=-2.0) > threshold
-    same_partner = (decoder.partner_a == encoder.partner_a) & (decoder.partner_a >= 0)
-    return PairResult(
-        seed_a=seed_a, seed_b=seed_b,
-        width_a=len(decoder.partner_a), width_b=len(decoder.partner_b),
-        decoder=decoder, encoder=encoder, max_cos_a=max_a, max_cos_b=max_b,
-        shared_a=dec_ok_a & enc_ok_a & same_partner,
-        any_partner_a=dec_ok_a & enc_ok_a,
-        any_partner_b=dec_ok_b & enc_ok_b,
-    )
+    n_tokens: int = DEFAULT_TOKEN_SAMPLE  # token sample for L0, firing and activation correlation (capped by --limit)
+    shared_threshold: float = SHARED_THRESHOLD  # both matched cosines must exceed it for a shared latent
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,31 +76,6 @@ class ActivationStats:
     data_key: str | None = None
 
 
-def activation_matrix(provider: Any) -> Any:
-    """The provider's activations ``[n_tokens, d_in]`` (memory-mapped tensor or array)."""
-    acts = provider.activations() if callable(getattr(provider, "activations", None)) else provider
-    return acts
-
-
-def sample_token_rows(n_total: int, n_sample: int, *, seed: int) -> np.ndarray:
-    """Sorted distinct token indices, a uniform sample drawn with ``seed``."""
-    if n_sample >= n_total:
-        return np.arange(n_total)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_total, size=n_sample, replace=False))
-
-
-def iter_token_batches(acts: Any, rows: np.ndarray, batch_size: int, device: str) -> Iterable[torch.Tensor]:
-    """Float32 batches ``[batch, d_in]`` of the selected token rows."""
-    for start in range(0, len(rows), batch_size):
-        idx = rows[start : start + batch_size]
-        if isinstance(acts, torch.Tensor):
-            batch = acts[torch.as_tensor(idx)]
-        else:
-            batch = torch.as_tensor(np.asarray(acts[idx]))
-        yield batch.to(device=device, dtype=torch.float32)
-
-
 def activation_stats(
     saes: dict[int, Any], pairs: dict[tuple[int, int], PairResult], provider: Any, *,
     n_tokens: int, seed: int, batch_size: int, device: str, quiet: bool = True,
@@ -345,7 +84,7 @@ def activation_stats(
     each decoder-matched latent pair's activations (NaN when either latent is constant there)."""
     from tqdm.auto import tqdm
 
-    acts = activation_matrix(provider)
+    acts = provider.activations() if callable(getattr(provider, "activations", None)) else provider
     total = int(acts.shape[0])
     rows = sample_token_rows(total, n_tokens, seed=seed)
     stats = ActivationStats(n_tokens=len(rows), data_key=str(getattr(provider, "key", "")) or None)
@@ -406,6 +145,7 @@ class CrossSeedResult:
 def compute_cross_seed(
     saes: dict[int, Any], *, seed: int = 0, device: str = "cpu", activations: Any = None,
     n_tokens: int = DEFAULT_TOKEN_SAMPLE, batch_size: int = 1024, quiet: bool = True,
+    threshold: float = SHARED_THRESHOLD,
 ) -> CrossSeedResult:
     """Every cross-seed metric for ``{seed: SAE}`` (at least two SAEs with the same ``d_in``)."""
     if len(saes) < 2:
@@ -418,7 +158,7 @@ def compute_cross_seed(
     for a, b in itertools.combinations(seeds, 2):
         if saes[a].d_sae > saes[b].d_sae:  # the smaller dictionary is always side A of a stitch pair
             a, b = b, a
-        pairs[(a, b)] = compare_pair(a, saes[a], b, saes[b], device=device)
+        pairs[(a, b)] = compare_pair(a, saes[a], b, saes[b], device=device, threshold=threshold)
     act = None
     if activations is not None:
         act = activation_stats(
@@ -435,7 +175,7 @@ def compute_cross_seed(
     equal_groups = sorted(w for w in groups if w[0] == w[1])
     methods = sorted({p.decoder.method for p in pairs.values()} | {p.encoder.method for p in pairs.values()})
     uncertified = sum(1 for p in pairs.values() for mt in (p.decoder, p.encoder) if mt.certified is False)
-    base_extra = {"matching": methods, "uncertified_matchings": uncertified, "threshold": SHARED_THRESHOLD}
+    base_extra = {"matching": methods, "uncertified_matchings": uncertified, "threshold": threshold}
 
     names_equal = {
         "decoder_mcc": "decoder_pw_mcc",
@@ -470,33 +210,32 @@ def compute_cross_seed(
         for key, name in names.items():
             if key not in per_latent[0]:
                 continue
-            metrics.append(summarise(name, [pl[key] for pl in per_latent], seed=seed, subset=subset, extra=extra))
+            metrics.append(pair_summary(name, [pl[key] for pl in per_latent], seed=seed, subset=subset, extra=extra))
             if equal and len(group) > 1:
                 for p, pl in zip(group, per_latent):
                     v = pl[key]
                     if np.isfinite(v).any():
                         metrics.append(MetricValue(name, float(np.nanmean(v)), n=int(np.isfinite(v).sum()),
                                                    subset=f"pair={p.label}", extra={"widths": list(widths)}))
-        chance, how = chance_baseline(widths[0], widths[1], d, seed=seed, device=device)
+        chance, chance_std, trials = chance_baseline(widths[0], widths[1], d, seed=seed, device=device)
         chance_name = "chance_mcc" if equal else "stitch_chance_mcc"
-        if chance is None:
-            metrics.append(MetricValue(chance_name, None, subset=subset, note=how))
-        else:
-            metrics.append(MetricValue(chance_name, chance, subset=subset, extra={"method": how, "shape": [widths[0], widths[1], d]}))
+        metrics.append(MetricValue(chance_name, chance, std=chance_std, n=trials, subset=subset,
+                                   extra={"method": f"benchmark.metrics.seed_pairs.chance_baseline, {trials} trial(s)",
+                                          "shape": [widths[0], widths[1], d]}))
 
     dead = [float((sae.decoder_directions().norm(dim=1) == 0).float().mean()) for sae in (saes[s] for s in seeds)]
-    metrics.append(MetricValue("dead_fraction", float(np.mean(dead)), std=float(np.std(dead, ddof=1)), n=len(dead),
+    mean, std = mean_std(dead)
+    metrics.append(MetricValue("dead_fraction", mean, std=std, n=len(dead),
                                extra={"what": "zero decoder rows; with activations see firing_frequency in latents"}))
 
     by_freq = None
     if act is not None:
-        l0s = [act.l0[s] for s in seeds]
-        metrics.append(MetricValue("l0", float(np.mean(l0s)), std=float(np.std(l0s, ddof=1)), n=act.n_tokens,
+        mean, std = mean_std(act.l0[s] for s in seeds)
+        metrics.append(MetricValue("l0", mean, std=std, n=act.n_tokens,
                                    extra={"per_seed": {str(s): act.l0[s] for s in seeds}, "tokens": act.n_tokens,
                                           "data_key": act.data_key}))
-        never = [float((act.firing_frequency[s] == 0).mean()) for s in seeds]
-        metrics.append(MetricValue("never_fired_fraction", float(np.mean(never)), std=float(np.std(never, ddof=1)),
-                                   n=act.n_tokens, extra={"tokens": act.n_tokens}))
+        mean, std = mean_std(float((act.firing_frequency[s] == 0).mean()) for s in seeds)
+        metrics.append(MetricValue("never_fired_fraction", mean, std=std, n=act.n_tokens, extra={"tokens": act.n_tokens}))
         by_freq = consistency_by_frequency(pairs, act)
         for row in by_freq.itertuples():
             if row.n:
@@ -591,9 +330,10 @@ def consistency_by_frequency(pairs: dict[tuple[int, int], PairResult], act: Acti
 @register_task
 class CrossSeedTask(Task):
     synthetic_recipe_reason = "synthetic recipes are compared across seeds inside the synthetic task"
+    config_class = CrossSeedConfig
     metadata = TaskMetadata(
         name="cross-seed",
-        version="1",
+        version="2",
         title="Cross-seed consistency",
         description=(
             "Do SAEs trained with different seeds learn the same latents? Decoder rows and encoder "
@@ -605,17 +345,17 @@ class CrossSeedTask(Task):
             "latents and consistency by firing frequency. Unequal widths appear as stitch_* metrics."
         ),
         metrics=(
-            metric_spec("decoder_pw_mcc", "mean over seed pairs of the mean matched decoder cosine (Song et al.)", "higher", -1, 1, main=True),
+            defs.DECODER_PW_MCC.as_main(),
             metric_spec("encoder_pw_mcc", "PW-MCC of encoder directions (separate assignment)", "higher", -1, 1),
-            metric_spec("shared_fraction", "fraction of latents matched to the same partner by the decoder and the encoder assignment, both cos > 0.7", "higher", 0, 1),
+            defs.SHARED_FRACTION,
             metric_spec("shared_fraction_any_partner", "Paulo & Belrose read literally: decoder and encoder matches both > 0.7, partners may differ (mean of both directions)", "higher", 0, 1),
             metric_spec("shared_fraction_decoder", "fraction of latents whose decoder match has cos > 0.7", "higher", 0, 1),
             metric_spec("mean_max_cosine", "mean over latents of the best decoder cosine with any latent of the other seed (not one-to-one)", "higher", -1, 1),
-            metric_spec("chance_mcc", "MCC of two random unit dictionaries of the same shape", "none", -1, 1),
+            defs.CHANCE_MCC,
             metric_spec("activation_correlation", "mean Pearson correlation over a token sample of decoder-matched latents' activations", "higher", -1, 1),
-            metric_spec("l0", "mean number of active latents per token on the activation sample (mean over seeds)", "none", 0, None, unit="latents"),
-            metric_spec("never_fired_fraction", "fraction of latents that never fired on the activation sample (mean over seeds)", "lower", 0, 1),
-            metric_spec("dead_fraction", "fraction of latents with an all-zero decoder row (mean over seeds)", "lower", 0, 1),
+            defs.L0,
+            defs.NEVER_FIRED_FRACTION,
+            defs.DEAD_FRACTION,
             metric_spec("matched_cosine_by_frequency", "mean matched decoder cosine of latents in a firing-frequency bin (subset)", "higher", -1, 1),
             metric_spec("stitch_decoder_mcc", "unequal widths: mean matched decoder cosine over the smaller SAE's latents", "higher", -1, 1),
             metric_spec("stitch_encoder_mcc", "unequal widths: the same for encoder directions", "higher", -1, 1),
@@ -628,23 +368,42 @@ class CrossSeedTask(Task):
         ),
         accepts=("checkpoints", "recipe"),
         min_seeds=2,
-        needs_activations=False,
+        needs_saes=True,
         uses_activations=True,
+        artifacts=(
+            ArtifactSpec("latents", "one row per (seed, latent, other seed): decoder and encoder partner and cosine, "
+                         "max cosine, shared flag, firing frequency and matched activation correlation",
+                         ("seed", "latent", "other_seed", "decoder_partner", "decoder_cosine", "encoder_partner",
+                          "encoder_cosine", "max_decoder_cosine", "shared", "firing_frequency", "activation_correlation")),
+            ArtifactSpec("matched_cosine_histogram", "counts of matched decoder cosines in 0.05-wide bins, pooled over "
+                         "equal-width pairs", ("bin_low", "bin_high", "count")),
+            ArtifactSpec("consistency_by_frequency", "mean matched decoder cosine and shared fraction by firing-frequency "
+                         "bin (with activations only)", ("bin_low", "bin_high", "n", "mean_decoder_cosine", "shared_fraction")),
+        ),
+        plots=(
+            PlotSpec("metric_vs_l0", "decoder-pw-mcc-vs-l0", "decoder_pw_mcc vs L0, by architecture", metric="decoder_pw_mcc"),
+            PlotSpec("artifact_histogram", "matched-cosine-histogram", "Matched decoder cosines across seeds",
+                     artifact="matched_cosine_histogram", x_low="bin_low", x_high="bin_high", y="count",
+                     x_label="matched decoder cosine", y_label="share of matched latents", x_range=(-1.0, 1.0),
+                     y_range=(0.0, None), note="Heights: bin count / total count of that submission."),
+        ),
         citation=join(SONG_2025, PAULO_BELROSE_2025),
         references=("https://arxiv.org/abs/2505.20254", "https://arxiv.org/abs/2501.16615"),
+        superseded=("v1: dead_fraction and the chance trial policy lived in the task; the run seed was not part of the "
+                    "stored identity, so units of two seeds or a --limit preview could be served as each other",),
     )
 
-    def run(self, ctx: TaskContext) -> TaskOutput:
-        saes = ctx.saes()
-        provider = ctx.activations if ctx.activations is not None else ctx.options.get("activations")
-        opts = ctx.options
-        n_tokens = int(opts.get("cross_seed_tokens", opts.get("limit") or DEFAULT_TOKEN_SAMPLE))
+    def run(self, inputs: TaskInputs) -> TaskOutput:
+        cfg: CrossSeedConfig = inputs.config
+        n_tokens = min(cfg.n_tokens, inputs.limit) if inputs.limit else cfg.n_tokens
         result = compute_cross_seed(
-            saes, seed=ctx.seed, device=ctx.device, activations=provider, n_tokens=n_tokens,
-            batch_size=int(opts.get("batch_size") or 1024), quiet=ctx.quiet,
+            inputs.require_saes(), seed=inputs.seed, device=inputs.device, activations=inputs.activations,
+            n_tokens=n_tokens, batch_size=int(inputs.batch_size or 1024), quiet=inputs.quiet,
+            threshold=cfg.shared_threshold,
         )
         artifacts = {"latents": result.latents, "matched_cosine_histogram": result.histogram}
         if result.by_frequency is not None:
             artifacts["consistency_by_frequency"] = result.by_frequency
-        data_hash = str(getattr(provider, "key", "")) or None if provider is not None else None
+        provider = inputs.activations
+        data_hash = (str(getattr(provider, "key", "")) or None) if provider is not None else None
         return TaskOutput(metrics=result.metrics, artifacts=artifacts, data_hash=data_hash)

@@ -24,7 +24,6 @@ import pytest
 
 import fault_tasks
 from benchmark import cli
-from benchmark.errors import CanonBenchError
 from benchmark.submission.manifest import load_manifests
 from benchmark.results import ResultStore
 from benchmark.runner import RunInterrupted, RunSummary, UnitOutcome, run_benchmark
@@ -68,6 +67,7 @@ def assert_store_consistent(root: Path) -> pd.DataFrame:
     process as its rows (a torn unit mixes two writers)."""
     for path in root.rglob("*.parquet"):
         pq.read_table(path)  # raises on a torn file
+    assert not (root / "quarantine").exists(), "a unit file was torn (quarantined on read)"
     frame = ResultStore(root).read()
     assert not frame.duplicated(["submission", "task", "task_version", "metric", "subset"]).any(), "duplicate rows"
     for (sub, task), rows in frame.groupby(["submission", "task"]):
@@ -75,7 +75,7 @@ def assert_store_consistent(root: Path) -> pd.DataFrame:
         assert rows["run_id"].nunique() == 1
         pid = int(rows.loc[rows["metric"] == "pid", "value"].iloc[0])
         assert json.loads(rows.loc[rows["metric"] == "score", "extra"].iloc[0])["pid"] == pid
-        artifact = ResultStore(root).read_artifact(sub, task, "1", "detail")
+        artifact = ResultStore(root).read_artifact(rows.iloc[0], "detail")
         assert artifact is not None and set(artifact["pid"]) == {pid}, f"{sub} × {task}: torn unit"
     return frame
 
@@ -329,30 +329,74 @@ def test_cli_errors_are_one_line_even_when_the_message_is_not(tmp_path, capsys):
 
 # --- damaged store ----------------------------------------------------------------------------------------------
 
-def test_an_unreadable_results_file_is_one_clear_error(tmp_path, capsys):
+def _damage(path: Path, how: str) -> None:
+    """Damage a stored unit file the ways a disk, a copy or a person can."""
+    import pyarrow as pa
+
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(b"PAR1" + os.urandom(64))
+    elif how == "wrong-schema":
+        pq.write_table(pa.table({"submission": ["acme/b"], "value": [1.0]}), path)
+    elif how == "old-schema":
+        table = pq.read_table(path)
+        table = table.set_column(table.schema.get_field_index("schema_version"), "schema_version",
+                                 pa.array([1] * table.num_rows, pa.int32()))
+        pq.write_table(table, path)
+    elif how == "nan":
+        table = pq.read_table(path)
+        table = table.set_column(table.schema.get_field_index("value"), "value",
+                                 pa.array([float("nan")] * table.num_rows, pa.float64()))
+        pq.write_table(table, path)
+    elif how == "missing-without-note":
+        table = pq.read_table(path)
+        table = table.set_column(table.schema.get_field_index("value"), "value", pa.nulls(table.num_rows, pa.float64()))
+        table = table.set_column(table.schema.get_field_index("note"), "note", pa.nulls(table.num_rows, pa.string()))
+        pq.write_table(table, path)
+    elif how == "other-unit":  # rows of acme/a copied to acme/b's place: would misattribute
+        path.write_bytes(Path(str(path).replace("acme/b", "acme/a")).read_bytes())
+    elif how == "directory":
+        path.unlink()
+        path.mkdir()
+    else:  # pragma: no cover
+        raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "wrong-schema", "old-schema", "nan",
+                                 "missing-without-note", "other-unit", "directory"])
+def test_a_bad_unit_file_is_quarantined_the_rest_serves_and_the_next_run_recomputes_it(tmp_path, capsys, how):
     subs = write_submissions(tmp_path / "subs", ["a", "b"])
     results = tmp_path / "results"
     assert cli.main(["run", str(subs), "--results", str(results), "--tasks", "fault-ok", "--quiet"]) == 0
     capsys.readouterr()
-    damaged = ResultStore(results).unit_path("acme/b", "fault-ok", "1")
-    damaged.write_bytes(damaged.read_bytes()[:100])  # e.g. a disk fault or a copy cut short
-    with pytest.raises(CanonBenchError) as info:
-        ResultStore(results).read()
-    assert str(damaged) in str(info.value)
-    assert cli.main(["results", "--results", str(results)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(damaged) in err[0] and "rerun" in err[0]
+    store = ResultStore(results)
+    (damaged,) = [p for p in store.unit_files() if "/acme/b/" in p.as_posix()]
+    _damage(damaged, how)
+    # results and the site keep serving the good unit; the bad one is moved aside with a warning
+    assert cli.main(["results", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "acme/a" in out and "acme/b" not in out
+    assert not damaged.exists() and list((results / "quarantine").rglob(damaged.name))
+    # the next run does not count it as cached: it recomputes the unit
+    assert cli.main(["run", str(subs), "--results", str(results), "--tasks", "fault-ok", "--quiet"]) == 0
+    statuses = summary_statuses(capsys.readouterr().out)
+    assert statuses[("acme/b", "fault-ok")] == "done" and statuses[("acme/a", "fault-ok")] == "cached"
+    assert set(ResultStore(results).read()["submission"]) == {"acme/a", "acme/b"}
 
 
 def test_stale_temporary_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     store = ResultStore(tmp_path)
-    folder = tmp_path / "units" / "acme__a" / "t"
+    folder = tmp_path / "units" / "acme" / "a" / "t" / "v1"
     folder.mkdir(parents=True)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    stale = folder / f".v1.parquet.{dead_pid}.abc123.tmp"
-    live = folder / f".v1.parquet.{os.getpid()}.def456.tmp"
-    finished = folder / "v1.parquet"
+    key = "0" * 16 + "-" + "1" * 16
+    stale = folder / f".{key}.parquet.{dead_pid}.abc123.tmp"
+    live = folder / f".{key}.parquet.{os.getpid()}.def456.tmp"
+    finished = folder / f"{key}.parquet"
     for path in (stale, live, finished):
         path.write_bytes(b"x")
     assert store.remove_stale_temp_files() == 1

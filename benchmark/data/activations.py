@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -339,6 +339,27 @@ def run_hooks(bridge, ids: torch.Tensor, attention_mask: torch.Tensor, hooks: Se
     return captured
 
 
+# --- token samples (the tasks' seeded subsets of the corpus activations) ---------------------------
+def sample_token_rows(n_total: int, n_sample: int, *, seed: int) -> np.ndarray:
+    """Sorted distinct token indices, a uniform sample drawn with ``seed``."""
+    if n_sample >= n_total:
+        return np.arange(n_total)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_total, size=n_sample, replace=False))
+
+
+def iter_token_batches(acts: Any, rows: np.ndarray, batch_size: int, device: str) -> Iterable[torch.Tensor]:
+    """Float32 batches ``[batch, d_in]`` of the selected token rows."""
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start : start + batch_size]
+        if isinstance(acts, torch.Tensor):
+            batch = acts[torch.as_tensor(idx)]
+        else:
+            batch = torch.as_tensor(np.asarray(acts[idx]))
+        yield batch.to(device=device, dtype=torch.float32)
+
+
+
 def settings_for_manifest(manifest, *, dtype: str = "float32", batch_size: int | None = None) -> ActivationSettings:
     """Activation settings of a submission: a recipe's ``tokens``/``context_size`` win over the defaults."""
     sub = manifest.submission
@@ -355,15 +376,15 @@ def settings_for_manifest(manifest, *, dtype: str = "float32", batch_size: int |
 
 
 def provider_for_manifest(manifest, *, cache_dir: Path | str, device: str = "cpu", quiet: bool = False,
-                          dtype: str = "float32") -> ActivationProvider:
+                          dtype: str = "float32", batch_size: int | None = None) -> ActivationProvider:
     """The activation provider for a submission's ``[model]`` (model located, nothing computed yet)."""
     sub = manifest.submission
     if getattr(sub, "model", None) is None:
         raise TaskError("this submission names no model, so it has no activations", file=manifest.path, field="model")
     location = locate_model(manifest, cache_dir=cache_dir)
     return ActivationProvider(location, sub.model.hook, cache_dir=cache_dir, device=device,
-                              settings=settings_for_manifest(manifest, dtype=dtype), quiet=quiet)
+                              settings=settings_for_manifest(manifest, dtype=dtype, batch_size=batch_size), quiet=quiet)
 
 
-__all__ = ["ActivationProvider", "ActivationSettings", "CACHE_FORMAT_VERSION", "STATS", "provider_for_manifest",
-           "run_hooks", "settings_for_manifest"]
+__all__ = ["ActivationProvider", "ActivationSettings", "CACHE_FORMAT_VERSION", "STATS", "iter_token_batches",
+           "provider_for_manifest", "run_hooks", "sample_token_rows", "settings_for_manifest"]

@@ -155,6 +155,26 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+#: A checkpoints submission trained on an exported preset names it as its model ``synthetic:<preset>[@version]``
+#: or with a tag ``preset:<preset>``.
+MODEL_PREFIX = "synthetic:"
+TAG_PREFIX = "preset:"
+
+
+def submission_presets(manifest) -> list[str]:
+    """Preset names (with optional ``@version``) a manifest is about: a synthetic recipe's presets, or
+    the preset a checkpoints submission was trained on (its model name or ``preset:`` tags)."""
+    sub = manifest.submission
+    if sub.kind == "recipe":
+        return list(sub.recipe.presets) if sub.recipe.trains_on == "synthetic" else []
+    names: list[str] = []
+    if sub.model.name.startswith(MODEL_PREFIX):
+        names.append(sub.model.name[len(MODEL_PREFIX):])
+    names += [t[len(TAG_PREFIX):] for t in sub.tags if t.startswith(TAG_PREFIX)]
+    unique = list(dict.fromkeys(n.partition("@")[0] for n in names))
+    return names[:1] if len(unique) == 1 else names
+
+
 def get_preset(name: str, *, file: str | Path | None = None, field: str | None = None) -> Preset:
     """The preset called ``name`` (a trailing ``@<version>`` must match the current version)."""
     base, _, version = name.partition("@")

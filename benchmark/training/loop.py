@@ -79,7 +79,6 @@ def train_batched(
     recipe asks for ``bfloat16`` (autocast of the forward pass; parameters stay fp32).
     """
     check_recipe(recipe)
-    hp = recipe.hyperparameters
     seeds = list(recipe.seeds if seeds is None else seeds)
     if not seeds:
         raise CanonBenchError("no seeds to train", field="seeds")

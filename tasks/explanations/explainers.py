@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import re
 import socket
 import threading
@@ -264,8 +263,8 @@ class OpenAICompatibleExplainer:
     """Explanations from an OpenAI-compatible chat endpoint.
 
     ``base_url`` is the API root (``http://127.0.0.1:8000/v1``); requests go to
-    ``<base_url>/chat/completions``. The key is read from the environment variable ``api_key_env``
-    (never stored, never part of the identity). ``requests_per_second`` spaces request starts;
+    ``<base_url>/chat/completions``. ``api_key`` is given by the runner (from its environment; it is
+    never stored and never part of the identity). ``requests_per_second`` spaces request starts;
     HTTP 429/5xx, timeouts and connection errors are retried ``max_retries`` times with
     exponential backoff; other HTTP errors fail at once with the status and the server's message.
     ``max_requests`` bounds the total number of HTTP requests.
@@ -276,7 +275,7 @@ class OpenAICompatibleExplainer:
         base_url: str,
         model: str,
         *,
-        api_key_env: str = "CANONBENCH_LLM_API_KEY",
+        api_key: str | None = None,
         prompt: str = DEFAULT_PROMPT,
         temperature: float = 0.0,
         max_tokens: int = 60,
@@ -298,7 +297,7 @@ class OpenAICompatibleExplainer:
             raise ExplainerError(f"unknown prompt template {prompt!r} (known: {', '.join(PROMPT_TEMPLATES)})", field="llm.prompt")
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.api_key_env = api_key_env
+        self._api_key = api_key
         self.prompt = prompt
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -316,23 +315,6 @@ class OpenAICompatibleExplainer:
             f"temperature={temperature},max_tokens={max_tokens})"
         )
 
-    @classmethod
-    def from_env(cls, **overrides: Any) -> "OpenAICompatibleExplainer":
-        """Configured by ``CANONBENCH_LLM_URL``, ``CANONBENCH_LLM_MODEL`` (key: ``CANONBENCH_LLM_API_KEY``),
-        optional ``CANONBENCH_LLM_RPS`` and ``CANONBENCH_LLM_PRICE_IN``/``_OUT`` (USD per million tokens)."""
-        url = overrides.pop("base_url", None) or os.environ.get("CANONBENCH_LLM_URL")
-        model = overrides.pop("model", None) or os.environ.get("CANONBENCH_LLM_MODEL")
-        if not url or not model:
-            raise ExplainerError("set CANONBENCH_LLM_URL and CANONBENCH_LLM_MODEL to use the LLM explainer", field="explainer")
-        env_float = lambda name: float(os.environ[name]) if os.environ.get(name) else None  # noqa: E731
-        kwargs: dict[str, Any] = {
-            "requests_per_second": env_float("CANONBENCH_LLM_RPS") or 2.0,
-            "price_per_million_input": env_float("CANONBENCH_LLM_PRICE_IN"),
-            "price_per_million_output": env_float("CANONBENCH_LLM_PRICE_OUT"),
-        }
-        kwargs.update(overrides)
-        return cls(url, model, **kwargs)
-
     # -- one request ---------------------------------------------------------------------------
     def _wait_turn(self) -> None:
         with self._lock:
@@ -347,9 +329,8 @@ class OpenAICompatibleExplainer:
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
         req = urllib.request.Request(self.base_url + "/chat/completions", data=json.dumps(payload).encode(),
                                      headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 (URL scheme checked)
@@ -576,15 +557,17 @@ def _slug(text: str) -> str:
 
 
 class ExplanationCache:
-    """Per-latent explanations of one (explainer, SAE, data) triple, as append-only JSONL.
+    """Per-latent explanations of one (explainer, SAE, data) triple, kept as an append-only journal in
+    the runner's task cache (:class:`benchmark.cache.TaskCache`).
 
-    Each line: ``{"latent": int, "explanation": str | null, "explainer": identity}``. A torn last
-    line (crash mid-write) is ignored on reading; lines of another explainer identity are ignored.
+    Each record: ``{"latent": int, "explanation": str | null, "explainer": identity}``. A torn last
+    line (crash mid-write) is ignored on reading; records of another explainer identity are ignored.
     """
 
-    def __init__(self, root: Path | str, explainer_identity: str, subject_key: str):
+    def __init__(self, cache, explainer_identity: str, subject_key: str):
         digest = hashlib.sha256(explainer_identity.encode()).hexdigest()[:10]
-        self.path = Path(root) / "explanations" / f"{_slug(explainer_identity)}-{digest}" / f"{_slug(subject_key)}.jsonl"
+        self.journal = cache.journal("explanations", f"{_slug(explainer_identity)[:40]}-{digest}-{_slug(subject_key)}")
+        self.path = self.journal.path
         self.identity = explainer_identity
         self._lock = threading.Lock()
         self._data: dict[int, str | None] | None = None
@@ -592,26 +575,16 @@ class ExplanationCache:
     def load(self) -> dict[int, str | None]:
         if self._data is None:
             data: dict[int, str | None] = {}
-            if self.path.exists():
-                with open(self.path, "r", encoding="utf-8", errors="replace") as fh:
-                    for line in fh:
-                        try:
-                            rec = json.loads(line)
-                        except json.JSONDecodeError:
-                            continue  # torn line
-                        if isinstance(rec, dict) and rec.get("explainer") == self.identity and "latent" in rec:
-                            data[int(rec["latent"])] = rec.get("explanation")
+            for rec in self.journal.records():
+                if rec.get("explainer") == self.identity and "latent" in rec:
+                    data[int(rec["latent"])] = rec.get("explanation")
             self._data = data
         return self._data
 
     def put(self, latent: int, explanation: str | None) -> None:
         with self._lock:
             self.load()[int(latent)] = explanation
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            line = json.dumps({"latent": int(latent), "explanation": explanation, "explainer": self.identity})
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
-                fh.flush()
+            self.journal.append({"latent": int(latent), "explanation": explanation, "explainer": self.identity})
 
 
 def explain_records(

@@ -26,7 +26,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,17 +35,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.cache import TaskCache
+from benchmark.data.activations import iter_token_batches, sample_token_rows
 from benchmark.errors import TaskError
+from benchmark.metrics.seed_pairs import match_rows
+from benchmark.metrics.stats import pair_summary
 from benchmark.results import MetricValue
 from tasks import register_task
-from tasks.base import Task, TaskContext, TaskMetadata, TaskOutput, metric_spec
+from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
 from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
-from tasks.cross_seed import (
-    iter_token_batches,
-    match_rows,
-    sample_token_rows,
-    summarise,
-)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +51,32 @@ DEFAULT_LATENTS = 64
 DEFAULT_TOKENS = 32_768
 SIM_BIN_EDGES = (-1.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SPEARMAN_REPS = 500
+LLM_KEY_ENV = "CANONBENCH_LLM_API_KEY"
+
+
+@dataclass(frozen=True)
+class ExplanationConfig:
+    """Settings of the explanation-similarity task (part of every run spec).
+
+    ``explainer``: ``top-context`` (offline, default), ``llm`` (an OpenAI-compatible endpoint at
+    ``llm_url`` serving ``llm_model``; the API key comes from the environment variable
+    ``CANONBENCH_LLM_API_KEY`` through the runner and is never stored), ``neuronpedia`` or
+    ``delphi`` (imported explanations; ``explanation_paths`` is a JSON object seed → path).
+    ``embedding_model``: a sentence-transformers folder or name (None: the packaged all-MiniLM-L6-v2)."""
+
+    n_latents: int = DEFAULT_LATENTS  # sampled latents of the first seed of each pair (capped by --limit)
+    n_tokens: int = DEFAULT_TOKENS  # token sample the top-context explainer reads
+    explainer: str = "top-context"
+    llm_url: str | None = None
+    llm_model: str | None = None
+    llm_prompt: str = "v1"
+    llm_requests_per_second: float = 2.0
+    llm_max_requests: int | None = None
+    embedding_model: str | None = None
+    explanation_paths: str | None = None
+    explanation_source: str | None = None
+    explanation_model: str | None = None
+    explanation_hookpoint: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,12 +204,8 @@ class ExplanationSource:
     stats: Any = None
 
 
-def build_source(options: dict[str, Any], seeds: list[int]) -> ExplanationSource:
-    """The explanation source named by ``options['explainer']`` (or ``$CANONBENCH_EXPLAINER``).
-
-    ``top-context`` (default), ``llm`` (:meth:`OpenAICompatibleExplainer.from_env`, overridable by
-    ``options['llm']``), ``neuronpedia`` / ``delphi`` with ``options['explanation_paths'] = {seed: path}``.
-    """
+def build_source(cfg: ExplanationConfig, seeds: list[int], *, secrets: dict[str, str] | None = None) -> ExplanationSource:
+    """The explanation source the config names (see :class:`ExplanationConfig`)."""
     from tasks.explanations.explainers import (
         ImportedExplainer,
         OpenAICompatibleExplainer,
@@ -195,28 +214,35 @@ def build_source(options: dict[str, Any], seeds: list[int]) -> ExplanationSource
         read_neuronpedia_export,
     )
 
-    kind = str(options.get("explainer") or os.environ.get("CANONBENCH_EXPLAINER") or "top-context")
+    kind = cfg.explainer
     if kind == "top-context":
         ex = TopContextExplainer()
         return ExplanationSource(kind, {s: ex for s in seeds}, needs_contexts=True, cacheable=True)
     if kind == "llm":
-        ex = OpenAICompatibleExplainer.from_env(**dict(options.get("llm") or {}))
+        if not cfg.llm_url or not cfg.llm_model:
+            raise TaskError("the LLM explainer needs llm_url and llm_model (--task-option "
+                            "explanation-similarity.llm_url=... or CANONBENCH_LLM_URL / CANONBENCH_LLM_MODEL)",
+                            field="explanation-similarity.llm_url")
+        ex = OpenAICompatibleExplainer(cfg.llm_url, cfg.llm_model, api_key=(secrets or {}).get(LLM_KEY_ENV),
+                                       prompt=cfg.llm_prompt, requests_per_second=cfg.llm_requests_per_second,
+                                       max_requests=cfg.llm_max_requests)
         return ExplanationSource(kind, {s: ex for s in seeds}, needs_contexts=True, cacheable=True, stats=ex.stats)
     if kind in ("neuronpedia", "delphi"):
-        paths = options.get("explanation_paths") or {}
-        if isinstance(paths, str):
-            paths = json.loads(paths)
-        paths = {int(k): v for k, v in paths.items()}
+        try:
+            paths = json.loads(cfg.explanation_paths or "{}")
+            paths = {int(k): v for k, v in paths.items()}
+        except (ValueError, TypeError, AttributeError):
+            raise TaskError("must be a JSON object seed → path", field="explanation-similarity.explanation_paths") from None
         missing = [s for s in seeds if s not in paths]
         if missing:
             raise TaskError(f"{kind} import needs a path for every seed; missing {missing}", field="explanation_paths")
         explainers = {}
         for s in seeds:
             if kind == "neuronpedia":
-                data = read_neuronpedia_export(paths[s], source=options.get("explanation_source"),
-                                               explanation_model=options.get("explanation_model"))
+                data = read_neuronpedia_export(paths[s], source=cfg.explanation_source,
+                                               explanation_model=cfg.explanation_model)
             else:
-                data = read_delphi_explanations(paths[s], hookpoint=options.get("explanation_hookpoint"))
+                data = read_delphi_explanations(paths[s], hookpoint=cfg.explanation_hookpoint)
             explainers[s] = ImportedExplainer(data, identity=f"{kind}:{Path(paths[s]).name}")
         return ExplanationSource(kind, explainers, needs_contexts=False, cacheable=False)
     raise TaskError(f"unknown explainer {kind!r} (top-context, llm, neuronpedia, delphi)", field="explainer")
@@ -224,7 +250,7 @@ def build_source(options: dict[str, Any], seeds: list[int]) -> ExplanationSource
 
 def gather_explanations(
     saes: dict[int, Any], needed: dict[int, np.ndarray], source: ExplanationSource, *, provider: Any,
-    cache_dir: Path | None, n_tokens: int, seed: int, batch_size: int, device: str, quiet: bool,
+    cache: TaskCache | None, n_tokens: int, seed: int, batch_size: int, device: str, quiet: bool,
 ) -> tuple[dict[int, dict[int, str | None]], dict[str, Any]]:
     """``{seed: {latent: explanation or None}}`` for the needed latents, through the cache."""
     from tasks.explanations.explainers import ExplanationCache, LatentRecord, explain_records
@@ -242,11 +268,11 @@ def gather_explanations(
     out = {}
     for s in sorted(needed):
         explainer = source.explainers[s]
-        cache = None
-        if source.cacheable and cache_dir is not None:
+        store = None
+        if source.cacheable and cache is not None:
             subject = f"{sae_fingerprint(saes[s])}-{info.get('data_key') or 'nodata'}-t{info.get('tokens')}-s{seed}"
-            cache = ExplanationCache(cache_dir, explainer.identity, subject)
-        out[s] = explain_records(explainer, records[s], cache=cache, quiet=quiet, desc=f"explain seed {s}")
+            store = ExplanationCache(cache, explainer.identity, subject)
+        out[s] = explain_records(explainer, records[s], cache=store, quiet=quiet, desc=f"explain seed {s}")
     info["identity"] = sorted({source.explainers[s].identity for s in needed})
     if source.stats is not None:
         info["llm"] = source.stats.summary()
@@ -338,12 +364,12 @@ def explanation_metrics(sims: list[PairSimilarity], *, seed: int, explained_frac
     extra = {"pairs": [s.plan.label for s in sims], "sample_seed": seed,
              "latents_per_pair": int(len(sims[0].plan.sample)), **info}
     metrics = [
-        summarise("matched_similarity", [s.matched for s in sims], seed=seed, extra=extra),
-        summarise("random_pair_similarity", [s.random for s in sims], seed=seed, extra=extra),
-        summarise("same_index_similarity", [s.same_index for s in sims], seed=seed, extra=extra),
-        summarise("similarity_gap", [s.matched - s.random for s in sims], seed=seed,
+        pair_summary("matched_similarity", [s.matched for s in sims], seed=seed, extra=extra),
+        pair_summary("random_pair_similarity", [s.random for s in sims], seed=seed, extra=extra),
+        pair_summary("same_index_similarity", [s.same_index for s in sims], seed=seed, extra=extra),
+        pair_summary("similarity_gap", [s.matched - s.random for s in sims], seed=seed,
                   extra=dict(extra, what="matched minus random-pair similarity, paired per sampled latent")),
-        summarise("similarity_gap_same_index", [s.matched - s.same_index for s in sims], seed=seed,
+        pair_summary("similarity_gap_same_index", [s.matched - s.same_index for s in sims], seed=seed,
                   extra=dict(extra, what="matched minus same-index similarity, paired per sampled latent")),
     ]
     if len(sims) > 1:
@@ -383,7 +409,7 @@ class ExplanationResult:
 
 def compute_explanation_similarity(
     saes: dict[int, Any], *, provider: Any = None, source: ExplanationSource | None = None, embedder: Any = None,
-    n_latents: int = DEFAULT_LATENTS, n_tokens: int = DEFAULT_TOKENS, seed: int = 0, cache_dir: Path | None = None,
+    n_latents: int = DEFAULT_LATENTS, n_tokens: int = DEFAULT_TOKENS, seed: int = 0, cache: TaskCache | None = None,
     batch_size: int = 1024, device: str = "cpu", quiet: bool = True,
     explanations: dict[int, dict[int, str | None]] | None = None,
 ) -> ExplanationResult:
@@ -395,9 +421,9 @@ def compute_explanation_similarity(
     needed = needed_latents(plans)
     info: dict[str, Any] = {}
     if explanations is None:
-        source = source or build_source({}, sorted(saes))
+        source = source or build_source(ExplanationConfig(), sorted(saes))
         explanations, info = gather_explanations(
-            saes, needed, source, provider=provider, cache_dir=cache_dir, n_tokens=n_tokens, seed=seed,
+            saes, needed, source, provider=provider, cache=cache, n_tokens=n_tokens, seed=seed,
             batch_size=batch_size, device=device, quiet=quiet,
         )
     t_explained = time.perf_counter()
@@ -441,6 +467,7 @@ def pair_table(sims: list[PairSimilarity], explanations: dict[int, dict[int, str
 @register_task
 class ExplanationSimilarityTask(Task):
     synthetic_recipe_reason = "synthetic recipes have no text to explain latents with"
+    config_class = ExplanationConfig
     metadata = TaskMetadata(
         name="explanation-similarity",
         version="1",
@@ -465,27 +492,39 @@ class ExplanationSimilarityTask(Task):
         ),
         accepts=("checkpoints", "recipe"),
         min_seeds=2,
-        needs_activations=True,
+        needs_saes=True,
+        uses_activations=True,
+        artifacts=(
+            ArtifactSpec("similarity_by_cosine_bin", "mean explanation similarity per decoder-cosine bin",
+                         ("bin_low", "bin_high", "mean_similarity", "n")),
+            ArtifactSpec("explanation_pairs", "one row per (pair, sampled latent, comparison): latents, decoder cosine, "
+                         "explanations and their similarity",
+                         ("seed_a", "latent_a", "seed_b", "latent_b", "kind", "decoder_cosine", "similarity",
+                          "explanation_a", "explanation_b")),
+        ),
+        plots=(
+            PlotSpec("artifact_curve", "similarity-by-cosine", "Explanation similarity vs decoder cosine",
+                     artifact="similarity_by_cosine_bin", x_low="bin_low", x_high="bin_high", y="mean_similarity", n="n",
+                     x_label="decoder cosine of the matched pair (bin centre)", y_label="mean explanation similarity",
+                     x_range=(-1.0, 1.0), y_range=(-1.0, 1.0), note="Points at bin centres; empty bins are left out."),
+        ),
+        secrets=(LLM_KEY_ENV,),
         citation=join(PAULO_BELROSE_2025, SONG_2025),
         references=("https://arxiv.org/abs/2501.16615", "https://arxiv.org/abs/2505.20254"),
     )
 
-    def run(self, ctx: TaskContext) -> TaskOutput:
-        saes = ctx.saes()
-        opts = ctx.options
-        provider = ctx.activations if ctx.activations is not None else opts.get("activations")
-        n_latents = int(opts.get("explanation_latents") or DEFAULT_LATENTS)
-        if opts.get("limit"):
-            n_latents = min(n_latents, int(opts["limit"]))
-        source = build_source(opts, sorted(saes))
-        from tasks.explanations.embeddings import ENV_EMBEDDING_MODEL, SentenceEmbedder
+    def run(self, inputs: TaskInputs) -> TaskOutput:
+        cfg: ExplanationConfig = inputs.config
+        saes = inputs.require_saes()
+        n_latents = min(cfg.n_latents, inputs.limit) if inputs.limit else cfg.n_latents
+        source = build_source(cfg, sorted(saes), secrets=inputs.secrets)
+        from tasks.explanations.embeddings import SentenceEmbedder
 
-        embedder = SentenceEmbedder(opts.get("embedding_model") or os.environ.get(ENV_EMBEDDING_MODEL), device=ctx.device)
-        cache_dir = Path(ctx.cache_dir) if ctx.cache_dir is not None else None
+        embedder = SentenceEmbedder(cfg.embedding_model, device=inputs.device)
         result = compute_explanation_similarity(
-            saes, provider=provider, source=source, embedder=embedder, n_latents=n_latents,
-            n_tokens=int(opts.get("explanation_tokens") or DEFAULT_TOKENS), seed=ctx.seed, cache_dir=cache_dir,
-            batch_size=int(opts.get("batch_size") or 1024), device=ctx.device, quiet=ctx.quiet,
+            saes, provider=inputs.activations, source=source, embedder=embedder, n_latents=n_latents,
+            n_tokens=cfg.n_tokens, seed=inputs.seed, cache=inputs.cache,
+            batch_size=int(inputs.batch_size or 1024), device=inputs.device, quiet=inputs.quiet,
         )
         data_hash = result.info.get("data_key")
         return TaskOutput(

@@ -4,7 +4,6 @@ cache keys, invalidation, reuse without forward passes, agreement with a bare HF
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 import shutil
 
@@ -215,10 +214,14 @@ def _recipe(folder, bert_dir, seeds) -> Path:
 
 def test_reference_training_is_cached_per_seed(bert_dir, tmp_path, monkeypatch):
     import benchmark.training as training
+    from benchmark.provision import SubmissionInputs
     from benchmark.submission.manifest import load_manifest
-    from benchmark.training.model_recipes import train_recipe_saes
 
     cache = tmp_path / "cache"
+
+    def train_recipe_saes(manifest, **kw):
+        return SubmissionInputs(manifest, **kw).saes()
+
     saes, records = train_recipe_saes(load_manifest(_recipe(tmp_path, bert_dir, [0, 1])), cache_dir=cache, quiet=True)
     assert sorted(saes) == [0, 1] and all(r["trained_now"] for r in records)
     assert saes[0].d_in == 32 and saes[0].d_sae == 16 and saes[0].hook_name == "blocks.0.hook_resid_post"

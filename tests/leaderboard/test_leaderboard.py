@@ -105,7 +105,7 @@ def test_overview_has_one_row_per_submission_and_one_column_per_task(built):
     table = _overview(built)
     names = [row[0]["links"][0] for row in table["rows"]]
     expected = sorted(fx.SUBMISSIONS)
-    assert [n.removeprefix("submissions/").removesuffix(".html").replace("__", "/") for n in names] == expected
+    assert [n.removeprefix("submissions/").removesuffix(".html").replace("~", "/") for n in names] == expected
     header = [cell["text"] for cell in table["header"][0]]
     for meta in (cls.metadata for cls in fx.FIXTURE_TASKS.values()):
         assert any(h.startswith(meta.title) and meta.main_metric.name in h for h in header), (meta.name, header)
@@ -166,7 +166,7 @@ def test_manifest_text_is_escaped_everywhere(built):
         assert not any(href.strip().lower().startswith("javascript:") for href in Page(text).links), path
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
     assert escaped in pages[built["site"] / "index.html"]
-    assert escaped in pages[built["site"] / "submissions" / "acme__topk-16k.html"]
+    assert escaped in pages[built["site"] / "submissions" / "acme~topk-16k.html"]
     assert "&lt;b&gt;markup&lt;/b&gt;" in pages[built["site"] / "tasks" / "synthetic.html"]
     # a reference that is not a web address is shown as text, never as a link
     assert "javascript:alert(3)" in pages[built["site"] / "tasks" / "synthetic.html"]
@@ -295,29 +295,29 @@ def test_task_pages_show_metadata_tables_and_plots(built):
         n_rows = sum(len(v) for (s, t, ver), v in fx.UNITS.items() if t == meta.name)
         assert len(page.tables["rows"]["rows"]) == n_rows
     cross = _html(site, "tasks/cross-seed.html")
-    assert 'id="plot-pw_mcc-vs-l0"' in cross and 'id="plot-matched_cosine_histogram"' in cross
+    assert 'id="plot-pw-mcc-vs-l0"' in cross and 'id="plot-matched-cosine-histogram"' in cross
     assert cross.count("<svg") == 2
     # one point per submission with both an L0 and a pw_mcc, labelled by submission
-    vs_l0 = cross.split('id="plot-pw_mcc-vs-l0"')[1].split("</figure>")[0]
+    vs_l0 = cross.split('id="plot-pw-mcc-vs-l0"')[1].split("</figure>")[0]
     for name in ("acme/topk-16k", "acme/relu-16k", "local/jumprelu-dev", "ghost/orphan"):
         assert f"<title>{name} (" in vs_l0
     synthetic = _html(site, "tasks/synthetic.html")
     assert 'id="plot-gt-vs-pw"' in synthetic and "song-32x16" in synthetic
     assert synthetic.count('class="diagonal"') == 1
-    assert "proxy-validity-fixture" in synthetic and "leaderboard_fixtures.proxy_validity" in synthetic
+    assert "proxy-validity-fixture" in synthetic and "Stored by <code>canonbench summarize</code>" in synthetic
     assert "stored per slice only" in synthetic  # gt_mcc vs L0 is omitted with a note
     assert "@article{song2025position" in synthetic
     explanations = _html(site, "tasks/explanation-similarity.html")
-    assert 'id="plot-similarity_by_cosine_bin"' in explanations and "<svg" in explanations
+    assert 'id="plot-similarity-by-cosine"' in explanations and "<svg" in explanations
     assert "proxy-validity" not in cross and "proxy-validity" not in explanations
     absorption = _html(site, "tasks/absorption.html")
-    assert 'id="plot-mean_absorption_fraction-vs-l0"' in absorption and "<svg" in absorption
+    assert 'id="plot-absorption-vs-l0"' in absorption and "<svg" in absorption
 
 
 def test_submission_page_has_provenance_citations_and_drill_downs(built):
     site = built["site"]
     stored = _stored(built["results"])
-    text = _html(site, "submissions/acme__topk-16k.html")
+    text = _html(site, "submissions/acme~topk-16k.html")
     page = Page(text)
     for seed in (0, 1, 2):
         url = f"https://huggingface.co/acme/topk-16k/tree/{fx.SHA_B}/layer_3/seed_{seed}"
@@ -338,23 +338,34 @@ def test_submission_page_has_provenance_citations_and_drill_downs(built):
     assert manifest_fields["title"] == fx.EVIL_TITLE and manifest_fields["links.paper"] == fx.EVIL_LINK
     assert "local" not in [b for b in re.findall(r'badge-(\w+)', text)]
 
-    local = _html(site, "submissions/local__jumprelu-dev.html")
+    local = _html(site, "submissions/local~jumprelu-dev.html")
     assert "badge-local" in local and "Local / trained here" in local
-    orphan = _html(site, "submissions/ghost__orphan.html")
+    orphan = _html(site, "submissions/ghost~orphan.html")
     assert "No manifest for this submission" in orphan
-    recipe = _html(site, "submissions/ref__synthetic-topk.html")
+    recipe = _html(site, "submissions/ref~synthetic-topk.html")
     assert "recipe.hyperparameters.k" in recipe and "badge-local" in recipe
 
 
-def test_proxy_validity_failure_is_shown_not_hidden(built, tmp_path, monkeypatch):
+def test_a_failing_summary_is_reported_and_shown_as_missing_not_hidden(tmp_path):
+    """summarize reports the failure (and stores nothing); the page says the summary is missing."""
+    import dataclasses
+
+    from benchmark.summaries import summarize
+
     def broken(rows):
         raise RuntimeError("needs two presets")
 
-    monkeypatch.setattr(fx, "proxy_validity", broken)
-    build_site(results_dir=built["results"], submissions_dir=built["submissions"], out_dir=tmp_path / "s",
-               build_date=DATE, tasks=fx.FIXTURE_TASKS)
+    results, submissions = fx.write_fixture(tmp_path / "fx", summaries=False)
+    meta = fx.FixtureSynthetic.metadata
+    spec = dataclasses.replace(meta.summaries[0], compute=broken)
+    broken_task = type("Broken", (fx.FixtureSynthetic,), {"metadata": dataclasses.replace(meta, summaries=(spec,))})
+    registry = {**fx.FIXTURE_TASKS, "synthetic": broken_task}
+    outcomes = summarize(results, registry=registry)
+    failed = [o for o in outcomes if o.error]
+    assert len(failed) == 1 and "needs two presets" in failed[0].error
+    build_site(results_dir=results, submissions_dir=submissions, out_dir=tmp_path / "s", build_date=DATE, tasks=registry)
     text = _html(tmp_path / "s", "tasks/synthetic.html")
-    assert "RuntimeError: needs two presets" in text
+    assert "Not computed yet" in text and "proxy-validity-fixture" not in text
 
 
 def test_empty_store_gives_not_run_cells_and_plot_notes(built, tmp_path):
@@ -426,5 +437,6 @@ def test_format_number():
 
 
 def test_histogram_with_missing_columns_is_omitted_with_a_note():
-    figure = plots.matched_cosine_histograms({"a/b": pd.DataFrame({"bin_low": [0.0], "count": [3]})}, figure_id="h")
+    figure = plots.artifact_histogram({"a/b": pd.DataFrame({"bin_low": [0.0], "count": [3]})}, artifact="h",
+                                      x_low="bin_low", x_high="bin_high", y="count", figure_id="h", title="h")
     assert figure.svg is None and "lacks column(s) bin_high" in figure.note

@@ -119,7 +119,7 @@ def test_sort_filter_and_follow_a_link_offline(page, site, tmp_path):
 
     page.click("#overview >> text=acme/topk-16k")
     page.wait_for_load_state()
-    assert page.url.endswith("/submissions/acme__topk-16k.html")
+    assert page.url.endswith("/submissions/acme~topk-16k.html")
     assert page.text_content("h1").startswith("acme/topk-16k")
     assert page.locator("h1 + p.lead").text_content() == fx.EVIL_TITLE  # escaped, so shown as text
     assert page.locator("svg.chart").count() >= 1

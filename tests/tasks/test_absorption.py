@@ -4,7 +4,6 @@ solvers, prompts, and an end-to-end run on a tiny random BERT that a second run 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,8 +247,8 @@ def test_task_end_to_end_and_second_run_has_no_forward_pass(bert_dir, tmp_path):
     from benchmark.runner import run_benchmark
 
     manifest = load_manifest(_submission(tmp_path, bert_dir, 32))
-    options = {"absorption_min_letters": 0, "absorption_min_probe_f1": -1.0, "absorption_l1_steps": 60}
-    kwargs = dict(cache_dir=tmp_path / "cache", quiet=True, options=options)
+    options = {"absorption": {"min_letters": "0", "min_probe_f1": "-1.0", "l1_steps": "60"}}
+    kwargs = dict(cache_dir=tmp_path / "cache", quiet=True, task_options=options)
     summary = run_benchmark([manifest], ["absorption"], results_dir=tmp_path / "r1", **kwargs)
     assert not summary.failed, summary.render()
     rows = ResultStore(tmp_path / "r1").read()

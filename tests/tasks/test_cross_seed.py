@@ -12,12 +12,9 @@ from scipy.optimize import linear_sum_assignment
 
 from benchmark.results import ResultStore, UnitProvenance, make_rows
 from benchmark.sae.model import SAE, SAEConfig
-from tasks.base import TaskContext
-from tasks.cross_seed import (
-    CrossSeedTask,
-    bootstrap_mean_of_means,
-    compute_cross_seed,
-)
+from task_fixtures import task_inputs
+from benchmark.metrics.stats import bootstrap_mean_of_means
+from tasks.cross_seed import CrossSeedTask, compute_cross_seed
 
 
 def make_sae(W_dec: np.ndarray, W_enc_T: np.ndarray | None = None, *, b_enc=None, arch="standard", k=None) -> SAE:
@@ -211,10 +208,10 @@ def test_task_runs_with_activations_and_stores_its_unit(tmp_path):
         saes[s] = make_sae(dec, dec, b_enc=np.full(m, -0.2))
         raw[s] = dec
     acts = torch.as_tensor(rng.normal(size=(500, d)), dtype=torch.float32)
-    ctx = TaskContext(manifest=None, seed=0, load_saes=lambda: saes, activations=FakeProvider(acts),
-                      options={"cross_seed_tokens": 300, "batch_size": 64})
+    inputs = task_inputs(CrossSeedTask, saes=saes, activations=FakeProvider(acts), options={"n_tokens": 300},
+                         batch_size=64)
     task = CrossSeedTask()
-    out = task.run(ctx)
+    out = task.run(inputs)
     names = {m.metric for m in out.metrics}
     assert {"decoder_pw_mcc", "l0", "activation_correlation", "matched_cosine_by_frequency"} <= names
     # independent recomputation on the same token sample
@@ -241,18 +238,19 @@ def test_task_runs_with_activations_and_stores_its_unit(tmp_path):
     assert set(out.artifacts["matched_cosine_histogram"].columns) == {"bin_low", "bin_high", "count"}
     # the unit writes to a results store (tidy rows + parquet artifacts)
     prov = UnitProvenance(run_id="r", submission="t/x", submission_kind="checkpoints", local=True, task="cross-seed",
-                          task_version="1", benchmark_version="0", git_sha=None, device="cpu", dtype="float32")
+                          task_version="2", benchmark_version="0", git_sha=None, device="cpu", dtype="float32",
+                          spec=inputs.spec.canonical(), spec_hash=inputs.spec.hash)
     rows_df = make_rows(out.metrics, prov, task.metadata.directions, timestamp="2025-01-01T00:00:00", runtime_s=0.1)
     store = ResultStore(tmp_path)
     assert store.write_unit(rows_df, out.artifacts)
-    back = store.read_artifact("t/x", "cross-seed", "1", "latents")
+    back = store.read_artifact(rows_df.iloc[0], "latents")
     assert isinstance(back, pd.DataFrame) and len(back) == len(latents)
 
 
 def test_task_without_activations_and_with_one_seed():
     rng = np.random.default_rng(4)
     saes = {s: make_sae(rng.normal(size=(6, 5))) for s in (3, 9)}
-    out = CrossSeedTask().run(TaskContext(manifest=None, load_saes=lambda: saes))
+    out = CrossSeedTask().run(task_inputs(CrossSeedTask, saes=saes))
     names = {m.metric for m in out.metrics}
     assert "l0" not in names and "activation_correlation" not in names
     assert next(m for m in out.metrics if m.metric == "decoder_pw_mcc").std is None  # one pair: no spread

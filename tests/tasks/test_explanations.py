@@ -29,7 +29,8 @@ from tasks.explanations.explainers import (
     read_neuronpedia_export,
 )
 from benchmark.sae.model import SAE, SAEConfig
-from tasks.base import TaskContext
+from benchmark.cache import TaskCache
+from task_fixtures import task_inputs
 from tasks.explanations.task import ExplanationSimilarityTask, compute_explanation_similarity
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures" / "explanations"
@@ -205,10 +206,10 @@ def test_top_context_records_and_explanations():
 def test_task_runs_offline_with_minilm_and_uses_the_cache(tmp_path):
     provider = WordProvider()
     saes, word_of = word_saes(provider)
-    ctx = TaskContext(manifest=None, seed=0, cache_dir=tmp_path, load_saes=lambda: saes, activations=provider,
-                      options={"explanation_latents": 10, "explanation_tokens": 1000, "batch_size": 256})
+    inputs = task_inputs(ExplanationSimilarityTask, saes=saes, activations=provider, cache_dir=tmp_path,
+                         options={"n_latents": 10, "n_tokens": 1000}, batch_size=256)
     task = ExplanationSimilarityTask()
-    out = task.run(ctx)
+    out = task.run(inputs)
     matched = metric(out.metrics, "matched_similarity")
     random = metric(out.metrics, "random_pair_similarity")
     # matched latents detect the same word, so their explanations name the same token
@@ -221,7 +222,7 @@ def test_task_runs_offline_with_minilm_and_uses_the_cache(tmp_path):
     assert all(e.startswith("fires on ") for e in m.explanation_a)
     assert metric(out.metrics, "explained_fraction").value == 1.0
     assert "all-MiniLM" in json.dumps(matched.extra) or "minilm" in json.dumps(matched.extra).lower()
-    caches = list((tmp_path / "explanations").rglob("*.jsonl"))
+    caches = list((tmp_path / "explanation-similarity" / "explanations").rglob("*.jsonl"))
     assert len(caches) == 3
     # a second run reads every explanation from the cache: an explainer that refuses to work is never called
     import tasks.explanations.task as te
@@ -234,7 +235,8 @@ def test_task_runs_offline_with_minilm_and_uses_the_cache(tmp_path):
 
     src = te.ExplanationSource("top-context", {s: Refuse() for s in saes}, needs_contexts=True, cacheable=True)
     again = te.compute_explanation_similarity(saes, provider=provider, source=src, embedder=HashEmbedder(),
-                                              n_latents=10, n_tokens=1000, seed=0, cache_dir=tmp_path, batch_size=256)
+                                              n_latents=10, n_tokens=1000, seed=0, batch_size=256,
+                                              cache=TaskCache(tmp_path, "explanation-similarity"))
     assert metric(again.metrics, "explained_fraction").value == 1.0
 
 
@@ -293,15 +295,15 @@ def test_delphi_import():
 
 
 def test_imported_explanations_drive_the_task():
-    from tasks.explanations.task import build_source
+    from tasks.explanations.task import ExplanationConfig, build_source
 
     run = DATA / "delphi" / "run"
-    src = build_source({"explainer": "delphi", "explanation_paths": {0: str(run), 1: str(run)},
-                        "explanation_hookpoint": "layers.6"}, [0, 1])
+    src = build_source(ExplanationConfig(explainer="delphi", explanation_paths=json.dumps({0: str(run), 1: str(run)}),
+                                         explanation_hookpoint="layers.6"), [0, 1])
     assert not src.needs_contexts
     assert src.explainers[0].explain(LatentRecord(latent=12, firing_frequency=0, max_activation=0)) == "Years in dates"
     with pytest.raises(Exception, match="missing"):
-        build_source({"explainer": "neuronpedia", "explanation_paths": {0: "x"}}, [0, 1])
+        build_source(ExplanationConfig(explainer="neuronpedia", explanation_paths=json.dumps({0: "x"})), [0, 1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,11 +383,10 @@ def fast_llm(url, **kw):
     return OpenAICompatibleExplainer(url, "stub-model", **args)
 
 
-def test_llm_explainer_against_the_stub(tmp_path, monkeypatch):
-    monkeypatch.setenv("CANONBENCH_LLM_API_KEY", "sk-test-123")
+def test_llm_explainer_against_the_stub(tmp_path):
     with Stub("ok") as stub:
-        ex = fast_llm(stub.url, price_per_million_input=1.0, price_per_million_output=2.0)
-        cache = ExplanationCache(tmp_path, ex.identity, "sae")
+        ex = fast_llm(stub.url, price_per_million_input=1.0, price_per_million_output=2.0, api_key="sk-test-123")
+        cache = ExplanationCache(TaskCache(tmp_path, "explanation-similarity"), ex.identity, "sae")
         got = explain_records(ex, records(4), cache=cache)
         assert got == {0: "explains apple", 1: "explains river", 2: "explains music", 3: "explains green"}
         assert len(stub.requests) == 4
@@ -403,15 +404,15 @@ def test_llm_explainer_against_the_stub(tmp_path, monkeypatch):
 def test_llm_failing_endpoint_keeps_completed_latents(tmp_path):
     with Stub("fail_after", ok_count=2, limit=20) as stub:
         ex = fast_llm(stub.url, max_retries=1)
-        cache = ExplanationCache(tmp_path, ex.identity, "sae")
+        cache = ExplanationCache(TaskCache(tmp_path, "explanation-similarity"), ex.identity, "sae")
         with pytest.raises(ExplainerError, match=r"HTTP 500.*model crashed.*2 of 4 latents explained and kept"):
             explain_records(ex, records(4), cache=cache)
         assert len(stub.requests) == 2 + 2  # two successes, then one failure retried once
-    assert ExplanationCache(tmp_path, ex.identity, "sae").load() == {0: "explains apple", 1: "explains river"}
+    assert ExplanationCache(TaskCache(tmp_path, "explanation-similarity"), ex.identity, "sae").load() == {0: "explains apple", 1: "explains river"}
     with Stub("ok") as healthy:
         ex2 = fast_llm(healthy.url)
         ex2.identity = ex.identity  # same explainer configuration, endpoint restarted
-        got = explain_records(ex2, records(4), cache=ExplanationCache(tmp_path, ex.identity, "sae"))
+        got = explain_records(ex2, records(4), cache=ExplanationCache(TaskCache(tmp_path, "explanation-similarity"), ex.identity, "sae"))
         assert len(healthy.requests) == 2  # only the missing latents are requested
         assert got[3] == "explains green" and got[0] == "explains apple"
 
@@ -421,7 +422,7 @@ def test_llm_slow_endpoint_times_out_clearly(tmp_path):
         ex = fast_llm(stub.url, timeout_s=0.2, max_retries=1)
         started = time.perf_counter()
         with pytest.raises(ExplainerError, match=r"giving up after 2 attempt\(s\): no reply within 0.2 s"):
-            explain_records(ex, records(2), cache=ExplanationCache(tmp_path, ex.identity, "sae"))
+            explain_records(ex, records(2), cache=ExplanationCache(TaskCache(tmp_path, "explanation-similarity"), ex.identity, "sae"))
         assert time.perf_counter() - started < 3.0
         assert len(stub.requests) == 2
         assert ex.stats.summary()["failed"] == 1 and ex.stats.summary()["retries"] == 1

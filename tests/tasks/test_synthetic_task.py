@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,8 @@ from benchmark.metrics.matching import mcc
 from benchmark.results import ResultStore
 from benchmark.runner import run_benchmark
 from benchmark.sae.model import SAE, SAEConfig
-from tasks.synthetic import SyntheticTask, evaluate_preset, proxy_validity, reconstruction_stats
+from benchmark.metrics.reconstruction import reconstruction_stats
+from tasks.synthetic import SyntheticTask, evaluate_preset, proxy_validity
 
 
 def scipy_mcc(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,9 +77,9 @@ def test_permuted_copy_scores_one():
     saes = {s: sae_from(truth[np.random.default_rng(s).permutation(12)]) for s in range(3)}
     metrics, tables = evaluate_preset(saes, StubOrganism(truth), chance_trials=2)
     row = rows_by(metrics)
-    for name in ("gt_mcc", "pw_mcc", "gt_mean_max_cosine", "gt_recovered_fraction", "shared_fraction"):
+    for name in ("gt_mcc", "decoder_pw_mcc", "gt_mean_max_cosine", "gt_recovered_fraction", "shared_fraction"):
         assert row[name].value == pytest.approx(1.0, abs=1e-6), name
-    assert row["gt_mcc"].n == 3 and row["pw_mcc"].n == 3
+    assert row["gt_mcc"].n == 3 and row["decoder_pw_mcc"].n == 3
     assert len(tables["pairs"]) == 3 and len(tables["per_seed"]) == 3
 
 
@@ -105,7 +105,7 @@ def test_known_partial_recovery():
     assert row["gt_mcc"].value == pytest.approx((4 + 4 * c) / 8)
     assert row["gt_mean_max_cosine"].value == pytest.approx((4 + 4 * c) / 8)
     assert row["gt_recovered_fraction"].value == pytest.approx(0.5)
-    assert row["pw_mcc"].value is None and "two seeds" in row["pw_mcc"].note
+    assert row["decoder_pw_mcc"].value is None and "two seeds" in row["decoder_pw_mcc"].note
     per_seed = {m.subset: m.value for m in metrics if m.metric == "gt_mcc"}
     assert per_seed["preset=stub,seed=7"] == pytest.approx((4 + 4 * c) / 8)
     features = tables["features"]
@@ -123,7 +123,7 @@ def test_pw_mcc_and_gt_mcc_match_scipy():
     pw = [scipy_mcc(decoders[a], decoders[b]) for a, b in itertools.combinations(range(3), 2)]
     assert row["gt_mcc"].value == pytest.approx(np.mean(gt), abs=1e-6)
     assert row["gt_mcc"].std == pytest.approx(np.std(gt, ddof=1), abs=1e-6)
-    assert row["pw_mcc"].value == pytest.approx(np.mean(pw), abs=1e-6)
+    assert row["decoder_pw_mcc"].value == pytest.approx(np.mean(pw), abs=1e-6)
     best = (truth / np.linalg.norm(truth, axis=1, keepdims=True)) @ (
         decoders[1] / np.linalg.norm(decoders[1], axis=1, keepdims=True)).T
     per_seed = {m.subset: m.value for m in metrics if m.metric == "gt_mcc"}
@@ -138,7 +138,7 @@ def test_shared_fraction_needs_encoder_and_decoder():
     enc_b[:4] = np.eye(8)[:4] * 0.6 + np.roll(np.eye(8), 4, axis=1)[:4] * 0.8
     saes = {0: sae_from(dec), 1: sae_from(dec, encoder=enc_b)}
     metrics, tables = evaluate_preset(saes, StubOrganism(np.eye(8)), chance_trials=1)
-    assert rows_by(metrics)["pw_mcc"].value == pytest.approx(1.0)
+    assert rows_by(metrics)["decoder_pw_mcc"].value == pytest.approx(1.0)
     assert rows_by(metrics)["shared_fraction"].value == pytest.approx(0.5)
 
 
@@ -152,7 +152,7 @@ def test_chance_row_agrees_with_monte_carlo():
     row = rows_by(metrics)
     # 5 trials of the task vs 200 Monte Carlo draws: within 4 standard errors of the 5-trial mean
     assert abs(row["gt_mcc_chance"].value - np.mean(gt_mc)) < 4 * np.std(gt_mc) / np.sqrt(5)
-    assert abs(row["pw_mcc_chance"].value - np.mean(pw_mc)) < 4 * np.std(pw_mc) / np.sqrt(5)
+    assert abs(row["chance_mcc"].value - np.mean(pw_mc)) < 4 * np.std(pw_mc) / np.sqrt(5)
     assert np.mean(pw_mc) > 0.4  # chance is far from 0 at small d
 
 
@@ -166,7 +166,7 @@ def test_reconstruction_stats_direct():
     ev = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert got["l0"] == pytest.approx((z > 0).sum(1).float().mean().item())
     assert got["explained_variance"] == pytest.approx(ev.item(), abs=1e-5)
-    assert got["dead_fraction"] == pytest.approx(1 - (z > 0).any(0).float().mean().item())
+    assert got["never_fired_fraction"] == pytest.approx(1 - (z > 0).any(0).float().mean().item())
 
 
 def _frame(rows):
@@ -180,9 +180,9 @@ def test_proxy_validity_matches_scipy():
     rows = []
     for i, (g, p, a) in enumerate(zip(gt, pw, archs)):
         rows += [("synthetic", f"r/s{i}", "gt_mcc", "preset=toy", g, a, "2026-01-01"),
-                 ("synthetic", f"r/s{i}", "pw_mcc", "preset=toy", p, a, "2026-01-01"),
+                 ("synthetic", f"r/s{i}", "decoder_pw_mcc", "preset=toy", p, a, "2026-01-01"),
                  ("synthetic", f"r/s{i}", "gt_mcc", "preset=toy,seed=1", 0.0, a, "2026-01-01"),  # ignored
-                 ("cross-seed", f"r/s{i}", "pw_mcc", "preset=toy", 0.0, a, "2026-01-01")]  # other task: ignored
+                 ("cross-seed", f"r/s{i}", "decoder_pw_mcc", "preset=toy", 0.0, a, "2026-01-01")]  # other task: ignored
     rows.append(("synthetic", "r/s0", "gt_mcc", "preset=toy", 0.1, "topk", "2025-01-01"))  # older row: ignored
     out = proxy_validity(_frame(rows)).set_index("group")
     assert out.loc["all", "n"] == 5
@@ -239,7 +239,7 @@ def test_not_applicable_messages(tmp_path):
     path = tmp_path / "m.toml"
     path.write_text(MANIFEST.format(name="m", preset="song2025-toy").replace('trains_on = "synthetic"\npresets = ["song2025-toy"]',
                     'trains_on = "model"') + '\n[model]\nname = "x"\nhook = "h"\npackage = "p"\n')
-    assert "model" in SyntheticTask().not_applicable(load_manifest(path))
+    assert "model" in SyntheticTask.not_applicable(load_manifest(path))
     checkpoints = tmp_path / "c.toml"
     checkpoints.write_text('''kind = "checkpoints"
 name = "t/c"
@@ -258,23 +258,23 @@ width = 32
 seed = 0
 local = "seed0"
 ''')
-    assert SyntheticTask().not_applicable(load_manifest(checkpoints)) is None
+    assert SyntheticTask.not_applicable(load_manifest(checkpoints)) is None
     checkpoints.write_text(checkpoints.read_text().replace('tags = ["preset:song2025-toy"]', "tags = []"))
-    assert "synthetic preset" in SyntheticTask().not_applicable(load_manifest(checkpoints))
+    assert "synthetic preset" in SyntheticTask.not_applicable(load_manifest(checkpoints))
 
 
 def test_trained_saes_are_cached(tmp_path):
-    pytest.importorskip("benchmark.sae.checkpoints.native")
-    from benchmark.submission.manifest import load_manifest as load
     from benchmark.data.organisms import Organism
-    from tasks.synthetic import train_or_load
+    from benchmark.submission.manifest import load_manifest as load
+    from benchmark.training.cache import organism_data, train_or_load
 
     path = tmp_path / "tiny.toml"
     path.write_text(MANIFEST.format(name="tiny", preset="song2025-toy"))
     spec = load(path).submission.recipe
     organism = Organism("song2025-toy")
-    first, records, _ = train_or_load(spec, organism, cache_dir=tmp_path, device="cpu", quiet=True)
-    second, records2, log2 = train_or_load(spec, organism, cache_dir=tmp_path, device="cpu", quiet=True)
-    assert all(r["cached"] for r in records2) and log2 == {}
+    first, records = train_or_load(spec, organism_data(organism), cache_dir=tmp_path, device="cpu", quiet=True)
+    second, records2 = train_or_load(spec, organism_data(organism), cache_dir=tmp_path, device="cpu", quiet=True)
+    assert all(r["trained_now"] for r in records) and not any(r["trained_now"] for r in records2)
+    assert [r["training_key"] for r in records] == [r["training_key"] for r in records2]
     for seed in (1, 2):
         assert torch.allclose(first[seed].W_dec, second[seed].W_dec)

@@ -35,6 +35,7 @@ __all__ = [
     "match_dictionaries",
     "pw_mcc",
     "mean_max_cosine",
+    "row_max_cosines",
     "chance_mcc",
 ]
 
@@ -213,11 +214,11 @@ def pw_mcc(dictionaries: Sequence[Any], *, return_matchings: bool = False, **kwa
     return PairwiseMCC(values, float(arr.mean()), std, matchings if return_matchings else None)
 
 
-def mean_max_cosine(a: Any, b: Any, *, device: str | torch.device = "cpu", block_rows: int | None = None) -> float:
-    """Mean over rows of ``a`` of the largest signed cosine with any row of ``b`` (Sharkey et al. 2022).
+def row_max_cosines(a: Any, b: Any, *, device: str | torch.device = "cpu", block_rows: int | None = None) -> np.ndarray:
+    """For each row of ``a [m, d]``, the largest signed cosine with any row of ``b [n, d]`` (fp64 ``[m]``).
 
-    Not one-to-one, not symmetric; an upper bound on MCC when len(a) ≤ len(b). Dead rows of ``a``
-    count as 0. Blocked (the full matrix never exists); fp32 search, fp64 recompute of the top few.
+    Not one-to-one (Sharkey et al. 2022). Dead rows of ``a`` give 0. Blocked (the full matrix never
+    exists); fp32 search, fp64 recompute of the top few per row.
     """
     a64, b64 = cz.as_float_rows(a, "a"), cz.as_float_rows(b, "b")
     if a64.shape[1] != b64.shape[1]:
@@ -227,7 +228,13 @@ def mean_max_cosine(a: Any, b: Any, *, device: str | torch.device = "cpu", block
     ub, _ = cz.unit_rows64(b64, "b")
     blk = block_rows or cz.block_rows_for(ub.shape[0])
     maxima = cz.row_max_cosines(ua.to(dev, torch.float32), ub.to(dev, torch.float32), ua, ub, blk)
-    return float(maxima.mean())
+    return np.asarray(maxima.cpu().numpy() if isinstance(maxima, torch.Tensor) else maxima, dtype=np.float64)
+
+
+def mean_max_cosine(a: Any, b: Any, *, device: str | torch.device = "cpu", block_rows: int | None = None) -> float:
+    """Mean over rows of ``a`` of :func:`row_max_cosines` (Sharkey et al. 2022): not one-to-one, not
+    symmetric; an upper bound on MCC when len(a) ≤ len(b). Dead rows of ``a`` count as 0."""
+    return float(row_max_cosines(a, b, device=device, block_rows=block_rows).mean())
 
 
 @dataclass(frozen=True)

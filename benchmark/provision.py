@@ -1,0 +1,191 @@
+"""Preparing a submission's inputs before any unit is timed: SAEs, activations, organisms.
+
+The runner owns every side effect a unit needs before its task computes: resolving and loading
+checkpoints, training recipes (through the one trained-SAE cache, :mod:`benchmark.training.cache`),
+building synthetic organisms, and computing the model's corpus activations. A task then only
+computes. What each preparation cost is recorded per unit as ``setup_s``, apart from the task's
+``runtime_s``, so a unit that happened to trigger training does not look slow.
+
+One :class:`SubmissionInputs` serves every task of one submission in a run: each input is prepared
+once, on first request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import CanonBenchError, TaskError
+
+log = logging.getLogger(__name__)
+
+
+class SubmissionInputs:
+    """Lazily prepared inputs of one submission (see the module docstring).
+
+    ``dtype``: the model dtype of evaluation activations (``--dtype``); recipes always train on
+    float32 activations, which are part of the recipe's definition."""
+
+    def __init__(self, manifest, *, cache_dir: Path | str, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int | None = None, quiet: bool = False, provider_factory=None):
+        self.manifest = manifest
+        self.cache_dir = Path(cache_dir)
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.quiet = quiet
+        self._saes: tuple[dict[int, Any], list[dict[str, Any]]] | None = None
+        self._providers: dict[str, Any] = {}
+        self._ready_hooks: set[tuple[str, str]] = set()
+        self._organisms: dict[str, Any] | None = None
+        #: ``(manifest, cache_dir=, device=, quiet=, dtype=) -> provider``; tests and callers with
+        #: their own activations replace :func:`benchmark.data.activations.provider_for_manifest`.
+        self.provider_factory = provider_factory
+
+    # --- SAEs -------------------------------------------------------------------------------------
+    def saes(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+        """``({seed: SAE}, provenance records)`` of a checkpoints submission or a model recipe."""
+        if self._saes is None:
+            sub = self.manifest.submission
+            if sub.kind == "checkpoints":
+                self._saes = self._load_checkpoints()
+            elif sub.recipe.trains_on == "model":
+                self._saes = self._train_model_recipe()
+            else:
+                raise TaskError("a recipe trained on synthetic presets has SAEs per preset only (see organisms)",
+                                file=self.manifest.path, field="recipe.trains_on")
+        return self._saes
+
+    def _load_checkpoints(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+        from benchmark.sae.checkpoints import load_sae
+        from benchmark.submission.sources import resolve_checkpoint
+
+        sub = self.manifest.submission
+        saes, records = {}, []
+        for spec in sub.checkpoints:
+            resolved = resolve_checkpoint(self.manifest, spec, cache_dir=self.cache_dir)
+            fmt = None if sub.sae.format == "auto" else sub.sae.format
+            sae = load_sae(resolved.path, format=fmt, device=self.device)
+            check_against_manifest(sae, self.manifest)
+            saes[spec.seed] = sae
+            records.append({**resolved.record(), "seed": spec.seed})
+        return saes, records
+
+    def _train_model_recipe(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+        from benchmark.training.cache import activation_data, train_or_load
+
+        sub = self.manifest.submission
+        provider = self.provider(dtype="float32")
+        self._ensure(provider)
+        return train_or_load(sub.recipe, activation_data(provider), cache_dir=self.cache_dir, device=self.device,
+                             quiet=self.quiet, file=self.manifest.path,
+                             sae_metadata={"model_name": sub.model.name, "hook_name": sub.model.hook})
+
+    # --- activations ---------------------------------------------------------------------------------
+    def provider(self, *, dtype: str | None = None):
+        """The activation provider of the submission's model and hook (located; nothing computed)."""
+        from benchmark.data.activations import provider_for_manifest
+
+        dtype = dtype or self.dtype
+        if dtype not in self._providers:
+            factory = self.provider_factory or provider_for_manifest
+            self._providers[dtype] = factory(self.manifest, cache_dir=self.cache_dir, device=self.device,
+                                             quiet=self.quiet, dtype=dtype)
+        return self._providers[dtype]
+
+    def activations(self):
+        """The evaluation provider with the hook's corpus activations computed (cached on disk)."""
+        provider = self.provider()
+        self._ensure(provider)
+        return provider
+
+    def _ensure(self, provider) -> None:
+        hook = getattr(provider, "hook", None)
+        key = (id(provider), hook)
+        if key not in self._ready_hooks:
+            ensure = getattr(provider, "ensure", None)
+            if callable(ensure) and hook is not None:
+                ensure([hook])
+            self._ready_hooks.add(key)
+
+    # --- synthetic organisms -----------------------------------------------------------------------------
+    def organisms(self) -> dict[str, Any]:
+        """``{preset name: OrganismInputs}``: the organisms a submission is about, with the SAEs
+        trained on each (recipes) or loaded from its checkpoints."""
+        if self._organisms is None:
+            from benchmark.data.organisms import Organism, get_preset, submission_presets
+            from benchmark.training.cache import organism_data, train_or_load
+            from tasks.base import OrganismInputs
+
+            sub = self.manifest.submission
+            names = submission_presets(self.manifest)
+            field = "recipe.presets" if sub.kind == "recipe" else "model.name"
+            if sub.kind == "checkpoints" and len({n.partition("@")[0] for n in names}) > 1:
+                raise TaskError(f"checkpoints name several presets {names}; a checkpoint is trained on one",
+                                file=self.manifest.path, field=field)
+            out = {}
+            for i, name in enumerate(names):
+                preset = get_preset(name, file=self.manifest.path, field=f"{field}[{i}]" if sub.kind == "recipe" else field)
+                organism = Organism(preset)
+                if sub.kind == "recipe":
+                    saes, records = train_or_load(sub.recipe, organism_data(organism), cache_dir=self.cache_dir,
+                                                  device=self.device, quiet=self.quiet, file=self.manifest.path)
+                    for sae in saes.values():
+                        sae.config.metadata.update({"preset": preset.name, "preset_version": preset.version})
+                    records = [{**r, "preset": preset.name} for r in records]
+                else:
+                    saes, records = self.saes()
+                    bad = [s for s, sae in saes.items() if sae.d_in != preset.d_in]
+                    if bad:
+                        raise TaskError(f"checkpoint d_in={saes[bad[0]].d_in} but preset {preset.name} has d_in={preset.d_in}",
+                                        file=self.manifest.path, field="sae.d_in")
+                out[preset.name] = OrganismInputs(organism, saes, records)
+            self._organisms = out
+        return self._organisms
+
+    # --- one unit's inputs ---------------------------------------------------------------------------------
+    def prepare(self, meta, *, skip_activations: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+        """``(inputs, checkpoint records, seconds)`` for a task with metadata ``meta``: the keyword
+        arguments of :class:`tasks.base.TaskInputs` it declares a need for."""
+        started = time.perf_counter()
+        sub = self.manifest.submission
+        inputs: dict[str, Any] = {}
+        records: list[dict[str, Any]] = []
+        if meta.needs_organisms:
+            inputs["organisms"] = self.organisms()
+            records = [r for o in inputs["organisms"].values() for r in o.records]
+        elif meta.needs_saes:
+            inputs["saes"], records = self.saes()
+        has_model = getattr(sub, "model", None) is not None and not _synthetic_model(sub)
+        if meta.needs_activations or meta.needs_model:
+            if not has_model:
+                raise TaskError("this task needs a model's activations and the submission names no model",
+                                file=self.manifest.path, field="model")
+            inputs["activations"] = self.activations() if meta.needs_activations else self.provider()
+        elif meta.uses_activations and has_model and not skip_activations:
+            try:
+                inputs["activations"] = self.activations()
+            except Exception as exc:  # optional input: the task runs on weights alone
+                log.warning("%s × %s: no activations (%s); running without them", self.manifest.name, meta.name, exc)
+        return inputs, records, time.perf_counter() - started
+
+
+def _synthetic_model(sub) -> bool:
+    from benchmark.data.organisms import MODEL_PREFIX
+
+    model = getattr(sub, "model", None)
+    return model is not None and model.name.startswith(MODEL_PREFIX)
+
+
+def check_against_manifest(sae: Any, manifest) -> None:
+    """Refuse a checkpoint whose shape disagrees with what its manifest declares."""
+    spec = manifest.submission.sae
+    if sae.d_sae != spec.width:
+        raise CanonBenchError(f"checkpoint has d_sae={sae.d_sae} but the manifest says {spec.width}", file=manifest.path, field="sae.width")
+    if spec.d_in is not None and sae.d_in != spec.d_in:
+        raise CanonBenchError(f"checkpoint has d_in={sae.d_in} but the manifest says {spec.d_in}", file=manifest.path, field="sae.d_in")
+
+
+__all__ = ["SubmissionInputs", "check_against_manifest"]

@@ -1,0 +1,101 @@
+"""Cross-submission summaries: statistics over the stored rows, computed once and stored as results.
+
+A task declares its summaries in its metadata (:class:`tasks.base.SummarySpec`: name, version,
+columns and a pure function of the task's shown rows). :func:`summarize` runs every declared
+summary over the rows the leaderboard shows (one unit per submission and task, see
+:func:`benchmark.results.choose_shown_units`) and stores each table under
+``summaries/<task>/<name>/v<version>.parquet`` with provenance columns (``summary``,
+``summary_version``, ``task_version``, ``run_id``, ``computed_at``, ``git_sha``, ``units``: the
+unit keys it was computed from). The leaderboard reads the stored table; it never computes one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.errors import CanonBenchError
+from benchmark.results import ResultStore, choose_shown_units
+from benchmark.version import git_sha
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_COLUMNS = ("summary", "summary_version", "task", "task_version", "run_id", "computed_at", "git_sha", "units")
+
+
+@dataclass
+class SummaryOutcome:
+    task: str
+    name: str
+    version: str
+    rows: int
+    path: Path | None = None
+    error: str | None = None
+
+
+def summarize(results_dir: Path | str, *, registry: dict[str, type] | None = None,
+              tasks: list[str] | None = None) -> list[SummaryOutcome]:
+    """Compute and store every declared summary (of ``tasks``, default all) from the store."""
+    if registry is None:
+        from tasks import all_tasks
+
+        registry = all_tasks()
+    store = ResultStore(results_dir)
+    shown = choose_shown_units(store.read())
+    run_id = f"summary-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+    outcomes = []
+    for name, cls in registry.items():
+        if tasks and name not in tasks:
+            continue
+        meta = cls.metadata
+        rows = shown[(shown["task"] == name) & (shown["task_version"] == meta.version)].reset_index(drop=True)
+        for spec in meta.summaries:
+            try:
+                table = spec.compute(rows.copy())
+                missing = [c for c in spec.columns if c not in table.columns]
+                if missing:
+                    raise CanonBenchError(f"returned no column(s) {', '.join(missing)}", field=f"{name}.{spec.name}")
+                table = table[list(spec.columns)].copy()
+                provenance = {
+                    "summary": spec.name, "summary_version": spec.version, "task": name, "task_version": meta.version,
+                    "run_id": run_id, "computed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "git_sha": git_sha() or "", "units": json.dumps(sorted(set(rows["unit_key"].astype(str)))),
+                }
+                for column, value in provenance.items():
+                    table[column] = value
+                path = store.write_summary(name, spec.name, spec.version, table, run_id=run_id)
+                outcomes.append(SummaryOutcome(name, spec.name, spec.version, len(table), path=path))
+            except Exception as exc:  # one broken summary must not stop the others
+                log.error("summary %s/%s failed: %s", name, spec.name, exc)
+                outcomes.append(SummaryOutcome(name, spec.name, spec.version, 0, error=f"{type(exc).__name__}: {exc}"))
+    return outcomes
+
+
+def render_outcomes(outcomes: list[SummaryOutcome]) -> str:
+    lines = []
+    for o in outcomes:
+        if o.error:
+            lines.append(f"  failed   {o.task}/{o.name} v{o.version}: {o.error}")
+        else:
+            lines.append(f"  stored   {o.task}/{o.name} v{o.version}: {o.rows} row(s)")
+    return "summaries:\n" + ("\n".join(lines) if lines else "  none declared")
+
+
+def read_summaries(store: ResultStore, registry: dict[str, type]) -> dict[tuple[str, str], pd.DataFrame]:
+    """``{(task, summary name): stored table}`` for the current versions (absent ones left out)."""
+    out = {}
+    for name, cls in registry.items():
+        for spec in cls.metadata.summaries:
+            table = store.read_summary(name, spec.name, spec.version)
+            if table is not None:
+                out[(name, spec.name)] = table
+    return out
+
+
+__all__ = ["PROVENANCE_COLUMNS", "SummaryOutcome", "read_summaries", "render_outcomes", "summarize"]

@@ -1,0 +1,177 @@
+"""Collecting what the pages show: the shown units of the results store, the manifests, the tasks'
+metadata and their stored summaries, as one :class:`Site` model (no metric is computed here)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from benchmark.results import ResultStore, choose_shown_units
+from benchmark.submission.manifest import LoadedManifest, load_manifests
+from benchmark.summaries import read_summaries
+from leaderboard.cells import NOT_RUN, Cell, Table, metric_cell, slug, subset_cell
+
+log = logging.getLogger(__name__)
+
+#: Metric (subset "all") giving a submission's L0 for every "vs L0" plot and the overview's L0
+#: column; taken from the first task (in registry order) whose shown rows report it.
+L0_METRIC = "l0"
+
+
+@dataclass
+class SubmissionInfo:
+    name: str
+    slug: str
+    manifest: LoadedManifest | None
+    title: str
+    kind: str
+    local: bool
+    model: str
+    hook: str
+    architecture: str
+    width: int | None
+    seeds: list[int]
+
+
+@dataclass
+class TaskInfo:
+    name: str
+    slug: str
+    cls: type
+    meta: Any  # TaskMetadata
+    rows: pd.DataFrame  # the shown unit's rows of each submission, current version
+    all_rows: pd.DataFrame  # every stored row of this task (all versions, specs and units)
+    summaries: dict[str, pd.DataFrame] = field(default_factory=dict)  # summary name → stored table
+
+
+@dataclass
+class Site:
+    results: pd.DataFrame  # every stored row (the downloads)
+    tasks: dict[str, TaskInfo]
+    submissions: dict[str, SubmissionInfo]
+    l0: dict[str, tuple[float, float | None, str]]
+    unregistered_tasks: list[str]
+    store: ResultStore
+    #: (submission, task) → the shown unit's rows (of every task version) as plain tuples
+    index: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    applicable: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    pages: dict[str, str] = field(default_factory=dict)  # relative path → HTML
+    downloads: list[Table] = field(default_factory=list)
+    figure_data: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+
+
+def load_manifest_map(submissions_dir: Path | str | None) -> dict[str, LoadedManifest]:
+    if submissions_dir is None:
+        return {}
+    folder = Path(submissions_dir)
+    if not folder.exists():
+        log.warning("submissions folder %s not found: submissions are described from their result rows only", folder)
+        return {}
+    return {m.name: m for m in load_manifests([folder])}
+
+
+def collect(store: ResultStore, manifests: dict[str, LoadedManifest], registry: Mapping[str, type]) -> Site:
+    """The site model: every stored row for the downloads, one shown unit per (submission, task)
+    for the tables (:func:`benchmark.results.choose_shown_units`), and the stored summaries."""
+    results = store.read()
+    shown = choose_shown_units(results)
+    summaries = read_summaries(store, dict(registry))
+    task_infos: dict[str, TaskInfo] = {}
+    for name, cls in registry.items():
+        meta = cls.metadata
+        all_rows = results[results["task"] == name].reset_index(drop=True)
+        rows = shown[(shown["task"] == name) & (shown["task_version"] == meta.version)].reset_index(drop=True)
+        task_summaries = {spec.name: summaries[(name, spec.name)] for spec in meta.summaries if (name, spec.name) in summaries}
+        task_infos[name] = TaskInfo(name, slug(name), cls, meta, rows, all_rows, task_summaries)
+    unregistered = sorted(set(results["task"].dropna()) - set(task_infos))
+    names = sorted(set(manifests) | set(results["submission"].dropna()))
+    submissions = {n: _submission_info(n, manifests.get(n), results[results["submission"] == n]) for n in names}
+    site = Site(results, task_infos, submissions, _l0_by_submission(task_infos, shown, unregistered), unregistered, store)
+    for row in shown.itertuples(index=False):
+        site.index.setdefault((row.submission, row.task), []).append(row)
+    return site
+
+
+def _submission_info(name: str, manifest: LoadedManifest | None, rows: pd.DataFrame) -> SubmissionInfo:
+    if manifest is not None:
+        sub = manifest.submission
+        model = getattr(sub, "model", None)
+        if sub.kind == "checkpoints":
+            arch, width = sub.sae.architecture, sub.sae.width
+        else:
+            arch, width = sub.recipe.architecture, sub.recipe.width
+        return SubmissionInfo(
+            name=name, slug=slug(name), manifest=manifest, title=sub.title, kind=sub.kind, local=bool(sub.is_local),
+            model=model.name if model else "synthetic data", hook=model.hook if model else "",
+            architecture=arch, width=width, seeds=sorted(sub.seeds),
+        )
+    first = rows.iloc[0] if len(rows) else None
+
+    def get(column: str, default: Any = "") -> Any:
+        if first is None or pd.isna(first[column]):
+            return default
+        return first[column]
+
+    try:
+        seeds = sorted(int(s) for s in json.loads(get("seeds", "[]")))
+    except (TypeError, ValueError):
+        seeds = []
+    return SubmissionInfo(
+        name=name, slug=slug(name), manifest=None, title="", kind=str(get("submission_kind")), local=bool(get("local", False)),
+        model=str(get("model")), hook=str(get("hook")), architecture=str(get("architecture")),
+        width=int(get("width")) if get("width", None) is not None else None, seeds=seeds,
+    )
+
+
+def _l0_by_submission(tasks: dict[str, TaskInfo], results: pd.DataFrame, unregistered: list[str]) -> dict[str, tuple[float, float | None, str]]:
+    """submission → (L0, std, task): the stored metric ``l0`` (subset "all") from the first task in
+    registry order (then unregistered tasks by name) that reports it."""
+    sources = [(t.name, t.rows) for t in tasks.values()]
+    sources += [(name, results[results["task"] == name]) for name in unregistered]  # shown rows of other tasks
+    found: dict[str, tuple[float, float | None, str]] = {}
+    for task_name, rows in sources:
+        picked = rows[(rows["metric"] == L0_METRIC) & (rows["subset"] == "all")]
+        for row in picked.itertuples(index=False):
+            if row.submission in found or pd.isna(row.value):
+                continue
+            found[row.submission] = (float(row.value), None if pd.isna(row.std) else float(row.std), task_name)
+    return found
+
+
+def _not_applicable(site: Site, task: TaskInfo, info: SubmissionInfo) -> str | None:
+    if info.manifest is None:
+        return None
+    key = (info.name, task.name)
+    if key not in site.applicable:
+        try:
+            site.applicable[key] = task.cls.not_applicable(info.manifest)
+        except Exception as exc:  # a task that cannot say is treated as "not run", never hidden
+            log.warning("task %s could not tell whether it applies to %s: %s", task.name, info.name, exc)
+            site.applicable[key] = None
+    return site.applicable[key]
+
+
+def task_status(site: Site, task: TaskInfo, info: SubmissionInfo, metric: str) -> tuple[str, Cell, Any]:
+    """(status, cell, stored row or None) of ``metric`` of ``task`` for one submission."""
+    stored = site.index.get((info.name, task.name), [])
+    rows = [r for r in stored if r.task_version == task.meta.version and r.metric == metric]
+    overall = [r for r in rows if r.subset == "all"]
+    if overall:
+        row = overall[0]
+        return ("ok" if not pd.isna(row.value) else "undefined"), metric_cell(row), row
+    if rows:
+        return "slices only", subset_cell(rows), None
+    older = [r for r in stored if r.task_version != task.meta.version]
+    if older:
+        versions = ", ".join(f"v{v}" for v in sorted({r.task_version for r in older}))
+        return NOT_RUN, Cell(NOT_RUN, "", title=f"not run at v{task.meta.version}; stored results are for {versions}", cls="missing"), None
+    reason = _not_applicable(site, task, info)
+    if reason:
+        return "not applicable", Cell("n/a", "", title=reason, cls="missing"), None
+    return NOT_RUN, Cell(NOT_RUN, "", title="no result stored for this submission and task", cls="missing"), None
+
