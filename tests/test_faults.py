@@ -248,6 +248,22 @@ def test_sigint_mid_run_exits_130_and_keeps_finished_units(tmp_path, capsys):
     assert len(set(assert_store_consistent(results)["submission"])) == 6
 
 
+def test_sigterm_mid_run_exits_143_with_a_summary_and_keeps_finished_units(tmp_path):
+    subs = write_submissions(tmp_path / "subs", [f"s{i}" for i in range(6)])
+    results = tmp_path / "results"
+    proc = _driver(["run", str(subs), "--results", str(results), "--tasks", "fault-slow", "--quiet"], FAULT_SLEEP_S="0.15")
+    _wait_ready(proc)
+    deadline = time.monotonic() + 20
+    while not ResultStore(results).unit_files() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM): finished results are kept" in err
+    finished = set(assert_store_consistent(results)["submission"])
+    assert finished and {s for (s, _), st in summary_statuses(out).items() if st == "done"} == finished
+
+
 def test_sigkill_at_random_moments_then_rerun_loses_and_duplicates_nothing(tmp_path, capsys):
     """Kill -9 a run at seeded random moments (a slow simulated disk makes many of them land in the
     middle of a file write), then rerun: finished units survive untouched, the cut-off one is

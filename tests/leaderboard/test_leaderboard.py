@@ -440,3 +440,39 @@ def test_histogram_with_missing_columns_is_omitted_with_a_note():
     figure = plots.artifact_histogram({"a/b": pd.DataFrame({"bin_low": [0.0], "count": [3]})}, artifact="h",
                                       x_low="bin_low", x_high="bin_high", y="count", figure_id="h", title="h")
     assert figure.svg is None and "lacks column(s) bin_high" in figure.note
+
+
+def test_slugs_are_one_to_one():
+    from leaderboard.cells import slug
+
+    names = ["a/b__c", "a__b/c", "a/b_c", "a/b-c", "a/b.c", "x y/z", "x_y/z", "+x_y/z", "A/b", "a/b"]
+    slugs = [slug(n) for n in names]
+    assert len(set(slugs)) == len(names), dict(zip(names, slugs))
+    assert all("/" not in s and not s.startswith(".") for s in slugs)
+
+
+def test_csv_downloads_neutralise_formulas_and_parquet_keeps_the_text(tmp_path):
+    from leaderboard.write import write_csv
+
+    frame = pd.DataFrame({"title": ["=HYPERLINK(\"http://evil\")", "+1", "-cmd|x", "@SUM(A1)", "\tx", "plain", None],
+                          "value": [1.0, -2.0, 3.0, 4.0, 5.0, 6.0, 7.0]})
+    write_csv(frame, tmp_path / "t.csv")
+    back = pd.read_csv(tmp_path / "t.csv", keep_default_na=False)
+    assert back["title"].tolist()[:6] == ["'=HYPERLINK(\"http://evil\")", "'+1", "'-cmd|x", "'@SUM(A1)", "'\tx", "plain"]
+    assert back["value"].tolist()[1] == -2.0  # numbers are never touched
+
+
+def test_a_killed_builds_leftovers_are_removed_and_a_live_builds_are_kept(built, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "site"
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    stale = [tmp_path / f".site.building-{dead}-abc", tmp_path / f".site.old-{dead}"]
+    live = tmp_path / f".site.building-{os.getppid()}-def"
+    for folder in (*stale, live):
+        (folder / "tasks").mkdir(parents=True)
+    build_site(results_dir=built["results"], submissions_dir=built["submissions"], out_dir=out, build_date=DATE,
+               tasks=fx.FIXTURE_TASKS)
+    assert not any(f.exists() for f in stale) and live.exists()
