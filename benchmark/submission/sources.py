@@ -35,12 +35,14 @@ from typing import Any, Callable, TypeVar, Union
 from huggingface_hub import HfApi, snapshot_download
 
 from benchmark.errors import SourceError
+from benchmark.submission.manifest import CONTROL_CHARACTERS
 
 log = logging.getLogger(__name__)
 
-COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# Anchored with \A ... \Z and used with fullmatch ("$" also matches before a final newline).
+COMMIT_SHA = re.compile(r"\A[0-9a-f]{40}\Z")
+SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
+HUB_REPO = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 DEFAULT_REVISION = "main"
 
 # What a checkpoint folder may hold that we need: configs and weights. Never code (*.py), never
@@ -98,6 +100,8 @@ def _check_repo_path(path: str, uri: str) -> str:
 
 def parse_source(uri: str) -> Union[HubRef, SaelensRef, Path]:
     """Parse ``hf://owner/repo[@rev][/path]``, ``saelens://release/sae_id`` or a local path."""
+    if CONTROL_CHARACTERS.search(uri):
+        raise SourceError("control characters are not allowed in a source", field=repr(uri)[:200])
     if uri.startswith("hf://"):
         rest = uri[len("hf://"):]
         parts = rest.split("/", 2)
@@ -107,7 +111,7 @@ def parse_source(uri: str) -> Union[HubRef, SaelensRef, Path]:
         path = parts[2] if len(parts) == 3 else ""
         name, _, revision = name_rev.partition("@")
         repo = f"{owner}/{name}"
-        if not HUB_REPO.match(repo):
+        if not HUB_REPO.fullmatch(repo):
             raise SourceError(f"{repo!r} is not a Hub repo id of the form owner/name", field=uri)
         if "@" in name_rev and not revision:
             raise SourceError("empty revision after '@'", field=uri)
@@ -120,7 +124,7 @@ def parse_source(uri: str) -> Union[HubRef, SaelensRef, Path]:
         if not release or not sae_id:
             raise SourceError("expected saelens://RELEASE/SAE_ID", field=uri)
         return SaelensRef(release=release, sae_id=sae_id)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri):
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", uri):
         raise SourceError("unknown scheme; use hf://, saelens:// or a local path", field=uri)
     return Path(uri)
 
@@ -191,7 +195,7 @@ def cached_revision(repo: str, revision: str, *, hub_cache: Path | str | None = 
         sha = ref.read_text(encoding="utf-8").strip()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
-    return sha if COMMIT_SHA.match(sha) else None
+    return sha if COMMIT_SHA.fullmatch(sha) else None
 
 
 # ------------------------------------------------------------------------------- errors and retries
@@ -318,7 +322,7 @@ def file_digest(path: Path, memo: dict[str, list] | None = None) -> dict[str, An
             hasher.update(chunk)
     digest = hasher.hexdigest()
     # Hub cache blobs of LFS files are named by their sha256: a mismatch is a damaged download.
-    if "blobs" in real.parts and SHA256_HEX.match(real.name) and real.name != digest:
+    if "blobs" in real.parts and SHA256_HEX.fullmatch(real.name) and real.name != digest:
         raise SourceError(f"cached file {path.name} is damaged (sha256 {digest[:12]}… but blob {real.name[:12]}…); "
                           f"delete {real} and fetch again", file=str(path))
     if memo is not None:
@@ -365,7 +369,7 @@ def resolve_revision(repo: str, revision: str, *, hub_cache: Path | str | None =
     Online: asks the Hub (with retries) and falls back to the cache's ``refs/`` when the Hub cannot be
     reached. Offline: the cache's ``refs/`` only.
     """
-    if COMMIT_SHA.match(revision):
+    if COMMIT_SHA.fullmatch(revision):
         return revision
     cache = Path(hub_cache) if hub_cache else default_hub_cache()
     where = f"{repo}@{revision}"
@@ -384,7 +388,7 @@ def resolve_revision(repo: str, revision: str, *, hub_cache: Path | str | None =
             return sha
         raise SourceError(_explain(exc, offline=False, hub_cache=cache), field=where) from None
     sha = getattr(info, "sha", None)
-    if not sha or not COMMIT_SHA.match(sha):
+    if not isinstance(sha, str) or not COMMIT_SHA.fullmatch(sha):
         raise SourceError(f"the Hub returned no commit sha for revision {revision!r}", field=where)
     return sha
 
@@ -526,7 +530,7 @@ def lookup_saelens(release: str, sae_id: str, *, registry_path: Path | str | Non
         hint = f"; did you mean {', '.join(near)}?" if near else f" ({len(ids)} ids in this release)"
         raise SourceError(f"sae id {sae_id!r} is not in release {release!r}{hint}", field=uri)
     repo = entry.get("repo_id")
-    if not isinstance(repo, str) or not HUB_REPO.match(repo):
+    if not isinstance(repo, str) or not HUB_REPO.fullmatch(repo):
         raise SourceError(f"release {release!r} has no usable repo_id in the registry", field=uri)
     return {
         "release": release,
