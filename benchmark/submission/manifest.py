@@ -338,9 +338,34 @@ class LoadedManifest(BaseModel):
     def name(self) -> str:
         return self.submission.name
 
-    def resolve_local(self, relative: str) -> Path:
-        """A ``local`` path of this manifest, resolved against the manifest's folder."""
-        return (self.path.parent / relative).resolve()
+    def resolve_local(self, relative: str, *, field: str = "local") -> Path:
+        """A ``local`` path of this manifest, resolved against the manifest's folder (symlinks
+        followed) and checked by :func:`require_inside_submission`; ``field`` names it in errors."""
+        return require_inside_submission(self.path, self.path.parent / relative, field=field)
+
+
+def submission_folder(manifest_path: Path | str) -> Path:
+    """The folder a manifest's local files must lie in: the manifest's own folder, symlinks resolved."""
+    return Path(os.path.realpath(Path(manifest_path).parent))
+
+
+def require_inside_submission(manifest_path: Path | str, path: Path | str, *, field: str) -> Path:
+    """``path`` with symlinks resolved, if it lies inside :func:`submission_folder`; ManifestError otherwise.
+
+    THE containment rule for a submission's local files (checkpoint folders and every file in them,
+    local model folders), used by ``LoadedManifest.resolve_local``, ``sources.resolve_checkpoint`` and
+    ``new-submission``: a symlink pointing outside would make the benchmark read, and publish the size
+    and hash of, a file the submitter does not own. It is the one place to relax (for example to allow
+    local folders a manifest explicitly declares to lie outside). The error never shows where a link
+    points. ``manifest_path`` need not exist yet (new-submission checks before writing it).
+    """
+    resolved = Path(os.path.realpath(path))
+    root = submission_folder(manifest_path)
+    if resolved != root and root not in resolved.parents:
+        shown = Path(path).name or str(path)
+        raise ManifestError(f"{_clip(shown)!r} resolves (through a symbolic link) to a place outside the "
+                            "submission's folder; local files must lie inside it", file=manifest_path, field=field)
+    return resolved
 
 
 def _clip(text: str, limit: int = 80) -> str:

@@ -147,7 +147,8 @@ def write_new_submission(
             if relative.parts and relative.parts[0] == "..":
                 raise SourceError(f"local checkpoints must lie in or below the manifest's folder ({manifest_dir})",
                                   field=uri)
-            resolved = resolve_local(absolute, display=uri, cache_dir=cache_dir)
+            # every file must stay inside the manifest's folder too (no links leading out)
+            resolved = resolve_local(absolute, display=uri, cache_dir=cache_dir, manifest_path=out_path, field=uri)
             entry = {"seed": seed, "local": relative.as_posix(), "_comment": None}
         try:
             info = inspect_checkpoint(resolved.path, None)

@@ -35,7 +35,7 @@ from typing import Any, Callable, TypeVar, Union
 from huggingface_hub import HfApi, snapshot_download
 
 from benchmark.errors import SourceError
-from benchmark.submission.manifest import CONTROL_CHARACTERS
+from benchmark.submission.manifest import CONTROL_CHARACTERS, require_inside_submission
 
 log = logging.getLogger(__name__)
 
@@ -470,8 +470,14 @@ def resolve_hub(
     )
 
 
-def resolve_local(path: Path | str, *, display: str | None = None, cache_dir: Path | str | None = None) -> ResolvedCheckpoint:
-    """Describe a checkpoint in a local folder or file (nothing is copied)."""
+def resolve_local(path: Path | str, *, display: str | None = None, cache_dir: Path | str | None = None,
+                  manifest_path: Path | str | None = None, field: str | None = None) -> ResolvedCheckpoint:
+    """Describe a checkpoint in a local folder or file (nothing is copied).
+
+    With ``manifest_path`` (a manifest's local checkpoint), the folder and every checkpoint file in it
+    must pass :func:`~benchmark.submission.manifest.require_inside_submission` before anything is read
+    or hashed: a link to a file outside the submission is refused, never described.
+    """
     target = Path(path)
     shown = display if display is not None else str(path)
     if not target.exists():
@@ -479,6 +485,11 @@ def resolve_local(path: Path | str, *, display: str | None = None, cache_dir: Pa
     files = checkpoint_files(target)
     if not files or (target.is_dir() and not _has_weights(files)):
         raise SourceError(f"no checkpoint files ({', '.join(CHECKPOINT_FILE_PATTERNS)}) in this folder", field=shown)
+    if manifest_path is not None:
+        where = field or shown
+        target = require_inside_submission(manifest_path, target, field=where)
+        for file in files:
+            require_inside_submission(manifest_path, file, field=where)
     return ResolvedCheckpoint(
         path=target.resolve(), local=True, source=shown, path_in_repo=shown,
         files=describe_files(target, cache_dir=cache_dir),
@@ -566,8 +577,9 @@ def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
                        hub_cache: Path | str | None = None) -> ResolvedCheckpoint:
     """Resolve one :class:`~benchmark.submission.manifest.CheckpointSpec` of a loaded manifest.
 
-    Local paths are relative to the manifest's folder; Hub entries are always pinned to a sha by the
-    schema. Errors name the manifest file and the checkpoint entry.
+    Local paths are relative to the manifest's folder and must stay inside it (symlinks included);
+    Hub entries are always pinned to a sha by the schema. Errors name the manifest file and the
+    checkpoint entry.
     """
     checkpoints = list(manifest.submission.checkpoints)
     index = next((i for i, c in enumerate(checkpoints) if c is spec), None)
@@ -576,10 +588,15 @@ def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
     entry = f"checkpoints[{index}]"
     try:
         if spec.local is not None:
-            return resolve_local(manifest.resolve_local(spec.local), display=spec.local, cache_dir=cache_dir)
-        return resolve_hub(spec.repo, spec.revision, spec.path, cache_dir=cache_dir, hub_cache=hub_cache)
+            where = f"{entry}.local"
+            folder = manifest.resolve_local(spec.local, field=where)
+            resolved = resolve_local(folder, display=spec.local, cache_dir=cache_dir, manifest_path=manifest.path,
+                                     field=where)
+        else:
+            resolved = resolve_hub(spec.repo, spec.revision, spec.path, cache_dir=cache_dir, hub_cache=hub_cache)
     except SourceError as exc:
         where = f"{entry}.local" if spec.local is not None else entry
         subject = exc.field or ""
         detail = f"{subject}: {exc.detail}" if subject else exc.detail
         raise SourceError(detail, file=manifest.path, field=where) from None
+    return resolved

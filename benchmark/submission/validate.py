@@ -130,7 +130,11 @@ def _duplicate_checkpoints(manifest: LoadedManifest) -> list[CanonBenchError]:
     problems: list[CanonBenchError] = []
     for index, spec in enumerate(sub.checkpoints):
         if spec.local is not None:
-            key = ("local", str(manifest.resolve_local(spec.local)))
+            try:
+                key = ("local", str(manifest.resolve_local(spec.local, field=f"checkpoints[{index}].local")))
+            except ManifestError as exc:
+                problems.append(exc)
+                continue
         else:
             key = ("hub", spec.repo, spec.revision, spec.path.strip("/"))
         if key in seen:
@@ -147,7 +151,10 @@ def _check_model_files(manifest: LoadedManifest) -> list[CanonBenchError]:
     model = getattr(manifest.submission, "model", None)
     if model is None or model.local is None:
         return []
-    folder = manifest.resolve_local(model.local)
+    try:
+        folder = manifest.resolve_local(model.local, field="model.local")
+    except ManifestError as exc:
+        return [exc]
     if not folder.exists():
         return [ManifestError(f"local model folder {model.local!r} does not exist", file=manifest.path, field="model.local")]
     return []
