@@ -43,7 +43,13 @@ log = logging.getLogger(__name__)
 COMMIT_SHA = re.compile(r"\A[0-9a-f]{40}\Z")
 SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
 HUB_REPO = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
+# A branch or tag name (one path segment in an hf:// URI), or a Hub pull request's ref.
+REVISION_NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}\Z")
+PR_REF = re.compile(r"\Arefs/pr/[1-9][0-9]{0,9}\Z")
 DEFAULT_REVISION = "main"
+# owner/name[@revision][/path]: a revision is one segment, or two more after "refs/" (refs/pr/N)
+_HF_URI = re.compile(r"(?P<owner>[^/@]*)/(?P<name>[^/@]*)(?P<at>@(?P<rev>refs/[^/]*/[^/]*|[^/]*))?(?:/(?P<path>.*))?",
+                     re.DOTALL)
 
 # What a checkpoint folder may hold that we need: configs and weights. Never code (*.py), never
 # anything below the folder (sibling checkpoints of a multi-SAE repo stay on the Hub).
@@ -98,27 +104,33 @@ def _check_repo_path(path: str, uri: str) -> str:
     return path
 
 
+def check_revision(revision: str, where: str) -> str:
+    """A branch, tag, commit sha or Hub pull-request ref (``refs/pr/N``); SourceError otherwise."""
+    if PR_REF.fullmatch(revision) or (REVISION_NAME.fullmatch(revision) and ".." not in revision):
+        return revision
+    raise SourceError(f"revision {revision!r} is not a branch, tag, commit or refs/pr/N", field=where)
+
+
 def parse_source(uri: str) -> Union[HubRef, SaelensRef, Path]:
-    """Parse ``hf://owner/repo[@rev][/path]``, ``saelens://release/sae_id`` or a local path."""
+    """Parse ``hf://owner/repo[@rev][/path]``, ``saelens://release/sae_id`` or a local path.
+
+    ``rev`` is one path segment (a branch, tag or sha) or a Hub pull request's ``refs/pr/N``:
+    ``hf://org/repo@refs/pr/1/layer_3`` is revision ``refs/pr/1``, path ``layer_3``.
+    """
     if CONTROL_CHARACTERS.search(uri):
         raise SourceError("control characters are not allowed in a source", field=repr(uri)[:200])
     if uri.startswith("hf://"):
         rest = uri[len("hf://"):]
-        parts = rest.split("/", 2)
-        if len(parts) < 2 or not parts[0] or not parts[1]:
+        match = _HF_URI.fullmatch(rest)
+        if match is None or not match["owner"] or not match["name"]:
             raise SourceError("expected hf://owner/repo@REVISION/path", field=uri)
-        owner, name_rev = parts[0], parts[1]
-        path = parts[2] if len(parts) == 3 else ""
-        name, _, revision = name_rev.partition("@")
-        repo = f"{owner}/{name}"
+        repo = f"{match['owner']}/{match['name']}"
         if not HUB_REPO.fullmatch(repo):
             raise SourceError(f"{repo!r} is not a Hub repo id of the form owner/name", field=uri)
-        if "@" in name_rev and not revision:
+        if match["at"] and not match["rev"]:
             raise SourceError("empty revision after '@'", field=uri)
-        revision = revision or DEFAULT_REVISION
-        if ".." in revision or revision.startswith("/"):
-            raise SourceError(f"revision {revision!r} is not a branch, tag or commit", field=uri)
-        return HubRef(repo=repo, revision=revision, path=_check_repo_path(path, uri))
+        revision = check_revision(match["rev"] or DEFAULT_REVISION, uri)
+        return HubRef(repo=repo, revision=revision, path=_check_repo_path(match["path"] or "", uri))
     if uri.startswith("saelens://"):
         release, _, sae_id = uri[len("saelens://"):].partition("/")
         if not release or not sae_id:
@@ -371,6 +383,7 @@ def resolve_revision(repo: str, revision: str, *, hub_cache: Path | str | None =
     """
     if COMMIT_SHA.fullmatch(revision):
         return revision
+    check_revision(revision, f"{repo}@{revision}")
     cache = Path(hub_cache) if hub_cache else default_hub_cache()
     where = f"{repo}@{revision}"
     if hub_offline():
