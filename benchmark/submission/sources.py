@@ -159,6 +159,10 @@ class ResolvedCheckpoint:
     path_in_repo: str = ""
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     saelens: dict[str, Any] | None = None
+    # Set by resolve_checkpoint: the sizes the manifest declares (load_sae honours them) and the header
+    # facts read with them. Neither goes into record().
+    expect: Any = None
+    info: Any = None
 
     def record(self) -> dict[str, Any]:
         """A JSON-serialisable provenance record (goes into every result row)."""
@@ -586,13 +590,27 @@ def resolve_source(
     return resolve_local(ref, display=uri, cache_dir=cache_dir)
 
 
+def expected_size(manifest) -> Any:
+    """The sizes a manifest's checkpoints must declare (``sae.width``, ``sae.d_in``), for
+    :func:`benchmark.sae.checkpoints.load_sae` / ``inspect_checkpoint``'s ``expect``."""
+    from benchmark.sae.checkpoints import ExpectedSize
+
+    sae = manifest.submission.sae
+    return ExpectedSize(d_sae=sae.width, d_in=sae.d_in, declared_in=f"the manifest {Path(manifest.path).name}")
+
+
 def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
-                       hub_cache: Path | str | None = None) -> ResolvedCheckpoint:
+                       hub_cache: Path | str | None = None, check_header: bool = True) -> ResolvedCheckpoint:
     """Resolve one :class:`~benchmark.submission.manifest.CheckpointSpec` of a loaded manifest.
 
     Local paths are relative to the manifest's folder and must stay inside it (symlinks included);
     Hub entries are always pinned to a sha by the schema. Errors name the manifest file and the
     checkpoint entry.
+
+    ``check_header`` (default): the checkpoint's headers are checked now, with the sizes the manifest
+    declares (:func:`expected_size`), before any weight is read; the result carries that ``expect`` and
+    the header facts (``info``), so ``load_sae(resolved)`` is bounded by the manifest's sizes.
+    ``validate`` passes False and compares the header facts itself.
     """
     checkpoints = list(manifest.submission.checkpoints)
     index = next((i for i, c in enumerate(checkpoints) if c is spec), None)
@@ -612,4 +630,10 @@ def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
         subject = exc.field or ""
         detail = f"{subject}: {exc.detail}" if subject else exc.detail
         raise SourceError(detail, file=manifest.path, field=where) from None
+    if check_header:
+        from benchmark.sae.checkpoints import inspect_checkpoint
+
+        fmt = None if manifest.submission.sae.format == "auto" else manifest.submission.sae.format
+        resolved.expect = expected_size(manifest)
+        resolved.info = inspect_checkpoint(resolved.path, fmt, expect=resolved.expect)
     return resolved
