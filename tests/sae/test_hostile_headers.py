@@ -40,7 +40,7 @@ def test_long_integers_in_a_header_are_refused_before_any_arithmetic(tmp_path):
     for action in (lambda: inspect_checkpoint(tmp_path / "s"), lambda: load_sae(tmp_path / "s")):
         message = refusal(action, "sae_weights.safetensors", "W_enc.shape[0]")
         assert "1000 digits" in message
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 3.0  # ~0.05 s here; generous for a loaded CI machine
 
 
 @pytest.mark.parametrize("header,field,fragment", [

@@ -71,7 +71,7 @@ def test_full_size_stride0_attack_costs_no_memory(tmp_path):
         """, tmp_path, address_space_gb=6)
     assert result["outcome"] == "ok", result
     assert result["growth_mb"] < 32, result
-    assert result["seconds"] < 5, result
+    assert result["seconds"] < 10, result  # ~0.1 s here; the old reader took 19 s and 6.5 GB
 
 
 def test_overlapping_strides_are_refused(tmp_path):
