@@ -5,7 +5,8 @@ so every run checks the same cases: safetensors headers, npz archive directories
 (storages, strides, dtypes, data.pkl bytes); see ``tests/fixtures/checkpoint_fuzz.py``. For every file,
 ``inspect_checkpoint`` and ``load_sae`` must succeed or raise one CheckpointError line naming a file,
 never through the registry's last-resort net (field ``checkpoint``, which would mean a reader missed a
-check), and the child's peak RSS may grow by at most ``MAX_GROWTH_MB`` over its warmed-up baseline.
+check); what inspect (validate) accepts, load (run) must accept too, but for damaged npz data; and the
+child's peak RSS may grow by at most ``MAX_GROWTH_MB`` over its warmed-up baseline.
 Its address space is capped, so a guard that stops working fails here instead of exhausting the machine.
 """
 
@@ -29,9 +30,9 @@ SETTINGS = settings(max_examples={EXAMPLES}, deadline=None, derandomize=True, da
                     suppress_health_check=list(HealthCheck))
 
 
-def checked(family, folder):
+def checked(family, folder, late=()):
     try:
-        outcome = cf.check(folder)
+        outcome = cf.check(folder, late=late)
     except CanonBenchError as exc:
         raise AssertionError(f"{{family}}: not a CheckpointError: {{exc}}")
     outcomes[family + ":" + outcome] += 1
@@ -46,7 +47,8 @@ def fuzz_safetensors(case):
 @SETTINGS
 @given(raw=cf.npz_files())
 def fuzz_npz(raw):
-    checked("npz", cf.write_npz_case(cf.reset(WORK / "npz"), raw))
+    # bytes of a member's data can change anywhere: a CRC mismatch shows only when the data is read
+    checked("npz", cf.write_npz_case(cf.reset(WORK / "npz"), raw), late=("CRC", "cannot read the member"))
 
 
 @SETTINGS
