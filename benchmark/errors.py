@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 
 class CanonBenchError(Exception):
     """Base class for errors the CLI reports as one clean line (exit code 2)."""
@@ -34,3 +36,10 @@ class CheckpointError(CanonBenchError):
 
 class TaskError(CanonBenchError):
     """A task cannot run on the given inputs."""
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for errors refusing it (``os.stat().st_mode`` -> "FIFO (named pipe)")."""
+    kinds = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISLNK, "symbolic link"))
+    return next((kind for test, kind in kinds if test(mode)), "special file")

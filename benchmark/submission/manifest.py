@@ -7,31 +7,44 @@ A manifest lives at ``submissions/<org>/<name>.toml`` and its ``name`` is ``<org
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from benchmark.errors import ManifestError
+from benchmark.errors import ManifestError, file_kind
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+# Every pattern is anchored with \A ... \Z and used with fullmatch: "$" would also match before a
+# final newline, letting "org/name\n" through.
+COMMIT_SHA = re.compile(r"\A[0-9a-f]{40}\Z")
 NAME_PART = r"[a-z0-9][a-z0-9._-]{0,63}"
-SUBMISSION_NAME = re.compile(rf"^{NAME_PART}/{NAME_PART}$")
-HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+SUBMISSION_NAME = re.compile(rf"\A{NAME_PART}/{NAME_PART}\Z")
+HUB_REPO = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 FORMATS = ("auto", "native", "saelens", "sparsify", "gemmascope", "dictionary_learning")
 MAX_TEXT = 10_000
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a small text file; refuse anything larger unread
 MAX_SEED = 2**63  # seeds must fit torch.manual_seed and a signed 64-bit column
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
+MODEL_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?\Z")
+PACKAGE_NAME = re.compile(r"\A[A-Za-z0-9]([A-Za-z0-9._-]{0,198}[A-Za-z0-9])?\Z")
+HOOK_NAME = re.compile(r"\A[A-Za-z0-9_.\[\]]+\Z")
+WEB_ADDRESS = re.compile(r"\Ahttps?://[^\s]+\Z")
+SUBMISSIONS_FOLDER = "submissions"
+# C0/C1 controls, DEL, line/paragraph separators and bidi embeddings/overrides/isolates: none belongs
+# in a name, an id or a one-line error. Free text (MULTILINE_FIELDS) may hold newlines and tabs.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+MULTILINE_FIELDS = frozenset({"notes"})
+MULTILINE_ALLOWED = frozenset("\n\t\r")
 
 
 class FieldValueError(ValueError):
@@ -47,10 +60,22 @@ class _Strict(BaseModel):
     # (``parse_manifest``) so that ``true`` is not a seed and ``"64"`` is not a width.
     model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_TEXT, allow_inf_nan=False)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: object, info: ValidationInfo) -> object:
+        """Every string field (and every string in a list field) of every table: no control characters."""
+        allowed = MULTILINE_ALLOWED if info.field_name in MULTILINE_FIELDS else frozenset()
+        for text in value if isinstance(value, list) else (value,):
+            if isinstance(text, str):
+                bad = next((m.group() for m in CONTROL_CHARACTERS.finditer(text) if m.group() not in allowed), None)
+                if bad is not None:
+                    raise ValueError(f"control character U+{ord(bad):04X} is not allowed here")
+        return value
+
 
 def _check_commit_sha(value: str) -> str:
     """Revisions are pinned commits: a branch or tag could move under a published score."""
-    if not COMMIT_SHA.match(value):
+    if not COMMIT_SHA.fullmatch(value):
         raise ValueError(f"revision {value!r} must be a full 40-hex commit sha (branch names are refused)")
     return value
 
@@ -62,7 +87,7 @@ def _check_relative_path(value: str) -> str:
     if "\\" in value or "\x00" in value:
         raise ValueError("path must use '/' separators and no NUL bytes")
     posix = PurePosixPath(value)
-    if posix.is_absolute() or re.match(r"^[A-Za-z]:", value):
+    if posix.is_absolute() or re.match(r"[A-Za-z]:", value):
         raise ValueError(f"absolute path {value!r} is not allowed")
     if ".." in posix.parts:
         raise ValueError(f"path {value!r} may not contain '..'")
@@ -79,7 +104,7 @@ class Links(_Strict):
     @classmethod
     def _web_address(cls, value: str | None) -> str | None:
         # the leaderboard turns these into links: a javascript: or data: address would run in readers' browsers
-        if value is not None and not re.match(r"^https?://[^\s]+$", value):
+        if value is not None and not WEB_ADDRESS.fullmatch(value):
             raise ValueError("must be an http:// or https:// address")
         return value
 
@@ -89,7 +114,7 @@ class ModelSpec(_Strict):
     package shipping the weights, for the offline default) or ``local`` (a folder) pins it."""
 
     name: str = Field(min_length=1, max_length=200)
-    hook: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\[\]]+$")
+    hook: str = Field(min_length=1, max_length=200)
     revision: str | None = None
     package: str | None = Field(default=None, max_length=200)
     local: str | None = None
@@ -104,18 +129,25 @@ class ModelSpec(_Strict):
     def _local_is_relative(cls, value: str | None) -> str | None:
         return None if value is None else _check_relative_path(value)
 
+    @field_validator("hook")
+    @classmethod
+    def _hook_name(cls, value: str) -> str:
+        if not HOOK_NAME.fullmatch(value):
+            raise ValueError(f"hook {_clip(value)!r} may hold only letters, digits, '_', '.', '[' and ']'")
+        return value
+
     @field_validator("name")
     @classmethod
     def _name_is_hub_id(cls, value: str) -> str:
         # a Hub id (``gpt2``, ``org/model``); a path here would make the model loader read local folders
-        if not MODEL_NAME.match(value):
+        if not MODEL_NAME.fullmatch(value):
             raise ValueError(f"model name {_clip(value)!r} must be a Hub model id (name or org/name); use local for folders")
         return value
 
     @field_validator("package")
     @classmethod
     def _package_name(cls, value: str | None) -> str | None:
-        if value is not None and not PACKAGE_NAME.match(value):
+        if value is not None and not PACKAGE_NAME.fullmatch(value):
             raise ValueError(f"package {_clip(value)!r} is not a Python package name")
         return value
 
@@ -147,7 +179,7 @@ class CheckpointSpec(_Strict):
     @field_validator("repo")
     @classmethod
     def _repo_id(cls, value: str | None) -> str | None:
-        if value is not None and not HUB_REPO.match(value):
+        if value is not None and not HUB_REPO.fullmatch(value):
             raise ValueError(f"repo {value!r} is not a Hub repo id of the form owner/name")
         return value
 
@@ -242,7 +274,7 @@ class _Common(_Strict):
     @field_validator("name")
     @classmethod
     def _name_form(cls, value: str) -> str:
-        if not SUBMISSION_NAME.match(value):
+        if not SUBMISSION_NAME.fullmatch(value):
             raise ValueError(f"name {value!r} must look like 'org/name' (lowercase letters, digits, . _ -)")
         return value
 
@@ -306,9 +338,34 @@ class LoadedManifest(BaseModel):
     def name(self) -> str:
         return self.submission.name
 
-    def resolve_local(self, relative: str) -> Path:
-        """A ``local`` path of this manifest, resolved against the manifest's folder."""
-        return (self.path.parent / relative).resolve()
+    def resolve_local(self, relative: str, *, field: str = "local") -> Path:
+        """A ``local`` path of this manifest, resolved against the manifest's folder (symlinks
+        followed) and checked by :func:`require_inside_submission`; ``field`` names it in errors."""
+        return require_inside_submission(self.path, self.path.parent / relative, field=field)
+
+
+def submission_folder(manifest_path: Path | str) -> Path:
+    """The folder a manifest's local files must lie in: the manifest's own folder, symlinks resolved."""
+    return Path(os.path.realpath(Path(manifest_path).parent))
+
+
+def require_inside_submission(manifest_path: Path | str, path: Path | str, *, field: str) -> Path:
+    """``path`` with symlinks resolved, if it lies inside :func:`submission_folder`; ManifestError otherwise.
+
+    THE containment rule for a submission's local files (checkpoint folders and every file in them,
+    local model folders), used by ``LoadedManifest.resolve_local``, ``sources.resolve_checkpoint`` and
+    ``new-submission``: a symlink pointing outside would make the benchmark read, and publish the size
+    and hash of, a file the submitter does not own. It is the one place to relax (for example to allow
+    local folders a manifest explicitly declares to lie outside). The error never shows where a link
+    points. ``manifest_path`` need not exist yet (new-submission checks before writing it).
+    """
+    resolved = Path(os.path.realpath(path))
+    root = submission_folder(manifest_path)
+    if resolved != root and root not in resolved.parents:
+        shown = Path(path).name or str(path)
+        raise ManifestError(f"{_clip(shown)!r} resolves (through a symbolic link) to a place outside the "
+                            "submission's folder; local files must lie inside it", file=manifest_path, field=field)
+    return resolved
 
 
 def _clip(text: str, limit: int = 80) -> str:
@@ -403,20 +460,75 @@ def schema_problems(text: str, path: Path | str) -> list[ManifestError]:
     return [first_problem]
 
 
-def load_manifest(path: Path | str) -> LoadedManifest:
-    """Read and validate one manifest file (at most ``MAX_MANIFEST_BYTES``; larger files are refused)."""
+def manifest_tree(path: Path | str) -> Path:
+    """The tree a manifest must lie in: its nearest ancestor folder named ``submissions``, else its folder."""
+    absolute = Path(os.path.abspath(path))
+    return next((p for p in absolute.parents if p.name == SUBMISSIONS_FOLDER), absolute.parent)
+
+
+def read_manifest_bytes(path: Path | str) -> bytes:
+    """The bytes of the manifest file ``path``: the ONE way every caller (load, validate, run, the
+    leaderboard) reads a manifest.
+
+    Only a regular file is read, never through a symbolic link (``O_NOFOLLOW``: a link to another file
+    would leak its first token in the error; to a FIFO or ``/dev/stdin`` it would hang), opened
+    non-blocking and checked with ``fstat`` before any read, at most ``MAX_MANIFEST_BYTES``, and only
+    inside its :func:`manifest_tree` (a linked folder leading out of ``submissions/`` is refused).
+    Errors say what the path is, never what a link points to.
+    """
     path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_MANIFEST_BYTES + 1)  # bounded: a device file or a huge upload is never read whole
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ManifestError("file not found", file=path) from None
     except IsADirectoryError:
         raise ManifestError("is a folder, not a manifest file", file=path) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise ManifestError("is a symbolic link; a manifest must be a regular file", file=path) from None
         raise ManifestError(f"cannot read the file ({exc.strerror or type(exc).__name__})", file=path) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ManifestError(f"is a {file_kind(info.st_mode)}, not a regular manifest file", file=path)
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"file is over {MAX_MANIFEST_BYTES} bytes; a manifest is a small text file", file=path)
+        tree = Path(os.path.realpath(manifest_tree(path)))
+        real = _opened_path(fd, path)
+        if tree not in real.parents:
+            raise ManifestError(f"lies (through a linked folder) outside {manifest_tree(path).name}/; manifests must "
+                                "lie inside it", file=path)
+        chunks, size = [], 0
+        while size <= MAX_MANIFEST_BYTES:
+            chunk = os.read(fd, MAX_MANIFEST_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ManifestError(f"cannot read the file ({exc.strerror or type(exc).__name__})", file=path) from None
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"file is over {MAX_MANIFEST_BYTES} bytes; a manifest is a small text file", file=path)
+    return raw
+
+
+def _opened_path(fd: int, path: Path) -> Path:
+    """Where the open file ``fd`` really is (from the descriptor where the system tells, so a link
+    swapped in after the open cannot mislead the check)."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return Path(os.path.realpath(path))
+
+
+def load_manifest(path: Path | str) -> LoadedManifest:
+    """Read (:func:`read_manifest_bytes`) and validate one manifest file."""
+    path = Path(path)
+    raw = read_manifest_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -425,13 +537,17 @@ def load_manifest(path: Path | str) -> LoadedManifest:
 
 
 def find_manifests(paths: list[Path | str]) -> list[Path]:
-    """Expand files and folders into a sorted list of ``*.toml`` manifest paths."""
+    """Expand files and folders into a sorted list of ``*.toml`` manifest paths.
+
+    Links and special files named ``*.toml`` are listed too, so that :func:`read_manifest_bytes`
+    refuses them by name instead of the scan skipping them silently.
+    """
     found: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(sorted(p.rglob("*.toml")))
-        elif p.exists():
+            found.extend(sorted(p.rglob("*.toml")))  # rglob does not descend into linked folders
+        elif p.exists() or p.is_symlink():
             found.append(p)
         else:
             raise ManifestError("no such file or folder", file=p)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import CanonBenchError, ManifestError, SourceError
-from benchmark.submission.manifest import ARCHITECTURES, FORMATS, MODEL_NAME, SUBMISSION_NAME
+from benchmark.submission.manifest import ARCHITECTURES, FORMATS, HOOK_NAME, MODEL_NAME, SUBMISSION_NAME
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,7 +112,7 @@ def write_new_submission(
     from benchmark.sae.checkpoints import inspect_checkpoint
     from benchmark.submission.sources import HubRef, SaelensRef, parse_source, resolve_local, resolve_source
 
-    if not SUBMISSION_NAME.match(name):
+    if not SUBMISSION_NAME.fullmatch(name):
         raise ManifestError(f"{name!r} must look like 'org/name' (lowercase letters, digits, . _ -)", field="--name")
     if not sources:
         raise SourceError("give at least one checkpoint source", field="sources")
@@ -147,7 +147,8 @@ def write_new_submission(
             if relative.parts and relative.parts[0] == "..":
                 raise SourceError(f"local checkpoints must lie in or below the manifest's folder ({manifest_dir})",
                                   field=uri)
-            resolved = resolve_local(absolute, display=uri, cache_dir=cache_dir)
+            # every file must stay inside the manifest's folder too (no links leading out)
+            resolved = resolve_local(absolute, display=uri, cache_dir=cache_dir, manifest_path=out_path, field=uri)
             entry = {"seed": seed, "local": relative.as_posix(), "_comment": None}
         try:
             info = inspect_checkpoint(resolved.path, None)
@@ -183,7 +184,7 @@ def _model_revision(model_name: str | None, *, hub_cache) -> str | None:
     """The base model's current commit on the Hub (or in the cache when offline), if it is a Hub id."""
     from benchmark.submission.sources import resolve_revision
 
-    if not model_name or not MODEL_NAME.match(model_name):
+    if not model_name or not MODEL_NAME.fullmatch(model_name):
         return None
     try:
         return resolve_revision(model_name, "main", hub_cache=hub_cache)
@@ -214,11 +215,11 @@ def _render(*, name, entries, fmt, architecture, d_in, d_sae, k, model_name, mod
 
     lines += ["[model]", "# The base model the SAEs read, pinned by exactly one of revision (a 40-hex Hub commit),"
               " package or local."]
-    name_ok = bool(model_name) and bool(MODEL_NAME.match(model_name))
+    name_ok = bool(model_name) and bool(MODEL_NAME.fullmatch(model_name))
     lines.append(_line("name", model_name, "from the checkpoint config; must be the Hub id, not a transformer-lens alias")
                  if name_ok else _line("name", "TODO: the base model's Hub id"
                                        + (f" (the checkpoint says {model_name})" if model_name else "")))
-    hook_ok = bool(hook) and all(c.isalnum() or c in "_.[]" for c in hook)
+    hook_ok = bool(hook) and bool(HOOK_NAME.fullmatch(hook))
     lines.append(_line("hook", hook, "from the checkpoint config; must be a transformer-lens hook name") if hook_ok
                  else _line("hook", "TODO: the transformer-lens hook name, e.g. blocks.6.hook_resid_post"))
     if model_revision:

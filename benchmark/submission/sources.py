@@ -35,13 +35,21 @@ from typing import Any, Callable, TypeVar, Union
 from huggingface_hub import HfApi, snapshot_download
 
 from benchmark.errors import SourceError
+from benchmark.submission.manifest import CONTROL_CHARACTERS, require_inside_submission
 
 log = logging.getLogger(__name__)
 
-COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# Anchored with \A ... \Z and used with fullmatch ("$" also matches before a final newline).
+COMMIT_SHA = re.compile(r"\A[0-9a-f]{40}\Z")
+SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
+HUB_REPO = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
+# A branch or tag name (one path segment in an hf:// URI), or a Hub pull request's ref.
+REVISION_NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}\Z")
+PR_REF = re.compile(r"\Arefs/pr/[1-9][0-9]{0,9}\Z")
 DEFAULT_REVISION = "main"
+# owner/name[@revision][/path]: a revision is one segment, or two more after "refs/" (refs/pr/N)
+_HF_URI = re.compile(r"(?P<owner>[^/@]*)/(?P<name>[^/@]*)(?P<at>@(?P<rev>refs/[^/]*/[^/]*|[^/]*))?(?:/(?P<path>.*))?",
+                     re.DOTALL)
 
 # What a checkpoint folder may hold that we need: configs and weights. Never code (*.py), never
 # anything below the folder (sibling checkpoints of a multi-SAE repo stay on the Hub).
@@ -96,31 +104,39 @@ def _check_repo_path(path: str, uri: str) -> str:
     return path
 
 
+def check_revision(revision: str, where: str) -> str:
+    """A branch, tag, commit sha or Hub pull-request ref (``refs/pr/N``); SourceError otherwise."""
+    if PR_REF.fullmatch(revision) or (REVISION_NAME.fullmatch(revision) and ".." not in revision):
+        return revision
+    raise SourceError(f"revision {revision!r} is not a branch, tag, commit or refs/pr/N", field=where)
+
+
 def parse_source(uri: str) -> Union[HubRef, SaelensRef, Path]:
-    """Parse ``hf://owner/repo[@rev][/path]``, ``saelens://release/sae_id`` or a local path."""
+    """Parse ``hf://owner/repo[@rev][/path]``, ``saelens://release/sae_id`` or a local path.
+
+    ``rev`` is one path segment (a branch, tag or sha) or a Hub pull request's ``refs/pr/N``:
+    ``hf://org/repo@refs/pr/1/layer_3`` is revision ``refs/pr/1``, path ``layer_3``.
+    """
+    if CONTROL_CHARACTERS.search(uri):
+        raise SourceError("control characters are not allowed in a source", field=repr(uri)[:200])
     if uri.startswith("hf://"):
         rest = uri[len("hf://"):]
-        parts = rest.split("/", 2)
-        if len(parts) < 2 or not parts[0] or not parts[1]:
+        match = _HF_URI.fullmatch(rest)
+        if match is None or not match["owner"] or not match["name"]:
             raise SourceError("expected hf://owner/repo@REVISION/path", field=uri)
-        owner, name_rev = parts[0], parts[1]
-        path = parts[2] if len(parts) == 3 else ""
-        name, _, revision = name_rev.partition("@")
-        repo = f"{owner}/{name}"
-        if not HUB_REPO.match(repo):
+        repo = f"{match['owner']}/{match['name']}"
+        if not HUB_REPO.fullmatch(repo):
             raise SourceError(f"{repo!r} is not a Hub repo id of the form owner/name", field=uri)
-        if "@" in name_rev and not revision:
+        if match["at"] and not match["rev"]:
             raise SourceError("empty revision after '@'", field=uri)
-        revision = revision or DEFAULT_REVISION
-        if ".." in revision or revision.startswith("/"):
-            raise SourceError(f"revision {revision!r} is not a branch, tag or commit", field=uri)
-        return HubRef(repo=repo, revision=revision, path=_check_repo_path(path, uri))
+        revision = check_revision(match["rev"] or DEFAULT_REVISION, uri)
+        return HubRef(repo=repo, revision=revision, path=_check_repo_path(match["path"] or "", uri))
     if uri.startswith("saelens://"):
         release, _, sae_id = uri[len("saelens://"):].partition("/")
         if not release or not sae_id:
             raise SourceError("expected saelens://RELEASE/SAE_ID", field=uri)
         return SaelensRef(release=release, sae_id=sae_id)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri):
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", uri):
         raise SourceError("unknown scheme; use hf://, saelens:// or a local path", field=uri)
     return Path(uri)
 
@@ -143,6 +159,10 @@ class ResolvedCheckpoint:
     path_in_repo: str = ""
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     saelens: dict[str, Any] | None = None
+    # Set by resolve_checkpoint: the sizes the manifest declares (load_sae honours them) and the header
+    # facts read with them. Neither goes into record().
+    expect: Any = None
+    info: Any = None
 
     def record(self) -> dict[str, Any]:
         """A JSON-serialisable provenance record (goes into every result row)."""
@@ -191,7 +211,7 @@ def cached_revision(repo: str, revision: str, *, hub_cache: Path | str | None = 
         sha = ref.read_text(encoding="utf-8").strip()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
-    return sha if COMMIT_SHA.match(sha) else None
+    return sha if COMMIT_SHA.fullmatch(sha) else None
 
 
 # ------------------------------------------------------------------------------- errors and retries
@@ -318,7 +338,7 @@ def file_digest(path: Path, memo: dict[str, list] | None = None) -> dict[str, An
             hasher.update(chunk)
     digest = hasher.hexdigest()
     # Hub cache blobs of LFS files are named by their sha256: a mismatch is a damaged download.
-    if "blobs" in real.parts and SHA256_HEX.match(real.name) and real.name != digest:
+    if "blobs" in real.parts and SHA256_HEX.fullmatch(real.name) and real.name != digest:
         raise SourceError(f"cached file {path.name} is damaged (sha256 {digest[:12]}… but blob {real.name[:12]}…); "
                           f"delete {real} and fetch again", file=str(path))
     if memo is not None:
@@ -365,8 +385,9 @@ def resolve_revision(repo: str, revision: str, *, hub_cache: Path | str | None =
     Online: asks the Hub (with retries) and falls back to the cache's ``refs/`` when the Hub cannot be
     reached. Offline: the cache's ``refs/`` only.
     """
-    if COMMIT_SHA.match(revision):
+    if COMMIT_SHA.fullmatch(revision):
         return revision
+    check_revision(revision, f"{repo}@{revision}")
     cache = Path(hub_cache) if hub_cache else default_hub_cache()
     where = f"{repo}@{revision}"
     if hub_offline():
@@ -384,7 +405,7 @@ def resolve_revision(repo: str, revision: str, *, hub_cache: Path | str | None =
             return sha
         raise SourceError(_explain(exc, offline=False, hub_cache=cache), field=where) from None
     sha = getattr(info, "sha", None)
-    if not sha or not COMMIT_SHA.match(sha):
+    if not isinstance(sha, str) or not COMMIT_SHA.fullmatch(sha):
         raise SourceError(f"the Hub returned no commit sha for revision {revision!r}", field=where)
     return sha
 
@@ -466,8 +487,14 @@ def resolve_hub(
     )
 
 
-def resolve_local(path: Path | str, *, display: str | None = None, cache_dir: Path | str | None = None) -> ResolvedCheckpoint:
-    """Describe a checkpoint in a local folder or file (nothing is copied)."""
+def resolve_local(path: Path | str, *, display: str | None = None, cache_dir: Path | str | None = None,
+                  manifest_path: Path | str | None = None, field: str | None = None) -> ResolvedCheckpoint:
+    """Describe a checkpoint in a local folder or file (nothing is copied).
+
+    With ``manifest_path`` (a manifest's local checkpoint), the folder and every checkpoint file in it
+    must pass :func:`~benchmark.submission.manifest.require_inside_submission` before anything is read
+    or hashed: a link to a file outside the submission is refused, never described.
+    """
     target = Path(path)
     shown = display if display is not None else str(path)
     if not target.exists():
@@ -475,6 +502,11 @@ def resolve_local(path: Path | str, *, display: str | None = None, cache_dir: Pa
     files = checkpoint_files(target)
     if not files or (target.is_dir() and not _has_weights(files)):
         raise SourceError(f"no checkpoint files ({', '.join(CHECKPOINT_FILE_PATTERNS)}) in this folder", field=shown)
+    if manifest_path is not None:
+        where = field or shown
+        target = require_inside_submission(manifest_path, target, field=where)
+        for file in files:
+            require_inside_submission(manifest_path, file, field=where)
     return ResolvedCheckpoint(
         path=target.resolve(), local=True, source=shown, path_in_repo=shown,
         files=describe_files(target, cache_dir=cache_dir),
@@ -526,7 +558,7 @@ def lookup_saelens(release: str, sae_id: str, *, registry_path: Path | str | Non
         hint = f"; did you mean {', '.join(near)}?" if near else f" ({len(ids)} ids in this release)"
         raise SourceError(f"sae id {sae_id!r} is not in release {release!r}{hint}", field=uri)
     repo = entry.get("repo_id")
-    if not isinstance(repo, str) or not HUB_REPO.match(repo):
+    if not isinstance(repo, str) or not HUB_REPO.fullmatch(repo):
         raise SourceError(f"release {release!r} has no usable repo_id in the registry", field=uri)
     return {
         "release": release,
@@ -558,12 +590,27 @@ def resolve_source(
     return resolve_local(ref, display=uri, cache_dir=cache_dir)
 
 
+def expected_size(manifest) -> Any:
+    """The sizes a manifest's checkpoints must declare (``sae.width``, ``sae.d_in``), for
+    :func:`benchmark.sae.checkpoints.load_sae` / ``inspect_checkpoint``'s ``expect``."""
+    from benchmark.sae.checkpoints import ExpectedSize
+
+    sae = manifest.submission.sae
+    return ExpectedSize(d_sae=sae.width, d_in=sae.d_in, declared_in=f"the manifest {Path(manifest.path).name}")
+
+
 def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
-                       hub_cache: Path | str | None = None) -> ResolvedCheckpoint:
+                       hub_cache: Path | str | None = None, check_header: bool = True) -> ResolvedCheckpoint:
     """Resolve one :class:`~benchmark.submission.manifest.CheckpointSpec` of a loaded manifest.
 
-    Local paths are relative to the manifest's folder; Hub entries are always pinned to a sha by the
-    schema. Errors name the manifest file and the checkpoint entry.
+    Local paths are relative to the manifest's folder and must stay inside it (symlinks included);
+    Hub entries are always pinned to a sha by the schema. Errors name the manifest file and the
+    checkpoint entry.
+
+    ``check_header`` (default): the checkpoint's headers are checked now, with the sizes the manifest
+    declares (:func:`expected_size`), before any weight is read; the result carries that ``expect`` and
+    the header facts (``info``), so ``load_sae(resolved)`` is bounded by the manifest's sizes.
+    ``validate`` passes False and compares the header facts itself.
     """
     checkpoints = list(manifest.submission.checkpoints)
     index = next((i for i, c in enumerate(checkpoints) if c is spec), None)
@@ -572,10 +619,21 @@ def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
     entry = f"checkpoints[{index}]"
     try:
         if spec.local is not None:
-            return resolve_local(manifest.resolve_local(spec.local), display=spec.local, cache_dir=cache_dir)
-        return resolve_hub(spec.repo, spec.revision, spec.path, cache_dir=cache_dir, hub_cache=hub_cache)
+            where = f"{entry}.local"
+            folder = manifest.resolve_local(spec.local, field=where)
+            resolved = resolve_local(folder, display=spec.local, cache_dir=cache_dir, manifest_path=manifest.path,
+                                     field=where)
+        else:
+            resolved = resolve_hub(spec.repo, spec.revision, spec.path, cache_dir=cache_dir, hub_cache=hub_cache)
     except SourceError as exc:
         where = f"{entry}.local" if spec.local is not None else entry
         subject = exc.field or ""
         detail = f"{subject}: {exc.detail}" if subject else exc.detail
         raise SourceError(detail, file=manifest.path, field=where) from None
+    if check_header:
+        from benchmark.sae.checkpoints import inspect_checkpoint
+
+        fmt = None if manifest.submission.sae.format == "auto" else manifest.submission.sae.format
+        resolved.expect = expected_size(manifest)
+        resolved.info = inspect_checkpoint(resolved.path, fmt, expect=resolved.expect)
+    return resolved

@@ -10,13 +10,20 @@ to check that shapes and architecture agree with the manifest.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 from benchmark.errors import CanonBenchError, CheckpointError, ManifestError
-from benchmark.submission.manifest import MAX_MANIFEST_BYTES, LoadedManifest, load_manifest, schema_problems
+from benchmark.submission.manifest import (
+    SUBMISSIONS_FOLDER,
+    LoadedManifest,
+    load_manifest,
+    read_manifest_bytes,
+    schema_problems,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,7 +33,6 @@ else:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 TODO_MARK = "TODO"
-SUBMISSIONS_FOLDER = "submissions"
 
 # What a checkpoint file may call an architecture that the manifest names: BatchTopK SAEs are saved
 # for inference as JumpReLU (one shared threshold); Matryoshka SAEs as their inference activation.
@@ -91,11 +97,11 @@ def _with_toml_key(problem: CanonBenchError, text: str) -> CanonBenchError:
 
 
 def _read_small_text(path: Path) -> str | None:
+    """The manifest's text through the one manifest reader (None when it refused the file: the
+    loader has already reported why)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_MANIFEST_BYTES + 1)
-        return raw.decode("utf-8") if len(raw) <= MAX_MANIFEST_BYTES else None
-    except (OSError, UnicodeDecodeError):
+        return read_manifest_bytes(path).decode("utf-8")
+    except (ManifestError, UnicodeDecodeError):
         return None
 
 
@@ -124,7 +130,11 @@ def _duplicate_checkpoints(manifest: LoadedManifest) -> list[CanonBenchError]:
     problems: list[CanonBenchError] = []
     for index, spec in enumerate(sub.checkpoints):
         if spec.local is not None:
-            key = ("local", str(manifest.resolve_local(spec.local)))
+            try:
+                key = ("local", str(manifest.resolve_local(spec.local, field=f"checkpoints[{index}].local")))
+            except ManifestError as exc:
+                problems.append(exc)
+                continue
         else:
             key = ("hub", spec.repo, spec.revision, spec.path.strip("/"))
         if key in seen:
@@ -141,7 +151,10 @@ def _check_model_files(manifest: LoadedManifest) -> list[CanonBenchError]:
     model = getattr(manifest.submission, "model", None)
     if model is None or model.local is None:
         return []
-    folder = manifest.resolve_local(model.local)
+    try:
+        folder = manifest.resolve_local(model.local, field="model.local")
+    except ManifestError as exc:
+        return [exc]
     if not folder.exists():
         return [ManifestError(f"local model folder {model.local!r} does not exist", file=manifest.path, field="model.local")]
     return []
@@ -177,7 +190,7 @@ def _check_checkpoint_files(manifest: LoadedManifest, *, cache_dir, hub_cache) -
     for index, spec in enumerate(sub.checkpoints):
         entry = f"checkpoints[{index}]"
         try:
-            resolved = resolve_checkpoint(manifest, spec, cache_dir=cache_dir, hub_cache=hub_cache)
+            resolved = resolve_checkpoint(manifest, spec, cache_dir=cache_dir, hub_cache=hub_cache, check_header=False)
         except CanonBenchError as exc:
             problems.append(exc)
             continue
@@ -192,7 +205,7 @@ def _check_checkpoint_files(manifest: LoadedManifest, *, cache_dir, hub_cache) -
         try:
             from benchmark.sae.checkpoints import inspect_checkpoint
 
-            info = inspect_checkpoint(resolved.path, fmt)
+            info = inspect_checkpoint(resolved.path, fmt)  # the header check load_sae runs first, too
         except CanonBenchError as exc:
             problems.append(CheckpointError(f"{where}: {exc}", file=manifest.path, field=entry))
             continue
@@ -255,13 +268,13 @@ def validate_paths(
             if not found:
                 problems.append(ManifestError("no *.toml manifests in this folder", file=path))
             files.extend(found)
-        elif path.is_file():
-            files.append(path)
+        elif path.exists() or path.is_symlink():
+            files.append(path)  # links and special files are refused, by name, by the manifest reader
         else:
             problems.append(ManifestError("no such file or folder", file=path))
-    unique: dict[Path, Path] = {}
+    unique: dict[str, Path] = {}
     for path in files:
-        unique.setdefault(path.resolve(), path)
+        unique.setdefault(os.path.abspath(path), path)
     files = list(unique.values())
 
     loaded: list[LoadedManifest] = []
@@ -287,4 +300,5 @@ def validate_paths(
             problems.extend(_check_model_files(manifest))
             if manifest.submission.kind == "checkpoints":
                 problems.extend(_check_checkpoint_files(manifest, cache_dir=cache_dir, hub_cache=hub_cache))
-    return problems, len(files)
+    distinct = list({str(p): p for p in problems}.values())  # a problem found twice is reported once
+    return distinct, len(files)

@@ -181,12 +181,16 @@ def valid_manifests(draw) -> dict[str, Any]:
     """Manifests that must load: random but schema-conforming values."""
     part = st.from_regex(r"\A[a-z0-9][a-z0-9._-]{0,20}\Z")
     seeds = draw(st.lists(st.integers(min_value=0, max_value=2**63 - 1), min_size=1, max_size=6, unique=True))
+    # printable text: control characters are refused in every string field (notes may hold newlines/tabs)
+    no_controls = st.characters(blacklist_categories=("Cc", "Cs"),
+                                blacklist_characters="\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+    printable = st.text(alphabet=no_controls, min_size=1, max_size=300)
     common = {
         "name": f"{draw(part)}/{draw(part)}",
-        "title": draw(st.text(min_size=1, max_size=300)),
-        "authors": draw(st.lists(st.text(min_size=1, max_size=50), min_size=1, max_size=5)),
-        "license": draw(st.text(min_size=1, max_size=100)),
-        "notes": draw(st.text(max_size=2000)),
+        "title": draw(printable),
+        "authors": draw(st.lists(st.text(alphabet=no_controls, min_size=1, max_size=50), min_size=1, max_size=5)),
+        "license": draw(st.text(alphabet=no_controls, min_size=1, max_size=100)),
+        "notes": draw(st.text(alphabet=st.one_of(no_controls, st.sampled_from("\n\t")), max_size=2000)),
     }
     arch = draw(st.sampled_from(["standard", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"]))
     width = draw(st.integers(min_value=1, max_value=1 << 24))

@@ -1,7 +1,8 @@
 """saprmarks/dictionary_learning checkpoints: ``<run>/trainer_<i>/ae.pt`` (a state dict) + ``config.json``.
 
-``ae.pt`` is opened ONLY with ``torch.load(weights_only=True)``: a pickle that needs code to load is
-refused, never run. Semantics follow dictionary_learning/dictionary.py and trainers/{top_k,
+``ae.pt`` is never unpickled: its ``data.pkl`` is read opcode by opcode and only the parts of a state
+dict of tensors are accepted (:mod:`~benchmark.sae.checkpoints.torch_archive`); a pickle that needs
+code to load is refused, never run. Semantics follow dictionary_learning/dictionary.py and trainers/{top_k,
 batch_top_k,matryoshka_batch_top_k}.py (each class's default ``encode``):
 
 * ``AutoEncoder``: ``relu(encoder(x - bias))``, decode ``decoder(z) + bias`` (nn.Linear weights:
@@ -21,8 +22,6 @@ step is not applied here.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +30,17 @@ import torch
 from benchmark.errors import CheckpointError
 from benchmark.sae.model import SAE, SAEConfig
 
-from .common import CheckpointInfo, LoadHints, as_tensor, build_sae, read_json, require, stored_dtype_name
+from .common import (
+    CheckpointInfo,
+    LoadHints,
+    as_tensor,
+    build_sae,
+    check_weight_header,
+    read_json,
+    require,
+    stored_dtype_name,
+)
+from .torch_archive import TorchArchive
 
 WEIGHTS_FILE = "ae.pt"
 CONFIG_FILE = "config.json"
@@ -43,55 +52,56 @@ def _weights_file(path: Path) -> Path:
     return path / WEIGHTS_FILE
 
 
-def load_state_dict(file: Path) -> dict[str, torch.Tensor]:
-    """The tensors in ``file`` via ``torch.load(weights_only=True)``; anything else is refused."""
-    if not file.is_file():
-        raise CheckpointError("file is missing", file=file, field=file.name)
-    try:
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"refused: the pickle needs code to load, and only plain tensors are allowed "
-                              f"({first})", file=file, field="pickle") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read (truncated or corrupt?): {first}", file=file, field="data") from exc
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise CheckpointError("expected a state dict of named tensors", file=file, field="state_dict")
-    return state
+def load_state_dict(file: Path) -> TorchArchive:
+    """The tensors ``file`` declares, checked against their storages without unpickling or reading
+    weights (:class:`~benchmark.sae.checkpoints.torch_archive.TorchArchive`); close it when done."""
+    return TorchArchive(file)
 
 
-def _shape(state: dict[str, torch.Tensor], name: str, file: Path, ndim: int) -> tuple[int, ...]:
+class _Header:
+    """A tensor known from its header only (``inspect`` reads no weights)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+
+
+def _shape(state: TorchArchive, name: str, file: Path, ndim: int) -> tuple[int, ...]:
     tensor = require(state, name, file)
     if tensor.ndim != ndim:
         raise CheckpointError(f"shape {tuple(tensor.shape)} should have {ndim} dimension(s)", file=file, field=name)
     return tuple(tensor.shape)
 
 
-def _tensors(state: dict[str, torch.Tensor], file: Path, dtype: torch.dtype,
-             spec: dict[str, tuple[str, tuple[int, ...], bool]]) -> dict[str, torch.Tensor]:
-    """``spec``: SAE name -> (stored name, stored shape, transpose?)."""
-    out = {}
+def _tensors(state: TorchArchive, file: Path, dtype: torch.dtype | None,
+             spec: dict[str, tuple[str, tuple[int, ...], bool]]) -> dict[str, Any]:
+    """``spec``: SAE name -> (stored name, stored shape, transpose?). Every header is checked (shape,
+    float dtype) before any is read; ``dtype=None`` reads nothing and returns header shapes only."""
+    for stored, shape, _ in spec.values():
+        ref = state.tensors.get(stored)
+        check_weight_header(file, stored, ref.shape if ref else None, ref.dtype if ref else None, shape)
+    out: dict[str, Any] = {}
     for target, (stored, shape, transpose) in spec.items():
-        tensor = as_tensor(require(state, stored, file), stored, file, dtype=dtype, shape=shape)
+        if dtype is None:
+            out[target] = _Header(shape[::-1] if transpose else shape)
+            continue
+        tensor = as_tensor(state.load(stored), stored, file, dtype=dtype, shape=shape)
         out[target] = tensor.T.contiguous() if transpose else tensor
     return out
 
 
-def _scalar(state: dict[str, torch.Tensor], name: str, file: Path) -> float:
+def _scalar(state: TorchArchive, name: str, file: Path) -> float:
     tensor = require(state, name, file)
     if tensor.numel() != 1:
         raise CheckpointError(f"expected a scalar, got shape {tuple(tensor.shape)}", file=file, field=name)
-    value = float(tensor.double())
+    value = float(state.load(name).double())
     if value != value or value in (float("inf"), float("-inf")):
         raise CheckpointError("NaN/inf value", file=file, field=name)
     return value
+
+
+def _threshold(state: TorchArchive, file: Path, dtype: torch.dtype | None, d_sae: int) -> Any:
+    value = _scalar(state, "threshold", file)
+    return _Header((d_sae,)) if dtype is None else torch.full((d_sae,), value, dtype=dtype)
 
 
 def _linear_dims(state, file) -> tuple[int, int]:
@@ -135,7 +145,7 @@ def _batch_topk(state, file, dtype):
     tensors = _tensors(state, file, dtype, {
         "W_enc": ("encoder.weight", (d_sae, d_in), True), "b_enc": ("encoder.bias", (d_sae,), False),
         "W_dec": ("decoder.weight", (d_in, d_sae), True), "b_dec": ("b_dec", (d_in,), False)})
-    tensors["threshold"] = torch.full((d_sae,), _scalar(state, "threshold", file), dtype=dtype)
+    tensors["threshold"] = _threshold(state, file, dtype, d_sae)
     return "batchtopk", tensors, _k(state, file), True, {}
 
 
@@ -149,10 +159,14 @@ def _matryoshka(state, file, dtype):
     tensors = _tensors(state, file, dtype, {
         "W_enc": ("W_enc", (d_in, d_sae), False), "b_enc": ("b_enc", (d_sae,), False),
         "W_dec": ("W_dec", (d_sae, d_in), False), "b_dec": ("b_dec", (d_in,), False)})
-    tensors["threshold"] = torch.full((d_sae,), _scalar(state, "threshold", file), dtype=dtype)
+    tensors["threshold"] = _threshold(state, file, dtype, d_sae)
     extra: dict[str, Any] = {"training_architecture": "matryoshka_batchtopk"}
     if "group_sizes" in state:
-        sizes = [int(s) for s in state["group_sizes"].flatten().tolist()]
+        groups = state["group_sizes"]
+        if groups.ndim != 1 or groups.numel() > d_sae or groups.dtype.is_floating_point or groups.dtype == torch.bool:
+            raise CheckpointError(f"expected at most d_sae={d_sae} integer sizes, got {groups.dtype} {groups.shape}",
+                                  file=file, field="group_sizes")
+        sizes = [int(s) for s in state.load("group_sizes").tolist()]
         if sum(sizes) != d_sae:
             raise CheckpointError(f"group sizes sum to {sum(sizes)}, not d_sae={d_sae}", file=file, field="group_sizes")
         extra["group_sizes"] = sizes
@@ -229,7 +243,7 @@ def _hook_name(trainer: dict[str, Any]) -> str | None:
     return f"blocks.{layer}.hook_resid_post"
 
 
-def _decode(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype):
+def _decode(path: Path, state: TorchArchive, dtype: torch.dtype | None):
     file = _weights_file(path)
     trainer, cfg_file = _trainer_config(file.parent)
     dict_class = trainer.get("dict_class") or _infer_class(state)
@@ -252,24 +266,29 @@ def _decode(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype):
     return arch, tensors, k, apply_b_dec, info, (model if isinstance(model, str) else None), _hook_name(trainer), file
 
 
-def inspect(path: Path) -> CheckpointInfo:
-    state = load_state_dict(_weights_file(path))
-    arch, tensors, k, apply_b_dec, info, model, hook, file = _decode(path, state, torch.float32)
-    files = [WEIGHTS_FILE] + ([CONFIG_FILE] if (file.parent / CONFIG_FILE).is_file() else [])
+def _stored_dtype(state: TorchArchive) -> str | None:
     enc = next((state[n] for n in ("encoder.weight", "W_enc") if n in state), None)
+    return stored_dtype_name(enc.dtype) if enc is not None else None
+
+
+def inspect(path: Path) -> CheckpointInfo:
+    """Config + the archive's declarations (data.pkl and the storage sizes); no weight is read."""
+    with load_state_dict(_weights_file(path)) as state:
+        arch, tensors, k, apply_b_dec, info, model, hook, file = _decode(path, state, None)
+        dtype = _stored_dtype(state)
+    files = [WEIGHTS_FILE] + ([CONFIG_FILE] if (file.parent / CONFIG_FILE).is_file() else [])
     return CheckpointInfo(format="dictionary_learning", architecture=arch, d_in=tensors["W_enc"].shape[0],
                           d_sae=tensors["W_enc"].shape[1], k=k, model_name=model, hook_name=hook, files=files,
-                          path=str(file.parent), dtype=stored_dtype_name(enc.dtype) if enc is not None else None,
+                          path=str(file.parent), dtype=dtype,
                           training_architecture=info.get("training_architecture"), apply_b_dec_to_input=apply_b_dec,
                           metadata=info)
 
 
 def load(path: Path, *, dtype: torch.dtype = torch.float32, hints: LoadHints | None = None) -> SAE:
     file = _weights_file(path)
-    state = load_state_dict(file)
-    arch, tensors, k, apply_b_dec, info, model, hook, file = _decode(path, state, dtype)
-    enc = next((state[n] for n in ("encoder.weight", "W_enc") if n in state), None)
-    info["stored_dtype"] = stored_dtype_name(enc.dtype) if enc is not None else None
+    with load_state_dict(file) as state:
+        arch, tensors, k, apply_b_dec, info, model, hook, file = _decode(path, state, dtype)
+        info["stored_dtype"] = _stored_dtype(state)
     config = SAEConfig(architecture=arch, d_in=tensors["W_enc"].shape[0], d_sae=tensors["W_enc"].shape[1], k=k,
                        apply_b_dec_to_input=apply_b_dec, model_name=model, hook_name=hook,
                        training_architecture=info.get("training_architecture"), format="dictionary_learning",

@@ -20,8 +20,18 @@ import torch
 from benchmark.errors import CheckpointError
 from benchmark.sae.model import SAE, SAEConfig
 
-from .common import CheckpointInfo, LoadHints, as_tensor, build_sae, read_json, require, stored_dtype_name
-from .npz_header import load_npz, read_npz_headers
+from .archive import BoundedZip
+from .common import (
+    CheckpointInfo,
+    LoadHints,
+    as_tensor,
+    build_sae,
+    check_weight_header,
+    read_json,
+    require,
+    stored_dtype_name,
+)
+from .npz_header import array_names, load_npz, read_npz_headers
 from .safetensors_header import load_safetensors, read_safetensors_header
 
 NPZ_FILE = "params.npz"
@@ -113,43 +123,50 @@ def describe_path(path: Path, repo: str | None) -> dict[str, Any]:
     return info
 
 
-def _shapes_from(headers: dict[str, tuple[int, ...]], file: Path) -> tuple[int, int]:
+STORED_NAMES = (*TENSORS, "w_enc", "w_dec")  # Gemma Scope 2 spells the matrices in lower case
+
+
+def _shapes_from(headers: dict[str, tuple[tuple[int, ...], str]], present: set[str], file: Path) -> tuple[int, int]:
+    """d_in and d_sae from the headers of the tensors to load: shapes and float dtypes checked
+    (:func:`check_weight_header`) before any data is read, in inspect and load alike."""
     if "W_enc" not in headers:
         raise CheckpointError("missing tensor", file=file, field="W_enc")
-    shape = headers["W_enc"]
+    shape = headers["W_enc"][0]
     if len(shape) != 2:
         raise CheckpointError(f"shape {shape} is not a matrix", file=file, field="W_enc")
     d_in, d_sae = shape
     expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
                 "threshold": (d_sae,)}
     for name, want in expected.items():
-        if name not in headers:
-            raise CheckpointError("missing tensor", file=file, field=name)
-        if headers[name] != want:
-            if name == "W_dec" and len(headers[name]) == 2 and headers[name][0] == d_sae:
-                raise CheckpointError(f"W_dec maps to {headers[name][1]} outputs, not d_in={d_in}: a transcoder, "
-                                      "not supported", file=file, field=name)
-            raise CheckpointError(f"shape {headers[name]} does not match {want} (from W_enc {shape})", file=file,
-                                  field=name)
-    if "affine_skip_connection" in headers:
+        actual, dtype = headers.get(name, (None, None))
+        if actual is not None and actual != want and name == "W_dec" and len(actual) == 2 and actual[0] == d_sae:
+            raise CheckpointError(f"W_dec maps to {actual[1]} outputs, not d_in={d_in}: a transcoder, "
+                                  "not supported", file=file, field=name)
+        check_weight_header(file, name, actual, dtype, want, context=f" (from W_enc {shape})")
+    if {"affine_skip_connection", "w_skip", "W_skip"} & present:
         raise CheckpointError("affine skip connections are not supported", file=file, field="affine_skip_connection")
     return d_in, d_sae
 
 
-def _headers(file: Path) -> tuple[dict[str, tuple[int, ...]], str]:
+def _headers(file: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], set[str], str]:
+    """Headers of the tensors the SAE needs (only those are read), every name present, the stored dtype."""
     if file.suffix == ".npz":
-        npz = {_canonical(n): h for n, h in read_npz_headers(file).items()}
-        enc = npz.get("W_enc")
-        return {n: h.shape for n, h in npz.items()}, stored_dtype_name(enc.dtype) if enc else "unknown"
-    header = read_safetensors_header(file)
-    shapes = {_canonical(n): t.shape for n, t in header.tensors.items()}
-    first = header.tensors.get("w_enc") or header.tensors.get("W_enc")
-    return shapes, stored_dtype_name(first.dtype if first else "unknown")
+        with BoundedZip(file, field="archive") as archive:
+            present = set(array_names(archive))
+        npz = {_canonical(n): h for n, h in read_npz_headers(file, [n for n in STORED_NAMES if n in present]).items()}
+        shapes = {n: (h.shape, stored_dtype_name(h.dtype)) for n, h in npz.items()}
+    else:
+        header = read_safetensors_header(file)
+        present = set(header.tensors)
+        shapes = {_canonical(n): (t.shape, stored_dtype_name(t.dtype)) for n, t in header.tensors.items()
+                  if n in STORED_NAMES}
+    enc = shapes.get("W_enc")
+    return shapes, {_canonical(n) for n in present} | present, enc[1] if enc else "unknown"
 
 
 def _describe(file: Path, hints: LoadHints) -> tuple[dict[str, Any], int, int, str]:
-    shapes, dtype = _headers(file)
-    d_in, d_sae = _shapes_from(shapes, file)
+    shapes, present, dtype = _headers(file)
+    d_in, d_sae = _shapes_from(shapes, present, file)
     info = describe_path(file, repo_name(file, hints))
     gs2_config = file.parent / GS2_CONFIG
     if gs2_config.is_file():
@@ -184,10 +201,10 @@ def load(path: Path, *, dtype: torch.dtype = torch.float32, hints: LoadHints | N
     file = _weights_file(path)
     info, d_in, d_sae, stored = _describe(file, hints or LoadHints())
     if file.suffix == ".npz":
-        arrays, _ = load_npz(file)
+        arrays, _ = load_npz(file, list(STORED_NAMES))
         raw: dict[str, Any] = {_canonical(n): a for n, a in arrays.items()}
     else:
-        tensors, _ = load_safetensors(file)
+        tensors, _ = load_safetensors(file, list(STORED_NAMES))
         raw = {_canonical(n): t for n, t in tensors.items()}
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
               "threshold": (d_sae,)}

@@ -13,7 +13,7 @@ from benchmark.errors import CheckpointError, SourceError
 from benchmark.sae.model import SAE
 
 from . import dictionary_learning, gemmascope, saelens, sparsify
-from .common import CheckpointInfo, LoadHints
+from .common import CheckpointInfo, ExpectedSize, LoadHints
 
 logger = logging.getLogger(__name__)
 
@@ -140,29 +140,64 @@ def _resolve(source: Any) -> tuple[Path, LoadHints]:
     return Path(source), LoadHints()
 
 
-def inspect_checkpoint(folder_or_file: Path | str, format: str | None = None) -> CheckpointInfo:
+def _guarded(path: Path, action: Callable[[], Any]) -> Any:
+    """Run a format reader; anything but a CheckpointError/SourceError becomes one line naming ``path``.
+
+    The readers check every field they use, so this is a net, not the check: a reader bug on a hostile
+    file still ends as ``<file>: checkpoint: cannot read (...)`` rather than a bare traceback, the
+    same in ``validate``, ``run`` and the library calls.
+    """
+    try:
+        return action()
+    except (CheckpointError, SourceError):
+        raise
+    except MemoryError:
+        raise CheckpointError("ran out of memory reading this checkpoint", file=path, field="checkpoint") from None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logger.debug("reading %s failed", path, exc_info=True)
+        text = str(exc).strip().splitlines()
+        detail = text[0][:200] if text else "no detail"
+        raise CheckpointError(f"cannot read ({type(exc).__name__}: {detail})", file=path,
+                              field="checkpoint") from None
+
+
+def inspect_checkpoint(folder_or_file: Path | str, format: str | None = None, *,
+                       expect: ExpectedSize | None = None) -> CheckpointInfo:
     """Architecture, sizes, model and hook of a checkpoint from configs and headers only.
 
-    Safetensors and npz headers are parsed without reading tensor data; ``ae.pt`` has no header, so
-    it is memory-mapped with ``torch.load(weights_only=True, mmap=True)``.
+    No weight is read: safetensors and npz headers are parsed with bounds, and ``ae.pt``'s ``data.pkl``
+    is interpreted without unpickling (its storages are checked against the archive). ``expect``: sizes
+    the checkpoint must declare (from its manifest); a checkpoint that declares others is refused here.
     """
     path, hints = _resolve(folder_or_file)
     fmt = format_name(format) if format else detect_format(path)
-    return FORMATS[fmt].inspect(path, hints=hints)
+    info = _guarded(path, lambda: FORMATS[fmt].inspect(path, hints=hints))
+    if expect is not None:
+        expect.check(info)
+    return info
 
 
 def load_sae(source: Any, format: str | None = None, *, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32) -> SAE:
+             dtype: torch.dtype = torch.float32, expect: ExpectedSize | None = None) -> SAE:
     """Load a checkpoint of any known format as an :class:`~benchmark.sae.model.SAE` on ``device``.
 
     ``source``: a local folder or file, an ``hf://owner/repo@sha/path`` or ``saelens://release/sae_id``
     URI (resolved by ``benchmark.submission.sources.resolve_source``), or a resolved checkpoint (anything with a
     ``.path``). Weights are upcast to ``dtype`` (float32 by default; bf16/fp16 values are kept exactly).
+
+    The same header check ``inspect_checkpoint`` (and so ``validate --check-files``) runs comes first,
+    so a file is refused for the same reason on every path and before any weight is read. ``expect``
+    (or a resolved checkpoint's own ``expect``, set by ``resolve_checkpoint`` from the manifest) bounds
+    the sizes it may declare; without one, what is read is bounded by the file's own size.
     """
     path, hints = _resolve(source)
+    expect = expect if expect is not None else getattr(source, "expect", None)
     fmt = format_name(format) if format else detect_format(path)
     if path.is_file() and fmt in ("saelens", "native", "sparsify"):
         path = path.parent
-    sae = FORMATS[fmt].load(path, dtype=dtype, hints=hints)
+    info = _guarded(path, lambda: FORMATS[fmt].inspect(path, hints=hints))
+    if expect is not None:
+        expect.check(info)
+    sae = _guarded(path, lambda: FORMATS[fmt].load(path, dtype=dtype, hints=hints))
     logger.debug("loaded %s checkpoint %s: %r", fmt, path, sae)
     return sae.to(torch.device(device))

@@ -34,13 +34,14 @@ from .common import (
     LoadHints,
     as_tensor,
     build_sae,
+    check_weight_header,
     config_int,
     integral,
     read_json,
     require,
     stored_dtype_name,
 )
-from .safetensors_header import load_safetensors, read_safetensors_header
+from .safetensors_header import SafetensorsHeader, load_safetensors, read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 OPTIONAL_FILES = ("sparsity.safetensors", "runner_cfg.json")
 NATIVE_MARKER = "canonbench_format_version"
 NATIVE_SCALE_KEY = "canonbench_input_scale"
+THRESHOLD_NAMES = ("threshold", "log_threshold", "topk_threshold")
+SCALING_NAMES = ("finetuning_scaling_factor", "scaling_factor")
 
 BATCHTOPK_TRAINING = ("batchtopk", "matryoshka_batchtopk")
 SUPPORTED = ("standard", "topk", "jumprelu", "gated", *BATCHTOPK_TRAINING)
@@ -205,12 +208,35 @@ def _threshold_name(c: SaelensConfig, names: set[str]) -> str | None:
     """Which stored tensor holds the JumpReLU threshold (None: none applies, or batch-level top-k)."""
     if c.architecture not in ("jumprelu", "batchtopk"):
         return None
-    for name in ("threshold", "log_threshold", "topk_threshold"):
+    for name in THRESHOLD_NAMES:
         if name in names:
             return name
     if c.architecture == "jumprelu":
         return "threshold"  # reported as missing
     return None
+
+
+def check_header(c: SaelensConfig, header: SafetensorsHeader, weights_file: Path) -> list[str]:
+    """The header-level check shared by inspect and load: every tensor the SAE needs is present with the
+    shape cfg.json implies and a float dtype. Returns the names of the tensors to load (only those are)."""
+    context = f" from {CFG_FILE} (d_in={c.d_in}, d_sae={c.d_sae})"
+    names = []
+    for name, shape in _expected_shapes(c).items():
+        entry = header.tensors.get(name)
+        check_weight_header(weights_file, name, header.shape(name), entry.dtype if entry else None, shape,
+                            context=context)
+        names.append(name)
+    threshold = _threshold_name(c, set(header.tensors))
+    if c.architecture == "jumprelu" and not ({"threshold", "log_threshold"} & set(header.tensors)):
+        raise CheckpointError("missing tensor", file=weights_file, field="threshold")
+    for name in ([threshold] if threshold else []) + [n for n in SCALING_NAMES if n in header.tensors]:
+        entry = header.tensors.get(name)
+        if entry is None:
+            raise CheckpointError("missing tensor", file=weights_file, field=name)
+        wanted = () if name == "topk_threshold" else (c.d_sae,)  # one scalar learned in BatchTopK training
+        check_weight_header(weights_file, name, entry.shape, entry.dtype, wanted, context=context)
+        names.append(name)
+    return names
 
 
 def inspect(path: Path, *, format_name: str = "saelens") -> CheckpointInfo:
@@ -219,15 +245,7 @@ def inspect(path: Path, *, format_name: str = "saelens") -> CheckpointInfo:
     cfg_file, weights_file = folder / CFG_FILE, folder / WEIGHTS_FILE
     c = parse_config(read_json(cfg_file), cfg_file)
     header = read_safetensors_header(weights_file)
-    for name, shape in _expected_shapes(c).items():
-        actual = header.shape(name)
-        if actual is None:
-            raise CheckpointError("missing tensor", file=weights_file, field=name)
-        if actual != shape:
-            raise CheckpointError(f"shape {actual} does not match {shape} from {CFG_FILE} "
-                                  f"(d_in={c.d_in}, d_sae={c.d_sae})", file=weights_file, field=name)
-    if c.architecture == "jumprelu" and not ({"threshold", "log_threshold"} & set(header.tensors)):
-        raise CheckpointError("missing tensor", file=weights_file, field="threshold")
+    check_header(c, header, weights_file)
     files = [CFG_FILE, WEIGHTS_FILE] + [f for f in OPTIONAL_FILES if (folder / f).is_file()]
     return CheckpointInfo(
         format=format_name, architecture=c.architecture, d_in=c.d_in, d_sae=c.d_sae, k=c.k,
@@ -245,7 +263,8 @@ def load(path: Path, *, dtype: torch.dtype = torch.float32, hints: LoadHints | N
     folder = checkpoint_folder(path)
     cfg_file, weights_file = folder / CFG_FILE, folder / WEIGHTS_FILE
     c = parse_config(read_json(cfg_file), cfg_file)
-    raw, header = load_safetensors(weights_file)
+    names = check_header(c, read_safetensors_header(weights_file), weights_file)
+    raw, header = load_safetensors(weights_file, names)
     wf = weights_file
 
     tensors = {name: as_tensor(require(raw, name, wf), name, wf, dtype=dtype, shape=shape)
@@ -262,7 +281,7 @@ def load(path: Path, *, dtype: torch.dtype = torch.float32, hints: LoadHints | N
             value = as_tensor(stored, threshold_name, wf, dtype=dtype, shape=(c.d_sae,))
             tensors["threshold"] = value.exp() if threshold_name == "log_threshold" else value
 
-    scaling_name = next((n for n in ("finetuning_scaling_factor", "scaling_factor") if n in raw), None)
+    scaling_name = next((n for n in SCALING_NAMES if n in raw), None)
     if scaling_name is not None:
         scale = as_tensor(raw[scaling_name], scaling_name, wf, dtype=dtype, shape=(c.d_sae,))
         if not torch.allclose(scale, torch.ones_like(scale)):

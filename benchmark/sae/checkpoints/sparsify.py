@@ -23,6 +23,7 @@ from .common import (
     LoadHints,
     as_tensor,
     build_sae,
+    check_weight_header,
     config_int,
     read_json,
     require,
@@ -34,6 +35,7 @@ from .safetensors_header import SafetensorsHeader, load_safetensors, read_safete
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
 RUN_CONFIG = "config.json"  # run-level TrainConfig at the repo root (holds the model name)
+TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 
 
 def checkpoint_folder(path: Path) -> Path:
@@ -76,13 +78,10 @@ def _parse(folder: Path, header: SafetensorsHeader) -> dict[str, Any]:
         num_latents = factor * d_in
     expected = {"encoder.weight": (num_latents, d_in), "encoder.bias": (num_latents,),
                 "W_dec": (num_latents, d_in), "b_dec": (d_in,)}
-    for name, shape in expected.items():
-        actual = header.shape(name)
-        if actual is None:
-            raise CheckpointError("missing tensor", file=weights_file, field=name)
-        if actual != shape:
-            raise CheckpointError(f"shape {actual} does not match {shape} from {CFG_FILE} (d_in={d_in}, "
-                                  f"num_latents={num_latents})", file=weights_file, field=name)
+    for name, shape in expected.items():  # the header check inspect and load share
+        entry = header.tensors.get(name)
+        check_weight_header(weights_file, name, header.shape(name), entry.dtype if entry else None, shape,
+                            context=f" from {CFG_FILE} (d_in={d_in}, num_latents={num_latents})")
     if k > num_latents:
         raise CheckpointError(f"k={k} exceeds num_latents={num_latents}", file=cfg_file, field="k")
     hookpoint = folder.name
@@ -105,8 +104,8 @@ def inspect(path: Path) -> CheckpointInfo:
 def load(path: Path, *, dtype: torch.dtype = torch.float32, hints: LoadHints | None = None) -> SAE:
     folder = checkpoint_folder(path)
     wf = folder / WEIGHTS_FILE
-    raw, header = load_safetensors(wf)
-    p = _parse(folder, header)
+    p = _parse(folder, read_safetensors_header(wf))
+    raw, header = load_safetensors(wf, list(TENSORS))
     d_in, d_sae = p["d_in"], p["d_sae"]
     encoder = as_tensor(require(raw, "encoder.weight", wf), "encoder.weight", wf, dtype=dtype, shape=(d_sae, d_in))
     tensors = {
