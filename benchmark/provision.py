@@ -67,7 +67,7 @@ class SubmissionInputs:
         for spec in sub.checkpoints:
             resolved = resolve_checkpoint(self.manifest, spec, cache_dir=self.cache_dir)
             fmt = None if sub.sae.format == "auto" else sub.sae.format
-            sae = load_sae(resolved.path, format=fmt, device=self.device)
+            sae = load_sae(resolved, format=fmt, device=self.device)  # carries the manifest's size bound into the load
             check_against_manifest(sae, self.manifest)
             saes[spec.seed] = sae
             records.append({**resolved.record(), "seed": spec.seed})

@@ -8,6 +8,7 @@ imports task code.
 from __future__ import annotations
 
 import ast
+import shutil
 import json
 import logging
 from pathlib import Path
@@ -154,7 +155,7 @@ def test_dry_run_names_the_spec_and_changes_nothing(tmp_path, capsys):
 def test_dtype_bfloat16_changes_the_activations(bert_dir, tmp_path):
     from benchmark.provision import SubmissionInputs
 
-    (tmp_path / "model").symlink_to(bert_dir)
+    shutil.copytree(bert_dir, tmp_path / "model")  # a link out of the submission is refused
     path = tmp_path / "m.toml"
     path.write_text('kind = "recipe"\nname = "test/r"\ntitle = "t"\nauthors = ["a"]\nlicense = "MIT"\n'
                     '[model]\nname = "tiny-bert"\nlocal = "model"\nhook = "blocks.1.hook_resid_post"\n'
