@@ -417,3 +417,43 @@ def test_stale_temporary_files_of_dead_writers_are_removed_and_live_ones_kept(tm
         path.write_bytes(b"x")
     assert store.remove_stale_temp_files() == 1
     assert not stale.exists() and live.exists() and finished.exists()
+
+
+# --- output paths that cannot be written, and readers that leave early ----------------------------------------
+
+def test_unwritable_outputs_and_a_closed_pipe_give_one_line_not_a_traceback(tmp_path, capsys):
+    subs = write_submissions(tmp_path / "subs", ["a"])
+    results = tmp_path / "results"
+    assert cli.main(["run", str(subs), "--results", str(results), "--tasks", "fault-ok", "--quiet"]) == 0
+    capsys.readouterr()
+    (tmp_path / "full.csv").symlink_to("/dev/full")
+    cases = [
+        ["results", "--results", str(results), "--export", str(tmp_path / "full.csv")],  # a disk that is full
+        ["results", "--results", str(results), "--export", str(tmp_path / "x.xlsx")],  # a format it does not write
+        ["results", "--results", str(tmp_path / "no-such-store")],  # a mistyped path
+        ["leaderboard", "build", "--results", str(tmp_path / "no-such-store"), "--out", str(tmp_path / "s")],
+    ]
+    if os.geteuid() != 0:  # root writes anywhere; the read-only case only means something for other users
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        cases.append(["leaderboard", "build", "--results", str(results), "--submissions", str(subs), "--out", str(ro / "s")])
+    for argv in cases:
+        code = cli.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (argv, err)
+    assert not (tmp_path / "x.xlsx").exists()
+    # a reader that leaves early (`canonbench results | head -1`): no traceback, exit 0
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    real = sys.stdout
+    sys.stdout = ClosedPipe()
+    try:
+        code = cli.main(["results", "--results", str(results)])
+    finally:
+        sys.stdout = real
+    assert code == 0
