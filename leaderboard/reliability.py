@@ -23,6 +23,7 @@ THRESHOLD_LABELS = {
     "min_share_between": "discriminability: between-architecture share of variance (ICC) at least",
     "alpha": "Welch ANOVA and Holm-adjusted pair tests: significance level",
     "min_validity_spearman": "validity: Spearman ρ with the ground truth at least",
+    "min_validity_points": "validity: submissions needed",
     "min_rank_tau": "rank stability: mean Kendall τ-b between task seeds at least",
     "min_task_seeds": "evaluation noise: task seeds needed",
     "level": "confidence of the minimum detectable difference",
@@ -75,7 +76,7 @@ def _verdict_table(frame: pd.DataFrame, stem: str) -> Table:
             discrim += f" (share {_fmt(r['share_between'])}, p = {_fmt(r['welch_p'])})"
         stable = _text(r["rank_stability"])
         if _num(r.get("tau_mean")) is not None:
-            stable += f" (τ = {_fmt(r['tau_mean'])}, {int(r['tau_pairs'])} seed pairs)"
+            stable += f" (τ = {_fmt(r['tau_mean'])}, {int(r['tau_pairs'])} task-seed pairs)"
         pairs = f"{int(r['pairs_differ'])} of {int(r['pairs'])}" if _num(r.get("pairs")) else ""
         rows.append([
             Cell(_text(r["metric"]), _text(r["metric"]), code=True), Cell(_text(r["subset"]), _text(r["subset"])),

@@ -64,12 +64,15 @@ def test_every_task_seed_is_a_stored_unit_and_the_lens_is_stored(panel_site):
     assert set(verdict.index) == {"gt_mcc", "decoder_pw_mcc", "chance_mcc"}
     assert len(json.loads(verdict["units"].iloc[0])) == 9  # computed from every task seed's unit
     assert (verdict["min_task_seeds"] == 3).all() and (verdict["verdict"] != "passes").all()  # < 5 task seeds
+    assert "(deterministic given the SAEs)" in verdict.loc["gt_mcc", "sentence"]
     # GT-MCC and PW-MCC are deterministic given the SAEs; the chance baseline follows the task seed
     assert verdict.loc["gt_mcc", "eval_std"] == 0 and verdict.loc["decoder_pw_mcc", "eval_std"] == 0
     assert verdict.loc["chance_mcc", "eval_std"] > 0 and verdict.loc["chance_mcc", "discriminability"] == "n/a"
     assert verdict.loc["gt_mcc", "replicate_kind"] == "training seeds"
     assert verdict.loc["decoder_pw_mcc", "replicate_kind"] == "seed pairs"
     assert verdict.loc["decoder_pw_mcc", "validity_truth"] == "gt_mcc" and verdict.loc["decoder_pw_mcc", "validity_n"] == 3
+    assert verdict.loc["decoder_pw_mcc", "validity"] == "not measured"  # 3 submissions < the declared 5
+    assert verdict.loc["chance_mcc", "verdict"] == "reference"
     assert verdict.loc["gt_mcc", "mdd"] > 0
     pairs = store.read_summary("synthetic", "reliability_pairs", "1")
     assert len(pairs[pairs["metric"] == "gt_mcc"]) == 3

@@ -54,12 +54,14 @@ class ReliabilityThresholds:
     min_share_between: float = 0.5  # discriminability: between-architecture share of variance (ICC)
     alpha: float = 0.05  # Welch ANOVA and the Holm-adjusted pair matrix
     min_validity_spearman: float = 0.5  # validity: Spearman ρ with the ground truth across submissions
+    min_validity_points: int = 5  # ... over at least this many submissions (ρ = 1 from 3 points happens by chance 1 in 6)
     min_rank_tau: float = 0.8  # rank stability: mean Kendall τ-b between task seeds
     level: float = 0.95  # confidence of the minimum detectable difference
 
     def as_text(self) -> str:
         return (f"discriminability: between-architecture share of variance ≥ {self.min_share_between:g} and Welch ANOVA "
-                f"p < {self.alpha:g}; validity: Spearman ρ with the ground truth ≥ {self.min_validity_spearman:g}; "
+                f"p < {self.alpha:g}; validity: Spearman ρ with the ground truth ≥ {self.min_validity_spearman:g} over "
+                f"≥ {self.min_validity_points} submissions; "
                 f"rank stability: mean Kendall τ-b between task seeds ≥ {self.min_rank_tau:g}; evaluation noise needs "
                 f"≥ {self.min_task_seeds} task seeds; MDD at {self.level:.0%}")
 
@@ -380,7 +382,7 @@ def _rank_records(metric: str, subset: str, direction: str, subs: Mapping[str, _
 
 
 def _validity(metric: str, subset: str, subs: Mapping[str, _Submission], truth: str | None,
-              measures: Mapping[tuple[str, str], dict[str, _Submission]]) -> rel.Correlation | None:
+              measures: Mapping[tuple[str, str], dict[str, _Submission]], min_points: int) -> rel.Correlation | None:
     """Correlation across submissions of the shown scores with the ground-truth metric's (same task seed)."""
     if not truth:
         return None
@@ -392,7 +394,7 @@ def _validity(metric: str, subset: str, subs: Mapping[str, _Submission], truth: 
         seed = subs[name].shown_seed
         xs.append(subs[name].by_seed[seed])
         ys.append(truth_subs[name].by_seed.get(seed, truth_subs[name].by_seed[truth_subs[name].shown_seed]))
-    return rel.correlation(xs, ys)
+    return rel.correlation(xs, ys, min_points=min_points)
 
 
 def _verdict(*, metric: str, ranked: bool, truth: str | None, ground_truth: bool, min_seeds: int, share_between: float | None,
@@ -436,7 +438,9 @@ def _verdict(*, metric: str, ranked: bool, truth: str | None, ground_truth: bool
         stable = "fail"
         reasons.append(f"mean Kendall τ between task seeds {_fmt(float(np.mean(taus)))} (≥ {thresholds.min_rank_tau:g} needed)")
     checks = (discrim, valid, stable)
-    if "fail" in checks:
+    if not ranked:
+        overall = "reference"  # a baseline without direction: only its noise is measured
+    elif "fail" in checks:
         overall = "fails"
     elif "not measured" in checks or min_seeds < thresholds.min_task_seeds:
         overall = "incomplete"
@@ -451,7 +455,8 @@ def _sentence(metric: str, subset: str, pooled: _Pooled, n_task_seeds: int) -> s
         return f"{metric} ({subset}): noise not measured yet."
     sources = []
     if pooled.eval_std is not None:
-        sources.append(f"evaluation noise σ_eval = {_fmt(pooled.eval_std)} over {n_task_seeds} task seeds")
+        sources.append(f"evaluation noise σ_eval = {_fmt(pooled.eval_std)} over {n_task_seeds} task seeds"
+                       + (" (deterministic given the SAEs)" if pooled.eval_std == 0 else ""))
     if pooled.seed_se is not None:
         sources.append(f"training-seed noise of a submission's mean se_seed = {_fmt(pooled.seed_se)}")
     return (f"{metric} ({subset}): differences below {_fmt(pooled.mdd)} are noise "
@@ -493,7 +498,7 @@ def reliability_lens(rows: pd.DataFrame, metrics: Sequence[str], *, validity: Ma
                 table.setdefault(seed, {})[n] = value
         taus = [t[2] for t in rel.kendall_tau_pairs(table)]
         truth = validity.get(metric)
-        corr = _validity(metric, subset, subs, truth, measures)
+        corr = _validity(metric, subset, subs, truth, measures, thresholds.min_validity_points)
         rank_rows += _rank_records(metric, subset, direction, subs, pooled.mdd)
         task_seeds = sorted(table)
         min_seeds = min(noise[n].eval_.n for n in names)

@@ -138,6 +138,8 @@ def test_validity_against_ground_truth():
     assert v.loc["pw", "validity_spearman"] == pytest.approx(stats.spearmanr(shown["pw"], shown["gt"])[0])
     assert v.loc["pw", "validity_pearson"] == pytest.approx(stats.pearsonr(shown["pw"], shown["gt"])[0])
     assert v.loc["pw", "validity"] == "pass" and v.loc["bad", "validity"] == "fail" and v.loc["gt", "validity"] == "ground truth"
+    few = reliability_lens(rows[rows.submission.isin(list(truth)[:4])], ["pw"], validity={"pw": "gt"})
+    assert few.verdict.iloc[0]["validity"] == "not measured" and few.verdict.iloc[0]["validity_n"] == 4
     # deterministic metric: zero evaluation noise, CV 0, and the noise is all training-seed noise
     assert v.loc["gt", "eval_std"] == 0 and v.loc["gt", "eval_cv"] == 0 and v.loc["gt", "seed_se"] > 0
 
@@ -152,6 +154,7 @@ def test_seed_pairs_use_the_u_statistic_bound_and_direction_none_is_not_ranked()
     assert lens.verdict.iloc[0]["replicate_kind"] == "seed pairs"
     chance = reliability_lens(rows.assign(direction="none"), ["m"])
     assert chance.ranks.empty and chance.verdict.iloc[0]["discriminability"] == "n/a"
+    assert chance.verdict.iloc[0]["verdict"] == "reference"
 
 
 def test_few_task_seeds_is_incomplete_and_the_shown_unit_is_respected():
