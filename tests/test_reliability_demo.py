@@ -96,3 +96,13 @@ def test_the_task_page_shows_the_reliability_section(panel_site):
     stored = pd.read_csv(site / "downloads" / "task-synthetic" / "reliability-ranks.csv")
     assert set(stored["submission"]) == {f"panel/{n}" for n in PANEL}
     assert "Not measured yet" in (site / "tasks" / "cross-seed.html").read_text()  # declared, not run: said so
+
+
+def test_task_seeds_are_parsed_and_bad_ones_named_in_one_line(capsys, tmp_path):
+    from benchmark.runner import parse_task_seeds
+
+    assert parse_task_seeds("0-4") == [0, 1, 2, 3, 4] and parse_task_seeds("3, 0,7-8") == [0, 3, 7, 8]
+    for bad in ("4-1", "a", "-1", ""):
+        code = cli.main(["reliability", str(tmp_path), "--task-seeds", bad, "--results", str(tmp_path / "r")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "--task-seeds" in err, (bad, err)
