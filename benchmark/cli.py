@@ -26,14 +26,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
-def _run_options(parser: argparse.ArgumentParser) -> None:
+def _run_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results store folder")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="downloads, activations, trained SAEs")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--seed", type=int, default=0,
-                        help="task seed: every random choice inside a task derives from it (another seed is another unit)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0,
+                            help="task seed: every random choice inside a task derives from it (another seed is another unit)")
     parser.add_argument("--overwrite", action="store_true", help="recompute finished units (old rows are kept as superseded)")
     parser.add_argument("--dry-run", action="store_true", help="show what would run")
     parser.add_argument("--batch-size", type=int, default=None, help="override tasks' batch sizes (lower it on OOM)")
@@ -63,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(p)
     _common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("reliability", help="rerun tasks with several task seeds, then store the reliability lens "
+                       "(evaluation noise, discriminability, rank stability, validity)")
+    p.add_argument("paths", nargs="*", type=Path, default=[Path("submissions")], help="manifests or folders (the panel)")
+    p.add_argument("--task-seeds", default="0-4", help="task seeds to run, e.g. 0-4 or 0,1,2 (at least 5 for a verdict)")
+    _run_options(p, seed=False)
+    _common(p)
+    p.set_defaults(func=cmd_reliability)
 
     p = sub.add_parser("validate", help="check submission manifests")
     p.add_argument("paths", nargs="+", type=Path)
@@ -151,7 +160,7 @@ def _task_options(args: argparse.Namespace) -> dict[str, dict[str, str]]:
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
     return dict(
-        results_dir=args.results, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, seed=args.seed,
+        results_dir=args.results, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, seed=getattr(args, "seed", 0),
         limit=args.limit, batch_size=args.batch_size, task_options=_task_options(args), overwrite=args.overwrite,
         quiet=args.quiet, dry_run=args.dry_run, skip_activations=args.no_activations,
     )
@@ -173,6 +182,25 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     outcomes = summarize(args.results, tasks=_task_list(args))
     print(render_outcomes(outcomes))
     return 1 if any(o.error for o in outcomes) else 0
+
+
+def cmd_reliability(args: argparse.Namespace) -> int:
+    from benchmark.runner import parse_task_seeds, run_benchmark
+    from benchmark.submission.manifest import load_manifests
+    from benchmark.summaries import render_outcomes, summarize
+
+    seeds = parse_task_seeds(args.task_seeds)
+    manifests = load_manifests(args.paths)
+    kwargs = _run_kwargs(args)
+    kwargs.pop("seed")
+    summary = run_benchmark(manifests, _task_list(args), task_seeds=seeds, **kwargs)
+    print(summary.render())
+    failed = bool(summary.failed)
+    if not args.dry_run:
+        outcomes = summarize(args.results, tasks=_task_list(args))
+        print(render_outcomes(outcomes))
+        failed = failed or any(o.error for o in outcomes)
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

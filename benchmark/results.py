@@ -608,3 +608,30 @@ def choose_shown_units(frame: pd.DataFrame) -> pd.DataFrame:
     units = units.sort_values(["_capped", "_not_default_seed", "timestamp"], ascending=[True, True, False], kind="stable")
     chosen = units.drop_duplicates(["submission", "task", "task_version"])["unit_key"]
     return frame[frame["unit_key"].isin(set(chosen))].reset_index(drop=True)
+
+
+def spec_without_seed(spec_text: Any) -> str:
+    """The canonical JSON of a stored run spec with its task seed removed (what task-seed reruns share)."""
+    try:
+        spec = json.loads(spec_text)
+    except (TypeError, ValueError):
+        return str(spec_text)
+    if isinstance(spec, dict):
+        spec.pop("seed", None)
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def task_seed_family(frame: pd.DataFrame, shown: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The rows of every stored unit that differs from a shown unit only in its task seed: same
+    submission, task, task version and inputs hash, and a run spec equal apart from ``seed``
+    (the reruns of a task's own randomness on the same SAEs). The shown units are included.
+    ``shown`` defaults to :func:`choose_shown_units` of ``frame``."""
+    if len(frame) == 0:
+        return frame
+    shown = choose_shown_units(frame) if shown is None else shown
+    key_columns = ["submission", "task", "task_version", "inputs_hash"]
+    units = frame.drop_duplicates("unit_key")[key_columns + ["unit_key", "spec"]].copy()
+    units["_family"] = units["spec"].map(spec_without_seed)
+    wanted = units[units["unit_key"].isin(set(shown["unit_key"]))][key_columns + ["_family"]].drop_duplicates()
+    members = units.merge(wanted, on=key_columns + ["_family"], how="inner")["unit_key"]
+    return frame[frame["unit_key"].isin(set(members))].reset_index(drop=True)

@@ -154,6 +154,7 @@ def run_benchmark(
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
+    task_seeds: list[int] | None = None,
     limit: int | None = None,
     batch_size: int | None = None,
     task_options: dict[str, dict[str, Any]] | None = None,
@@ -167,6 +168,8 @@ def run_benchmark(
 
     ``seed``, ``limit``, ``dtype``, ``batch_size`` and ``task_options`` make the run spec of each
     task (see :func:`benchmark.spec.make_spec`); ``device`` contributes its class (cpu/cuda).
+    ``task_seeds`` (instead of ``seed``) runs each task once per task seed, all seeds of one
+    submission in a row so that its SAEs are prepared once (the reruns of the reliability lens).
     ``activations_factory(manifest, cache_dir=, device=, quiet=, dtype=)`` replaces the default
     activation provider (:func:`benchmark.data.activations.provider_for_manifest`).
     """
@@ -177,15 +180,17 @@ def run_benchmark(
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise CanonBenchError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(registry)}", field="--tasks")
-    specs = build_specs(registry, names, seed=seed, limit=limit, dtype=dtype, device=device, batch_size=batch_size,
-                        task_options=task_options)
+    seeds = list(task_seeds) if task_seeds else [seed]
+    specs = {(name, s): spec for s in seeds
+             for name, spec in build_specs(registry, names, seed=s, limit=limit, dtype=dtype, device=device,
+                                           batch_size=batch_size, task_options=task_options).items()}
     settings = RunSettings(results_dir=Path(results_dir), cache_dir=Path(cache_dir), device=device, overwrite=overwrite,
                            quiet=quiet, dry_run=dry_run, skip_activations=skip_activations,
                            activations_factory=activations_factory)
     run_id = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
     summary = RunSummary(run_id=run_id)
     store = ResultStore(settings.results_dir)
-    units = [(m, registry[n]) for m in manifests for n in names]
+    units = [(m, registry[n], s) for m in manifests for n in names for s in seeds]
     if not dry_run:
         stale = store.remove_stale_temp_files()
         if stale:
@@ -197,9 +202,7 @@ def run_benchmark(
     except KeyboardInterrupt as stop:
         # finished units are already on disk; report them, and mark the unit that was cut short
         manifest, task_cls, key = current.get("unit", (None, None, None))
-        if manifest is not None and not any(
-            o.submission == manifest.name and o.task == task_cls.metadata.name for o in summary.outcomes
-        ):
+        if manifest is not None and len(summary.outcomes) == current.get("outcomes_before"):
             meta = task_cls.metadata
             stored = key is not None and _stored_by(store, manifest.name, meta, key, run_id)
             if stored:  # Ctrl-C came just after the write
@@ -223,14 +226,15 @@ def _stored_by(store: ResultStore, submission: str, meta, key: str, run_id: str)
     return frame is not None and (frame["run_id"] == run_id).all()
 
 
-def _run_units(bar, current, summary: RunSummary, store: ResultStore, specs: dict[str, RunSpec],
+def _run_units(bar, current, summary: RunSummary, store: ResultStore, specs: dict[tuple[str, int], RunSpec],
                settings: RunSettings, *, run_id: str) -> None:
     inputs: dict[str, SubmissionInputs] = {}
     fingerprints: dict[str, tuple[str, dict[str, Any]] | CanonBenchError] = {}
-    for manifest, task_cls in bar:
+    for manifest, task_cls, task_seed in bar:
         meta = task_cls.metadata
-        spec = specs[meta.name]
+        spec = specs[(meta.name, task_seed)]
         current["unit"] = (manifest, task_cls, None)
+        current["outcomes_before"] = len(summary.outcomes)  # no outcome yet: the unit Ctrl-C would cut short
         bar.set_postfix_str(f"{manifest.name} × {meta.name}")
         try:
             reason = task_cls.not_applicable(manifest)
@@ -335,3 +339,25 @@ def _run_unit(manifest, task_cls, spec: RunSpec, sub_inputs: SubmissionInputs, s
     if written and setup_s >= 1.0:
         detail += f"; inputs prepared in {setup_s:.1f}s"
     return UnitOutcome(manifest.name, meta.name, status, detail, runtime_s=runtime)
+
+
+def parse_task_seeds(text: str) -> list[int]:
+    """``"0-4"`` → [0, 1, 2, 3, 4]; ``"0,2,7-8"`` → [0, 2, 7, 8] (sorted, unique, non-negative)."""
+    seeds: set[int] = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        low, dash, high = part.partition("-")
+        try:
+            if dash:
+                a, b = int(low), int(high)
+                if b < a:
+                    raise ValueError
+                seeds.update(range(a, b + 1))
+            else:
+                seeds.add(int(part))
+        except ValueError:
+            raise CanonBenchError(f"expected seeds like 0-4 or 0,1,5, got {text!r}", field="--task-seeds") from None
+    if not seeds or min(seeds) < 0:
+        raise CanonBenchError(f"expected non-negative seeds like 0-4, got {text!r}", field="--task-seeds")
+    return sorted(seeds)
+

@@ -1,9 +1,11 @@
 """Cross-submission summaries: statistics over the stored rows, computed once and stored as results.
 
 A task declares its summaries in its metadata (:class:`tasks.base.SummarySpec`: name, version,
-columns and a pure function of the task's shown rows). :func:`summarize` runs every declared
-summary over the rows the leaderboard shows (one unit per submission and task, see
-:func:`benchmark.results.choose_shown_units`) and stores each table under
+columns and a pure function of the task's rows). :func:`summarize` runs every declared summary
+over the rows it asks for: the rows the leaderboard shows (one unit per submission and task, see
+:func:`benchmark.results.choose_shown_units`), or, for ``rows="task_seeds"``, every stored unit that
+differs from a shown one only in its task seed (:func:`benchmark.results.task_seed_family`: what the
+reliability lens needs to measure evaluation noise). It stores each table under
 ``summaries/<task>/<name>/v<version>.parquet`` with provenance columns (``summary``,
 ``summary_version``, ``task_version``, ``run_id``, ``computed_at``, ``git_sha``, ``units``: the
 unit keys it was computed from). The leaderboard reads the stored table; it never computes one.
@@ -21,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.errors import CanonBenchError
-from benchmark.results import ResultStore, choose_shown_units
+from benchmark.results import ResultStore, choose_shown_units, task_seed_family
 from benchmark.version import git_sha
 
 log = logging.getLogger(__name__)
@@ -47,15 +49,20 @@ def summarize(results_dir: Path | str, *, registry: dict[str, type] | None = Non
 
         registry = all_tasks()
     store = ResultStore(results_dir)
-    shown = choose_shown_units(store.read())
+    stored = store.read()
+    shown = choose_shown_units(stored)
+    family = task_seed_family(stored, shown).copy()
+    family["shown_unit"] = family["unit_key"].isin(set(shown["unit_key"]))  # which rerun the leaderboard shows
     run_id = f"summary-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+    selections = {"shown": shown, "task_seeds": family}
     outcomes = []
     for name, cls in registry.items():
         if tasks and name not in tasks:
             continue
         meta = cls.metadata
-        rows = shown[(shown["task"] == name) & (shown["task_version"] == meta.version)].reset_index(drop=True)
         for spec in meta.summaries:
+            source = selections[spec.rows]
+            rows = source[(source["task"] == name) & (source["task_version"] == meta.version)].reset_index(drop=True)
             try:
                 table = spec.compute(rows.copy())
                 missing = [c for c in spec.columns if c not in table.columns]

@@ -30,6 +30,9 @@ class Cell:
     badges: tuple[str, ...] = ()
     cls: str = ""
     code: bool = False
+    rank: str = ""  # "#2" / "#2=" (shared): the stored rank group of the reliability lens
+    rank_title: str = ""  # why (stored reason), shown on hover
+    rank_tied: bool = False
 
 
 @dataclass

@@ -60,6 +60,10 @@ class Site:
     #: (submission, task) → the shown unit's rows (of every task version) as plain tuples
     index: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     applicable: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    #: (task, metric, subset, submission) → the stored rank-group record (reliability lens)
+    ranks: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
+    #: task → measures whose stored rank groups no longer match the shown scores (not shown; run summarize)
+    stale_ranks: dict[str, list[str]] = field(default_factory=dict)
     pages: dict[str, str] = field(default_factory=dict)  # relative path → HTML
     downloads: list[Table] = field(default_factory=list)
     figure_data: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
@@ -94,7 +98,48 @@ def collect(store: ResultStore, manifests: dict[str, LoadedManifest], registry: 
     site = Site(results, task_infos, submissions, _l0_by_submission(task_infos, shown, unregistered), unregistered, store)
     for row in shown.itertuples(index=False):
         site.index.setdefault((row.submission, row.task), []).append(row)
+    for task in task_infos.values():
+        ranks = role_table(task, "reliability_ranks")
+        if ranks is None:
+            continue
+        for (metric, subset), group in ranks.groupby(["metric", "subset"], sort=True):
+            records = group.to_dict("records")
+            if _ranks_are_current(task, str(metric), str(subset), records):
+                for record in records:
+                    site.ranks[(task.name, str(metric), str(subset), str(record["submission"]))] = record
+            else:
+                site.stale_ranks.setdefault(task.name, []).append(f"{metric} ({subset})")
     return site
+
+
+def _ranks_are_current(task: TaskInfo, metric: str, subset: str, records: list[dict[str, Any]]) -> bool:
+    """Stored rank groups apply only while the shown scores are exactly the ones they were computed
+    from (same submissions, same values): a rerun or a new submission after ``summarize`` makes
+    every rank of that measure stale, since one changed score can move the others' ranks."""
+    shown = task.rows[(task.rows["metric"] == metric) & (task.rows["subset"] == subset) & task.rows["value"].notna()]
+    current = {str(r.submission): float(r.value) for r in shown.itertuples(index=False)}
+    stored = {str(r["submission"]): float(r["value"]) for r in records if not pd.isna(r["value"])}
+    return current == stored
+
+
+def role_table(task: TaskInfo, role: str) -> pd.DataFrame | None:
+    """The stored summary table the task declares with ``role`` (e.g. ``reliability``), or None."""
+    for spec in task.meta.summaries:
+        if getattr(spec, "role", "") == role:
+            return task.summaries.get(spec.name)
+    return None
+
+
+def rank_for(site: Site, task: TaskInfo, metric: str, subset: str, submission: str, row: Any) -> tuple[str, str, bool] | None:
+    """(label, hover text, shared) of the stored rank group of a shown score, or None (no lens stored,
+    or a stale one: see :func:`_ranks_are_current`)."""
+    record = site.ranks.get((task.name, metric, subset, submission))  # only current measures are kept (collect)
+    if record is None or row is None or pd.isna(row.value) or pd.isna(record.get("value")):
+        return None
+    size = int(record["rank_group_size"]) if not pd.isna(record["rank_group_size"]) else 1
+    shared = size > 1
+    label = f"#{int(record['rank'])}{'=' if shared else ''}"
+    return label, f"{record['reason']} (reliability lens, stored by canonbench summarize)", shared
 
 
 def _submission_info(name: str, manifest: LoadedManifest | None, rows: pd.DataFrame) -> SubmissionInfo:
@@ -163,7 +208,11 @@ def task_status(site: Site, task: TaskInfo, info: SubmissionInfo, metric: str) -
     overall = [r for r in rows if r.subset == "all"]
     if overall:
         row = overall[0]
-        return ("ok" if not pd.isna(row.value) else "undefined"), metric_cell(row), row
+        cell = metric_cell(row)
+        rank = rank_for(site, task, metric, "all", info.name, row)
+        if rank is not None:
+            cell.rank, cell.rank_title, cell.rank_tied = rank
+        return ("ok" if not pd.isna(row.value) else "undefined"), cell, row
     if rows:
         return "slices only", subset_cell(rows), None
     older = [r for r in stored if r.task_version != task.meta.version]

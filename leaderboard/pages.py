@@ -33,6 +33,8 @@ from leaderboard.cells import (
 )
 from leaderboard.collect import L0_METRIC, Site, SubmissionInfo, TaskInfo, task_status
 from leaderboard.plots import format_number
+from leaderboard.reliability import ROLES as RELIABILITY_ROLES
+from leaderboard.reliability import main_metric_flag, reliability_section
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -115,9 +117,13 @@ def render_overview(env: jinja2.Environment, site: Site, common: dict[str, Any])
     columns = list(SUBMISSION_COLUMNS)
     for task in site.tasks.values():
         main = task.meta.main_metric
-        columns.append(Column(task.meta.title or task.name, numeric=True, href=f"tasks/{task.slug}.html",
-                              sub=f"{main.name} {'↑' if main.direction == 'higher' else '↓' if main.direction == 'lower' else ''}".strip(),
-                              title=f"{task.name} v{task.meta.version}: {main.name}, {direction_arrow(main.direction)}, range {range_text(main.range)}"))
+        flag = main_metric_flag(task)
+        sub = f"{main.name} {'↑' if main.direction == 'higher' else '↓' if main.direction == 'lower' else ''}".strip()
+        title = f"{task.name} v{task.meta.version}: {main.name}, {direction_arrow(main.direction)}, range {range_text(main.range)}"
+        if flag:  # shown, not hidden: the main metric fails the stored reliability thresholds
+            sub += " · fails reliability"
+            title += f". Fails the reliability thresholds ({flag}); see the task page"
+        columns.append(Column(task.meta.title or task.name, numeric=True, href=f"tasks/{task.slug}.html", sub=sub, title=title))
     rows, records = [], []
     for info in site.submissions.values():
         l0 = site.l0.get(info.name)
@@ -237,11 +243,19 @@ def render_task(env: jinja2.Environment, site: Site, task: TaskInfo, common: dic
         if figure.data is not None:
             site.figure_data.append((f"{stem}/plot-{figure.id}", figure.data))
     summaries = _summaries(task, stem)
+    reliability = reliability_section(task, stem)
+    if reliability is not None:
+        reliability["stale"] = site.stale_ranks.get(task.name, [])
     tables = [metric_defs, scores, all_rows] + [s["table"] for s in summaries if s["table"] is not None]
+    if reliability and reliability["computed"]:
+        tables += [reliability["verdict_table"]] + reliability["tables"]
+        for figure in reliability["figures"]:
+            if figure.data is not None:
+                site.figure_data.append((f"{stem}/plot-{figure.id}", figure.data))
     site.downloads += tables
     return env.get_template("task.html").render(
         root="../", page_title=meta.title or task.name, task=task, meta=meta, metric_defs=metric_defs, scores=scores,
-        all_rows=all_rows, figures=figures, summaries=summaries, paragraphs=paragraphs(meta.description),
+        all_rows=all_rows, figures=figures, summaries=summaries, reliability=reliability, paragraphs=paragraphs(meta.description),
         references=[link_or_text(r) for r in meta.references], figure_stem=stem, **common,
     )
 
@@ -273,6 +287,8 @@ def _summaries(task: TaskInfo, stem: str) -> list[dict[str, Any]]:
     """The task's declared summaries as stored by ``canonbench summarize`` (never recomputed here)."""
     out = []
     for spec in task.meta.summaries:
+        if getattr(spec, "role", "") in RELIABILITY_ROLES:
+            continue  # shown in the reliability section
         stored = task.summaries.get(spec.name)
         table = None
         if stored is not None:

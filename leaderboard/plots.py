@@ -427,6 +427,62 @@ def artifact_curve(artifacts: dict[str, pd.DataFrame], *, artifact: str, y: str,
     return Figure(figure_id, title, svg, note=(note + " " + problem_text).strip(), data=pd.DataFrame(records))
 
 
+def pair_matrix(pairs: pd.DataFrame, *, names: Sequence[str], figure_id: str, title: str, mdd: float | None = None,
+                note: str = "") -> Figure:
+    """The stored pair matrix of one measure (a ``reliability_pairs`` summary's rows) as a grid:
+    one row and column per submission (``names``, in that order); a cell is filled when the two
+    differ beyond noise (the stored Holm-adjusted test), hatched-light when they do not, and shows
+    the stored difference row − column. Nothing is computed here: colours and texts are stored values."""
+    if pairs is None or len(pairs) == 0 or len(names) < 2:
+        return Figure(figure_id, title, None, note="Plot omitted: no pair of submissions was tested (run canonbench reliability).")
+    lookup: dict[tuple[str, str], dict] = {}
+    for record in pairs.to_dict("records"):
+        lookup[(record["a"], record["b"])] = record
+        lookup[(record["b"], record["a"])] = {**record, "diff": -float(record["diff"]), "a": record["b"], "b": record["a"]}
+    cell, label_w, top_h = 64, 200, 120
+    n = len(names)
+    width, height = max(label_w + n * cell + 16, label_w + 280), top_h + n * cell + 40
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart pair-matrix" viewBox="0 0 {width} {height}" '
+             f'width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">']
+    for j, name in enumerate(names):
+        x = label_w + j * cell + cell / 2
+        parts.append(f'<text x="{_num(x)}" y="{top_h - 8}" class="tick" text-anchor="start" '
+                     f'transform="rotate(-40 {_num(x)} {top_h - 8})">{_esc(_shorten(name, 28))}<title>{_esc(name)}</title></text>')
+    for i, row_name in enumerate(names):
+        y = top_h + i * cell
+        parts.append(f'<text x="{label_w - 8}" y="{_num(y + cell / 2 + 4)}" class="tick" text-anchor="end">'
+                     f'{_esc(_shorten(row_name, 28))}<title>{_esc(row_name)}</title></text>')
+        for j, col_name in enumerate(names):
+            x = label_w + j * cell
+            if i == j:
+                parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" class="pm-self"/>')
+                continue
+            record = lookup.get((row_name, col_name))
+            if record is None:
+                parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" class="pm-missing"><title>'
+                             f'{_esc(row_name)} vs {_esc(col_name)}: not tested</title></rect>')
+                continue
+            differs = bool(record["differs"])
+            tip = (f"{row_name} − {col_name} = {format_number(float(record['diff']))}; Welch t on {record['evidence']}, "
+                   f"Holm-adjusted p = {format_number(float(record['p_holm']))}: "
+                   f"{'differ beyond noise' if differs else 'within noise'} (α = {format_number(float(record['alpha']))})")
+            parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" class="{"pm-differ" if differs else "pm-same"}">'
+                         f'<title>{_esc(tip)}</title></rect>')
+            parts.append(f'<text x="{_num(x + cell / 2)}" y="{_num(y + cell / 2 + 4)}" class="pm-text{" pm-text-on" if differs else ""}" '
+                         f'text-anchor="middle">{_esc(format_number(float(record["diff"])))}</text>')
+    legend_y = top_h + n * cell + 24
+    parts.append(f'<rect x="{label_w}" y="{legend_y - 10}" width="12" height="12" class="pm-differ"/>')
+    parts.append(f'<text x="{label_w + 18}" y="{legend_y}" class="legend">differ beyond noise</text>')
+    parts.append(f'<rect x="{label_w + 150}" y="{legend_y - 10}" width="12" height="12" class="pm-same"/>')
+    parts.append(f'<text x="{label_w + 168}" y="{legend_y}" class="legend">within noise</text>')
+    parts.append("</svg>")
+    data = pairs.reset_index(drop=True)
+    text = "Cell: stored difference row − column; filled: the Holm-adjusted Welch test says they differ."
+    if mdd is not None:
+        text += f" Two single shown scores need a difference above {format_number(mdd)} (the stored MDD)."
+    return Figure(figure_id, title, "\n".join(parts), note=(text + " " + note).strip(), data=data)
+
+
 def figure_for(spec, *, rows: pd.DataFrame, artifacts: dict[str, pd.DataFrame], l0: dict[str, tuple[float, float | None, str]],
                architectures: dict[str, str], metric_ranges: dict[str, tuple[float | None, float | None]],
                figure_id: str | None = None) -> Figure:

@@ -83,8 +83,14 @@ class SummarySpec:
     """A statistic across submissions, computed from the stored rows by ``canonbench summarize``
     and stored (versioned) in the results store; the leaderboard shows the stored table.
 
-    ``compute(rows)`` takes the shown rows of this task's current version (the results schema) and
-    returns a table with ``columns``; it is a pure function of the rows."""
+    ``compute(rows)`` takes rows of this task's current version (the results schema) and returns a
+    table with ``columns``; it is a pure function of the rows. Which rows: ``rows="shown"`` (default)
+    the shown unit of each submission (:func:`benchmark.results.choose_shown_units`);
+    ``rows="task_seeds"`` every stored unit that differs from a shown unit only in its task seed
+    (:func:`benchmark.results.task_seed_family`: the reruns that measure evaluation noise).
+    ``role`` tells the leaderboard where the table belongs (``""``: a plain summary section;
+    ``"reliability"``, ``"reliability_noise"``, ``"reliability_pairs"``, ``"reliability_ranks"``: the
+    task page's reliability section and the rank groups of its tables, see :mod:`tasks.reliability`)."""
 
     name: str
     version: str
@@ -92,6 +98,12 @@ class SummarySpec:
     description: str
     columns: tuple[str, ...]
     compute: Callable[[pd.DataFrame], pd.DataFrame]
+    rows: Literal["shown", "task_seeds"] = "shown"
+    role: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rows not in ("shown", "task_seeds"):
+            raise ValueError(f"summary {self.name!r}: rows must be 'shown' or 'task_seeds', not {self.rows!r}")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from benchmark.results import MetricValue
 from tasks import register_task
 from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
 from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
+from tasks.reliability import reliability_summaries
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +388,7 @@ class CrossSeedTask(Task):
                      x_label="matched decoder cosine", y_label="share of matched latents", x_range=(-1.0, 1.0),
                      y_range=(0.0, None), note="Heights: bin count / total count of that submission."),
         ),
+        summaries=reliability_summaries(("decoder_pw_mcc", "shared_fraction", "activation_correlation")),
         citation=join(SONG_2025, PAULO_BELROSE_2025),
         references=("https://arxiv.org/abs/2505.20254", "https://arxiv.org/abs/2501.16615"),
         superseded=("v1: dead_fraction and the chance trial policy lived in the task; the run seed was not part of the "

@@ -11,7 +11,8 @@ What is evaluated:
   tag ``preset:<preset>``; its SAEs are evaluated as they are.
 
 Rows (``subset = "preset=<name>"``; per-seed GT-MCC rows use ``"preset=<name>,seed=<s>"``):
-``gt_mcc`` (main; mean over seeds, std over seeds), ``decoder_pw_mcc`` (mean and std over seed pairs),
+``gt_mcc`` (main; mean over seeds, std over seeds), ``decoder_pw_mcc`` (mean and std over seed pairs;
+per-pair rows ``"preset=<name>,pair=<a>-<b>"``, as is ``shared_fraction``),
 ``gt_mcc_chance`` and ``chance_mcc`` (MCC of independent random unit dictionaries of the same
 shapes), ``shared_fraction`` (the benchmark's one definition, :mod:`benchmark.metrics.seed_pairs`),
 ``gt_mean_max_cosine``, ``gt_recovered_fraction`` (true features whose best latent has cos > 0.9),
@@ -21,7 +22,12 @@ signed-cosine and one-to-one, averaged over the smaller dictionary (:mod:`benchm
 Why GT-MCC is the main metric: on a model organism the truth is known, and recovering it is what
 the benchmark wants to reward; PW-MCC is the proxy one must use on real models, and this task is
 where its validity as a proxy is measured: the summary ``proxy_validity`` (stored by
-``canonbench summarize``) correlates the two across submissions.
+``canonbench summarize``) correlates the two across submissions, and the reliability lens
+(:mod:`tasks.reliability`) stores PW-MCC's validity against GT-MCC beside its noise and discriminability.
+
+The task seed draws the chance baselines' random dictionaries (seed 0: the draws of version 2). Every
+other number is a deterministic function of the SAEs and the preset's held-out data, so its
+evaluation noise is exactly zero: all of its noise is training-seed noise.
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ from benchmark.metrics.stats import mean_std
 from benchmark.results import MetricValue
 from tasks import register_task
 from tasks.base import ArtifactSpec, PlotSpec, SummarySpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
+from tasks.reliability import reliability_summaries
 from tasks.citations import CHANIN_GARRIGA_ALONSO_2026, PAULO_BELROSE_2025, SONG_2025, join
 
 log = logging.getLogger(__name__)
 
-CHANCE_SEED = 20250526
+CHANCE_SEED = 20250526  # + 2·task seed (GT-MCC chance) and + 2·task seed + 1 (PW-MCC chance)
 CITATION = join(SONG_2025, CHANIN_GARRIGA_ALONSO_2026, PAULO_BELROSE_2025)
 
 
@@ -76,9 +83,10 @@ METRICS = (
 
 
 def evaluate_preset(saes: dict[int, Any], organism, *, device: str = "cpu", eval_samples: int | None = None,
-                    chance_trials: int = 5, recovered_threshold: float = 0.9,
+                    chance_trials: int = 5, recovered_threshold: float = 0.9, task_seed: int = 0,
                     ) -> tuple[list[MetricValue], dict[str, pd.DataFrame]]:
-    """All metrics of one preset for ``{seed: SAE}``; returns rows and drill-down tables."""
+    """All metrics of one preset for ``{seed: SAE}``; returns rows and drill-down tables.
+    ``task_seed`` draws the chance baselines (the only randomness of the task)."""
     preset = organism.preset.name
     subset = f"preset={preset}"
     truth = organism.true_dictionary()
@@ -104,8 +112,8 @@ def evaluate_preset(saes: dict[int, Any], organism, *, device: str = "cpu", eval
                                       "firing_probability": organism.firing_probabilities.numpy()}))
     seed_frame = pd.DataFrame(per_seed)
     trials = chance_trials if organism.n_features * width <= 4_000_000 else 1
-    chance_gt = chance_mcc(organism.n_features, width, organism.d_in, seed=CHANCE_SEED, trials=trials)
-    chance_pw = chance_mcc(width, width, organism.d_in, seed=CHANCE_SEED + 1, trials=trials)
+    chance_gt = chance_mcc(organism.n_features, width, organism.d_in, seed=CHANCE_SEED + 2 * task_seed, trials=trials)
+    chance_pw = chance_mcc(width, width, organism.d_in, seed=CHANCE_SEED + 2 * task_seed + 1, trials=trials)
     metrics: list[MetricValue] = []
     mean, std = mean_std(seed_frame["gt_mcc"])
     metrics.append(MetricValue("gt_mcc", mean, std=std, n=len(seeds), subset=subset,
@@ -129,6 +137,8 @@ def evaluate_preset(saes: dict[int, Any], organism, *, device: str = "cpu", eval
             mean, std = mean_std(pairs[name])
             extra = {"chance": chance_pw.mean} if name == "decoder_pw_mcc" else {"threshold": SHARED_THRESHOLD}
             metrics.append(MetricValue(name, mean, std=std, n=len(pairs), subset=subset, extra=extra))
+            for row in pairs.itertuples(index=False):
+                metrics.append(MetricValue(name, float(getattr(row, name)), n=1, subset=f"{subset},pair={row.seed_a}-{row.seed_b}"))
     else:
         for name in ("decoder_pw_mcc", "shared_fraction"):
             metrics.append(MetricValue(name, None, subset=subset, note="needs at least two seeds"))
@@ -143,7 +153,7 @@ class SyntheticTask(Task):
     config_class = SyntheticConfig
     metadata = TaskMetadata(
         name="synthetic",
-        version="2",
+        version="3",
         title="Ground-truth recovery on model organisms",
         description=(
             "SAEs trained (recipes: by the benchmark, S seeds batched) on synthetic data with a known dictionary. "
@@ -176,14 +186,17 @@ class SyntheticTask(Task):
                         "for all submissions and per architecture (fewer than 3 submissions: not computed).",
                         ("preset", "group", "n", "pearson", "pearson_p", "spearman", "spearman_p", "submissions", "note"),
                         lambda rows: proxy_validity(rows)),
-        ),
+        ) + reliability_summaries(("gt_mcc", "decoder_pw_mcc", "chance_mcc"), validity={"decoder_pw_mcc": "gt_mcc"},
+                                  ground_truth=("gt_mcc",)),
         citation=CITATION,
         references=(
             "https://arxiv.org/abs/2505.20254",
             "https://github.com/xiangchensong/sae-feature-consistency",
             "https://github.com/decoderesearch/SAELens (sae_lens.synthetic, SynthSAEBench)",
         ),
-        superseded=("v1: pw_mcc, pw_mcc_chance and dead_fraction are now decoder_pw_mcc, chance_mcc and "
+        superseded=("v2: the chance baselines ignored the task seed (every seed drew the same random dictionaries), and "
+                    "decoder_pw_mcc and shared_fraction had no per-pair rows (the reliability lens needs them)",
+                    "v1: pw_mcc, pw_mcc_chance and dead_fraction are now decoder_pw_mcc, chance_mcc and "
                     "never_fired_fraction (one meaning per name across tasks); shared_fraction now needs the same "
                     "partner in both assignments, as in cross-seed",),
     )
@@ -217,7 +230,8 @@ class SyntheticTask(Task):
             if inputs.limit:
                 eval_n = min(inputs.limit, eval_n or organism.preset.eval_samples)
             rows, tables = evaluate_preset(prepared.saes, organism, device=inputs.device, eval_samples=eval_n,
-                                           chance_trials=cfg.chance_trials, recovered_threshold=cfg.recovered_threshold)
+                                           chance_trials=cfg.chance_trials, recovered_threshold=cfg.recovered_threshold,
+                                           task_seed=inputs.seed)
             metrics += rows
             for table_name, table in tables.items():
                 artifacts.setdefault(table_name, []).append(table)

@@ -22,7 +22,7 @@ from benchmark import cli
 from benchmark.errors import CanonBenchError
 from benchmark.results import ResultStore, choose_shown_units
 from benchmark.runner import run_benchmark
-from benchmark.spec import RunSpec, build_config, make_spec, parse_task_options
+from benchmark.spec import RunSpec, build_config, make_spec, parse_task_options, short_hash
 from benchmark.submission.manifest import load_manifest
 from test_faults import summary_statuses, write_submissions
 
@@ -230,7 +230,7 @@ def test_the_leaderboard_imports_no_task_module_by_name():
 
 def test_no_task_imports_another_task():
     tasks = {p.stem for p in (ROOT / "tasks").glob("*.py")} | {p.name for p in (ROOT / "tasks").iterdir() if p.is_dir()}
-    tasks -= {"__init__", "base", "citations", "__pycache__"}
+    tasks -= {"__init__", "base", "citations", "reliability", "__pycache__"}  # shared helpers, not tasks
     problems = []
     for path in _task_sources():
         own = path.relative_to(ROOT / "tasks").parts[0].removesuffix(".py")
@@ -285,10 +285,61 @@ def test_proxy_validity_is_a_stored_versioned_summary(tmp_path):
                                     MetricValue("decoder_pw_mcc", pw, subset="preset=toy")], prov, meta.directions,
                                    timestamp="2026", runtime_s=0.0))
     outcomes = summarize(tmp_path, registry={"synthetic": all_tasks()["synthetic"]})
-    assert [o.error for o in outcomes] == [None]
+    assert [o.error for o in outcomes] == [None] * len(meta.summaries) and "proxy_validity" in {o.name for o in outcomes}
     stored = store.read_summary("synthetic", "proxy_validity", "1")
     assert stored is not None and set(stored["summary_version"]) == {"1"}
     expected = proxy_validity(store.read())
     pd.testing.assert_series_equal(stored["pearson"].reset_index(drop=True), expected["pearson"].reset_index(drop=True),
                                    check_names=False)
     assert len(json.loads(stored["units"].iloc[0])) == len(values)
+
+
+def test_a_task_seeds_summary_sees_every_task_seed_of_the_shown_spec_and_nothing_else(tmp_path):
+    """``rows="task_seeds"``: the reruns of the shown units (same submission, version, inputs and
+    spec apart from the seed); units of another config, other inputs or an older version stay out."""
+    import dataclasses
+
+    import pandas as pd
+
+    from benchmark.results import MetricValue, UnitProvenance, make_rows, task_seed_family
+    from benchmark.summaries import summarize
+    from tasks.base import MetricSpec, SummarySpec, Task, TaskMetadata
+
+    seen: dict[str, pd.DataFrame] = {}
+
+    def capture(kind):
+        def compute(rows):
+            seen[kind] = rows
+            return pd.DataFrame({"n": [len(rows)]})
+        return compute
+
+    meta = TaskMetadata(name="fam", version="2", title="t", description="d", accepts=("recipe",),
+                        metrics=(MetricSpec("m", "d", "higher", main=True),),
+                        summaries=(SummarySpec("shown", "1", "t", "d", ("n",), capture("shown")),
+                                   SummarySpec("seeds", "1", "t", "d", ("n",), capture("seeds"), rows="task_seeds")))
+    task = type("Fam", (Task,), {"metadata": meta})
+    store = ResultStore(tmp_path)
+
+    def write(sub, seed, *, config=None, inputs=None, version="2", value=0.0):
+        inputs = inputs or sub[-1] * 16  # each submission's own inputs (unit keys are unique across submissions)
+        spec = {"seed": seed, "task": "fam", "task_version": version, "config": config or {}}
+        prov = UnitProvenance(run_id=f"r{sub[-1]}{seed}{version}", submission=sub, submission_kind="recipe", local=True,
+                              task="fam", task_version=version, benchmark_version="0", git_sha=None, device="cpu",
+                              dtype="float32", spec=spec, spec_hash=short_hash(spec), inputs_hash=inputs)
+        store.write_unit(make_rows([MetricValue("m", value)], prov, meta.directions, timestamp=f"2026-01-0{seed + 1}",
+                                   runtime_s=0.0))
+        return f"{short_hash(spec)}-{inputs}"
+
+    family = {write("o/a", s) for s in range(3)} | {write("o/b", s) for s in (0, 4)}
+    outsiders = {write("o/a", 1, config={"k": 2}), write("o/b", 1, inputs="c" * 16), write("o/a", 3, version="1")}
+    assert [o.error for o in summarize(tmp_path, registry={"fam": task})] == [None, None]
+    assert set(seen["seeds"]["unit_key"]) == family and not outsiders & set(seen["seeds"]["unit_key"])
+    assert set(seen["shown"]["task_seed"]) == {0} and len(seen["shown"]) == 2
+    assert seen["seeds"].loc[seen["seeds"]["shown_unit"], "task_seed"].tolist() == [0, 0]
+    stored = store.read_summary("fam", "seeds", "1")
+    assert set(json.loads(stored["units"].iloc[0])) == family
+    current = store.read()
+    current = current[current["task_version"] == "2"]
+    assert set(task_seed_family(current)["unit_key"]) == family
+    with pytest.raises(ValueError, match="rows must be"):
+        dataclasses.replace(meta.summaries[0], rows="all")

@@ -44,6 +44,7 @@ from benchmark.results import MetricValue
 from tasks import register_task
 from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
 from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
+from tasks.reliability import reliability_summaries
 
 log = logging.getLogger(__name__)
 
@@ -509,6 +510,7 @@ class ExplanationSimilarityTask(Task):
                      x_range=(-1.0, 1.0), y_range=(-1.0, 1.0), note="Points at bin centres; empty bins are left out."),
         ),
         secrets=(LLM_KEY_ENV,),
+        summaries=reliability_summaries(("similarity_gap", "matched_similarity")),
         citation=join(PAULO_BELROSE_2025, SONG_2025),
         references=("https://arxiv.org/abs/2501.16615", "https://arxiv.org/abs/2505.20254"),
     )

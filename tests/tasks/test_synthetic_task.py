@@ -278,3 +278,27 @@ def test_trained_saes_are_cached(tmp_path):
     assert [r["training_key"] for r in records] == [r["training_key"] for r in records2]
     for seed in (1, 2):
         assert torch.allclose(first[seed].W_dec, second[seed].W_dec)
+
+
+def test_per_pair_rows_and_chance_baselines_follow_the_task_seed():
+    """v3: one row per seed pair (their mean is decoder_pw_mcc) and chance draws seeded by the task
+    seed (seed 0 keeps v2's draws); every other number does not depend on the task seed."""
+    from benchmark.metrics.matching import chance_mcc
+    from tasks.synthetic import CHANCE_SEED
+
+    rng = np.random.default_rng(8)
+    truth = rng.standard_normal((12, 6))
+    saes = {s: sae_from(truth + 0.5 * rng.standard_normal((12, 6))) for s in (3, 5, 9)}
+    runs = {seed: evaluate_preset(saes, StubOrganism(truth), chance_trials=2, task_seed=seed) for seed in (0, 1)}
+    metrics, tables = runs[0]
+    pairs = {m.subset: m.value for m in metrics if m.metric == "decoder_pw_mcc" and ",pair=" in m.subset}
+    assert set(pairs) == {"preset=stub,pair=3-5", "preset=stub,pair=3-9", "preset=stub,pair=5-9"}
+    expected = {f"preset=stub,pair={r.seed_a}-{r.seed_b}": r.decoder_pw_mcc for r in tables["pairs"].itertuples()}
+    assert pairs == pytest.approx(expected)
+    assert rows_by(metrics)["decoder_pw_mcc"].value == pytest.approx(np.mean(list(pairs.values())))
+    assert len([m for m in metrics if m.metric == "shared_fraction" and ",pair=" in m.subset]) == 3
+    assert rows_by(metrics)["chance_mcc"].value == pytest.approx(chance_mcc(12, 12, 6, seed=CHANCE_SEED + 1, trials=2).mean)
+    other = rows_by(runs[1][0])
+    assert other["chance_mcc"].value != pytest.approx(rows_by(metrics)["chance_mcc"].value)
+    for name in ("gt_mcc", "decoder_pw_mcc", "shared_fraction", "l0", "explained_variance"):
+        assert other[name].value == rows_by(metrics)[name].value, name
