@@ -16,19 +16,8 @@ import pytest
 
 import checkpoint_fixtures as fx
 import hostile_checkpoints as hc
-from benchmark.errors import CheckpointError
+from refusals import checkpoint_refusal as refusal
 from benchmark.sae.checkpoints import inspect_checkpoint, load_sae
-
-
-def refusal(action, file: str, fields) -> str:
-    with pytest.raises(CheckpointError) as info:
-        action()
-    message = str(info.value)
-    assert "\n" not in message, message
-    assert file in message, message
-    fields = (fields,) if isinstance(fields, str) else fields
-    assert info.value.field in fields, message
-    return message
 
 
 def traced_peak_mb(action) -> float:

@@ -15,20 +15,9 @@ import pytest
 
 import checkpoint_fixtures as fx
 import hostile_checkpoints as hc
-from benchmark.errors import CheckpointError
+from refusals import checkpoint_refusal as refusal
 from benchmark.sae.checkpoints import inspect_checkpoint, load_sae
 from hang_guard import finishes
-
-
-def refusal(action, file: str, fields) -> str:
-    with pytest.raises(CheckpointError) as info:
-        action()
-    message = str(info.value)
-    assert "\n" not in message, message
-    assert file in message, message
-    fields = (fields,) if isinstance(fields, str) else fields
-    assert info.value.field in fields, message
-    return message
 
 
 # ------------------------------------------------------------------------ class 4: config values

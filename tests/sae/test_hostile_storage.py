@@ -18,21 +18,9 @@ import torch
 
 import checkpoint_fixtures as fx
 import hostile_checkpoints as hc
+from refusals import checkpoint_refusal as refusal
 import memory_probe
-from benchmark.errors import CheckpointError
 from benchmark.sae.checkpoints import inspect_checkpoint, load_sae
-
-
-def refusal(action, file: str, fields) -> str:
-    """Run ``action``; it must raise one CheckpointError line naming ``file`` and one of ``fields``."""
-    with pytest.raises(CheckpointError) as info:
-        action()
-    message = str(info.value)
-    assert "\n" not in message, message
-    assert file in message, message
-    fields = (fields,) if isinstance(fields, str) else fields
-    assert info.value.field in fields, message
-    return message
 
 
 def autoencoder_archive(path: Path, *, encoder: dict | None = None, storages: dict | None = None) -> Path:

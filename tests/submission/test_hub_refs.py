@@ -8,10 +8,10 @@ like a branch, and recorded as requested.
 from __future__ import annotations
 
 import pytest
-from huggingface_hub import constants as hf_constants
 
-from benchmark.errors import CanonBenchError, SourceError
+from benchmark.errors import SourceError
 from benchmark.submission import sources
+from refusals import one_line
 
 try:
     from tests.hub_fixtures import add_commit, saelens_checkpoint, with_prefix
@@ -19,17 +19,7 @@ except ImportError:  # tests/ not a package
     from hub_fixtures import add_commit, saelens_checkpoint, with_prefix
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-
-
-def one_line(problem: CanonBenchError) -> str:
-    text = str(problem)
-    assert "\n" not in text and "\r" not in text, repr(text)
-    return text
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 def test_pull_request_refs_parse_as_one_revision():

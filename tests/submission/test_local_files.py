@@ -11,51 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants as hf_constants
 
 import checkpoint_fixtures as fx
 from benchmark.errors import CanonBenchError, ManifestError
 from benchmark.submission import sources
 from benchmark.submission.manifest import load_manifest
 from benchmark.submission.validate import validate_paths
-
-SHA = "607a30d783dfa663caf39e06633721c8d4cfcd7e"
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+from manifest_texts import manifest_text
+from refusals import one_line
 
 
-def one_line(problem: CanonBenchError) -> str:
-    text = str(problem)
-    assert "\n" not in text and "\r" not in text, repr(text)
-    return text
-
-
-def manifest_text(name: str = "org/m", *, local: str = "ck", extra: str = "", model: str = "gpt2",
-                  hook: str = "blocks.3.hook_resid_post", model_pin: str | None = None) -> str:
-    pin = model_pin if model_pin is not None else f'revision = "{SHA}"'
-    return f'''name = "{name}"
-kind = "checkpoints"
-title = "t"
-authors = ["a"]
-license = "MIT"
-{extra}
-[model]
-name = "{model}"
-hook = "{hook}"
-{pin}
-[sae]
-architecture = "standard"
-width = 32
-d_in = 8
-[[checkpoints]]
-seed = 0
-local = "{local}"
-'''
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 def write_submission(tmp_path: Path, *, local: str = "ck") -> Path:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants as hf_constants
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,11 +33,7 @@ REPO = "example-org/gpt2-topk-saes"
 MODEL_SHA = "607a30d783dfa663caf39e06633721c8d4cfcd7e"
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 def expectations(path: Path) -> tuple[str, str]:
