@@ -16,6 +16,7 @@ import pytest
 
 import checkpoint_fixtures as fx
 import hostile_checkpoints as hc
+from manifest_texts import manifest_text
 from refusals import checkpoint_refusal as refusal
 from benchmark.sae.checkpoints import inspect_checkpoint, load_sae
 
@@ -83,23 +84,7 @@ def test_validate_check_files_refuses_a_lying_npz(tmp_path):
 
     folder = hc.write_npz_lying_directory(tmp_path / "hub")
     manifest = folder / "m.toml"
-    manifest.write_text('''name = "org/m"
-kind = "checkpoints"
-title = "t"
-authors = ["a"]
-license = "MIT"
-[model]
-name = "gpt2"
-hook = "blocks.3.hook_resid_post"
-revision = "607a30d783dfa663caf39e06633721c8d4cfcd7e"
-[sae]
-architecture = "jumprelu"
-width = 4096
-d_in = 8
-[[checkpoints]]
-seed = 0
-local = "."
-''')
+    manifest.write_text(manifest_text(local=".", architecture="jumprelu", width=4096))
     problems, _ = validate_paths([manifest], check_files=True)
     assert len(problems) == 1 and "W_enc.npy" in str(problems[0]) and "stored size" in str(problems[0])
 

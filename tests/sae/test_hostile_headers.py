@@ -16,6 +16,7 @@ import pytest
 
 import checkpoint_fixtures as fx
 import hostile_checkpoints as hc
+from manifest_texts import manifest_text
 from refusals import checkpoint_refusal as refusal
 from benchmark.sae.checkpoints import inspect_checkpoint, load_sae
 
@@ -81,22 +82,6 @@ def test_validate_check_files_refuses_integer_weights(tmp_path):
     from benchmark.submission.validate import validate_paths
 
     hc.write_saelens_integer_weights(tmp_path / "s")
-    (tmp_path / "m.toml").write_text('''name = "org/m"
-kind = "checkpoints"
-title = "t"
-authors = ["a"]
-license = "MIT"
-[model]
-name = "gpt2"
-hook = "blocks.3.hook_resid_post"
-revision = "607a30d783dfa663caf39e06633721c8d4cfcd7e"
-[sae]
-architecture = "standard"
-width = 32
-d_in = 8
-[[checkpoints]]
-seed = 0
-local = "s"
-''')
+    (tmp_path / "m.toml").write_text(manifest_text(local="s"))
     problems, _ = validate_paths([tmp_path / "m.toml"], check_files=True)
     assert len(problems) == 1 and "W_enc" in str(problems[0]) and "not a float type" in str(problems[0])
