@@ -92,6 +92,10 @@ def run_benchmark(
         raise CanonBenchError("--address names a Ray cluster; add --executor ray", field="--address")
     if max_retries < 0:
         raise CanonBenchError(f"must be 0 or more, got {max_retries}", field="--max-retries")
+    if executor == "ray" and not dry_run:  # before anything is planned or shown: Ray is an optional extra
+        from benchmark.executors.ray import import_ray
+
+        import_ray()
     registry = all_tasks()
     names = list(registry) if not task_names else task_names
     unknown = [n for n in names if n not in registry]

@@ -155,7 +155,9 @@ def compute_on_worker(unit: PlannedUnit, settings: RunSettings, run_id: str, cod
 
 
 # --- the driver ----------------------------------------------------------------------------------
-def _import_ray():
+def import_ray():
+    """The ``ray`` module, or a one-line :class:`CanonBenchError` saying how to install it (Ray is
+    the optional ``ray`` extra)."""
     try:
         import ray
     except ImportError:
@@ -307,7 +309,7 @@ def run_ray(units: list[tuple[Any, type, int]], planner: Planner, store: ResultS
     if not planned:
         summary.outcomes.extend(outcomes[i] for i in sorted(outcomes))
         return
-    ray = _import_ray()
+    ray = import_ray()
     worker_settings = dataclasses.replace(settings, cache_dir=settings.cache_dir.resolve(),
                                           results_dir=settings.results_dir.resolve())
     left_here = _connect(ray, address, settings.quiet)
@@ -391,5 +393,6 @@ def _cancel(ray, refs: list[Any]) -> None:
             pass
 
 
-__all__ = ["ACTIVATIONS_RESOURCES", "TRAINING_RESOURCES", "Provisioned", "compute_on_worker", "provision_activations", "provision_saes",
+__all__ = ["ACTIVATIONS_RESOURCES", "TRAINING_RESOURCES", "Provisioned", "compute_on_worker", "import_ray",
+           "provision_activations", "provision_saes",
            "ray_options", "run_ray"]

@@ -3,6 +3,10 @@ computed once per cluster, trained recipes once per recipe, failures reported li
 runner's, a killed worker losing only its unit (retried a bounded number of times), Ctrl-C cancelling
 the cluster's work. One cluster serves the module (starting one takes several seconds); tests that
 need none come first.
+
+The default run keeps the cheap cluster tests (small native checkpoints, fault tasks: a second or two
+each once the cluster is up); the model-recipe equality test and the worker-kill test take tens of
+seconds on a loaded 2-core machine and carry the ``slow`` marker (``pytest -m slow tests/executors``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
+
+ray = pytest.importorskip("ray", reason="the Ray executor's tests need Ray: pip install -e '.[test]'")
 
 import fault_tasks
 import tasks.cross_seed  # noqa: F401 - registers the real tasks the equality test runs
@@ -30,7 +35,7 @@ from benchmark.results import ResultStore
 from benchmark.runner import RunInterrupted, run_benchmark
 from benchmark.spec import make_spec
 from benchmark.submission.manifest import load_manifest, load_manifests
-from cluster_fixtures import CountingFactory, synthetic_recipe, tiny_model_recipe
+from cluster_fixtures import CountingFactory, native_checkpoints, no_activations, synthetic_recipe, tiny_model_recipe
 from fault_tasks import assert_store_consistent, summary_lines, summary_statuses, write_submissions
 from tasks.base import UnitResources
 
@@ -55,7 +60,7 @@ def cluster():
 
 def stored(results: Path) -> pd.DataFrame:
     frame = ResultStore(results).read().drop(columns=RUN_COLUMNS)
-    return frame.sort_values(["submission", "task", "metric", "subset"]).reset_index(drop=True)
+    return frame.sort_values(["submission", "task", "task_seed", "metric", "subset"], kind="stable").reset_index(drop=True)
 
 
 # --- without a cluster -------------------------------------------------------------------------------------
@@ -91,6 +96,39 @@ def test_cluster_flags_are_checked_before_anything_runs(tmp_path, capsys):
 
 
 # --- on the cluster ------------------------------------------------------------------------------------------
+def artifact_bytes(results: Path) -> dict[tuple[str, ...], bytes]:
+    """Every stored artifact file's bytes, keyed by its path without the run id."""
+    root = results / "artifacts"
+    return {p.relative_to(root).parts[:-2] + (p.name,): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+
+
+def unit_keys(results: Path) -> list[tuple[str, ...]]:
+    root = results / "units"
+    return sorted(p.relative_to(root).parts for p in root.rglob("*.parquet"))
+
+
+def test_task_seeds_store_what_the_local_executor_stores_and_each_executor_resumes_the_other(cluster, tmp_path):
+    """Two task seeds of cross-seed on small native checkpoints: the same unit files (names), the
+    same rows apart from when they ran, byte-identical artifacts; a rerun on either executor over the
+    other's store finds every unit cached."""
+    manifest = load_manifest(native_checkpoints(tmp_path, "seeds"))
+    kwargs = dict(cache_dir=tmp_path / "cache", quiet=True, skip_activations=True, task_seeds=[0, 1])
+    on_ray = run_benchmark([manifest], ["cross-seed"], results_dir=tmp_path / "ray", executor="ray", **kwargs)
+    local = run_benchmark([manifest], ["cross-seed"], results_dir=tmp_path / "local", **kwargs)
+    assert [o.status for o in on_ray.outcomes] == [o.status for o in local.outcomes] == ["done", "done"], on_ray.render()
+    assert len(unit_keys(tmp_path / "ray")) == 2 and unit_keys(tmp_path / "ray") == unit_keys(tmp_path / "local")
+    rows = stored(tmp_path / "ray")
+    assert set(rows["task_seed"]) == {0, 1}
+    pd.testing.assert_frame_equal(rows, stored(tmp_path / "local"))
+    ray_artifacts = artifact_bytes(tmp_path / "ray")
+    assert len(ray_artifacts) >= 2 and ray_artifacts == artifact_bytes(tmp_path / "local")
+
+    again_local = run_benchmark([manifest], ["cross-seed"], results_dir=tmp_path / "ray", **kwargs)
+    again_ray = run_benchmark([manifest], ["cross-seed"], results_dir=tmp_path / "local", executor="ray", **kwargs)
+    assert [o.status for o in again_local.outcomes + again_ray.outcomes] == ["cached"] * 4
+
+
+@pytest.mark.slow
 def test_rows_equal_the_local_executors_and_shared_inputs_are_prepared_once(cluster, tmp_path):
     from model_fixtures import make_tiny_bert
 
@@ -126,6 +164,19 @@ def test_rows_equal_the_local_executors_and_shared_inputs_are_prepared_once(clus
     pd.testing.assert_frame_equal(cold_rows, local_rows)
 
 
+def test_optional_activations_that_cannot_be_prepared_are_left_out_as_locally(cluster, tmp_path):
+    """The provisioning task fails; cross-seed only *uses* activations, so its unit runs on the
+    weights alone (like the local runner), and both store the same rows."""
+    manifest = load_manifest(native_checkpoints(tmp_path, "xs"))
+    kwargs = dict(cache_dir=tmp_path / "cache", quiet=True, activations_factory=no_activations)
+    on_ray = run_benchmark([manifest], ["cross-seed"], results_dir=tmp_path / "ray", executor="ray", **kwargs)
+    local = run_benchmark([manifest], ["cross-seed"], results_dir=tmp_path / "local", **kwargs)
+    assert [o.status for o in on_ray.outcomes] == [o.status for o in local.outcomes] == ["done"], on_ray.render()
+    rows = stored(tmp_path / "ray")
+    assert "decoder_pw_mcc" in set(rows.metric) and "l0" not in set(rows.metric)  # no activation metrics
+    pd.testing.assert_frame_equal(rows, stored(tmp_path / "local"))
+
+
 def test_failures_are_reported_like_the_local_runners(cluster, tmp_path, capsys):
     subs = write_submissions(tmp_path / "subs", ["a-good", "b-bad"])
     results = tmp_path / "results"
@@ -154,6 +205,7 @@ def _pid(file: Path) -> int:
     return int(file.name.split(".")[2])
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_only_its_unit_which_is_retried_a_bounded_number_of_times(cluster, tmp_path):
     subs = write_submissions(tmp_path / "subs", ["a-alpha", "b-doomed"])
     pid_dir = tmp_path / "pids"
@@ -224,6 +276,13 @@ def test_ctrl_c_on_the_driver_stops_the_cluster_work_and_keeps_what_was_stored(c
         hung = [pid for pid in hung if _alive(pid)]
         time.sleep(0.1)
     assert not hung
+
+    monkeypatch.undo()  # resuming on the cluster computes only what the interrupted run did not store
+    fault_tasks.register(monkeypatch)
+    resumed = run_benchmark(load_manifests([subs]), ["fault-ok"], results_dir=tmp_path / "r", executor="ray", quiet=True)
+    statuses = {o.submission: o.status for o in resumed.outcomes}
+    assert statuses == {s: "cached" if s == done[0].submission else "done" for s in ("acme/a", "acme/b", "acme/c-doomed")}
+    assert len(assert_store_consistent(tmp_path / "r").groupby(["submission", "task"])) == 3
 
 
 def _alive(pid: int) -> bool:
