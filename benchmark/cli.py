@@ -44,6 +44,12 @@ def _run_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
                         help="set a field of a task's config (see `canonbench tasks`); part of the run spec")
     parser.add_argument("--no-activations", action="store_true",
                         help="do not prepare model activations for tasks that only use them optionally")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="local: units one after another in this process; ray: units as Ray tasks on a cluster")
+    parser.add_argument("--address", default=None, metavar="auto|ray://HOST:PORT",
+                        help="the Ray cluster to use (--executor ray; default: RAY_ADDRESS, else a new local cluster)")
+    parser.add_argument("--max-retries", type=int, default=None,
+                        help="--executor ray: reruns of a unit whose worker died (default 2)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,10 +165,14 @@ def _task_options(args: argparse.Namespace) -> dict[str, dict[str, str]]:
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
+    if args.max_retries is not None and args.executor != "ray":
+        raise CanonBenchError("reruns of units whose worker died are a cluster setting; add --executor ray",
+                              field="--max-retries")
     return dict(
         results_dir=args.results, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, seed=getattr(args, "seed", 0),
         limit=args.limit, batch_size=args.batch_size, task_options=_task_options(args), overwrite=args.overwrite,
-        quiet=args.quiet, dry_run=args.dry_run, skip_activations=args.no_activations,
+        quiet=args.quiet, dry_run=args.dry_run, skip_activations=args.no_activations, executor=args.executor,
+        address=args.address, **({"max_retries": args.max_retries} if args.max_retries is not None else {}),
     )
 
 

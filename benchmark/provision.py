@@ -26,10 +26,13 @@ class SubmissionInputs:
     """Lazily prepared inputs of one submission (see the module docstring).
 
     ``dtype``: the model dtype of evaluation activations (``--dtype``); recipes always train on
-    float32 activations, which are part of the recipe's definition."""
+    float32 activations, which are part of the recipe's definition. ``trained_this_run``: the
+    ``(training key, seed)`` pairs another process of this run trained (a cluster's provisioning
+    step): their records say ``trained_now`` like those of SAEs trained here."""
 
     def __init__(self, manifest, *, cache_dir: Path | str, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int | None = None, quiet: bool = False, provider_factory=None):
+                 batch_size: int | None = None, quiet: bool = False, provider_factory=None,
+                 trained_this_run: frozenset[tuple[str, int]] = frozenset()):
         self.manifest = manifest
         self.cache_dir = Path(cache_dir)
         self.device = device
@@ -43,6 +46,7 @@ class SubmissionInputs:
         #: ``(manifest, cache_dir=, device=, quiet=, dtype=) -> provider``; tests and callers with
         #: their own activations replace :func:`benchmark.data.activations.provider_for_manifest`.
         self.provider_factory = provider_factory
+        self.trained_this_run = frozenset(trained_this_run)
 
     # --- SAEs -------------------------------------------------------------------------------------
     def saes(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:
@@ -79,9 +83,14 @@ class SubmissionInputs:
         sub = self.manifest.submission
         provider = self.provider(dtype="float32")
         self._ensure(provider)
-        return train_or_load(sub.recipe, activation_data(provider), cache_dir=self.cache_dir, device=self.device,
-                             quiet=self.quiet, file=self.manifest.path,
-                             sae_metadata={"model_name": sub.model.name, "hook_name": sub.model.hook})
+        saes, records = train_or_load(sub.recipe, activation_data(provider), cache_dir=self.cache_dir, device=self.device,
+                                      quiet=self.quiet, file=self.manifest.path,
+                                      sae_metadata={"model_name": sub.model.name, "hook_name": sub.model.hook})
+        return saes, self._mark_trained(records)
+
+    def _mark_trained(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "trained_now": True} if (r.get("training_key"), r.get("seed")) in self.trained_this_run else r
+                for r in records]
 
     # --- activations ---------------------------------------------------------------------------------
     def provider(self, *, dtype: str | None = None):
@@ -134,7 +143,7 @@ class SubmissionInputs:
                                                   device=self.device, quiet=self.quiet, file=self.manifest.path)
                     for sae in saes.values():
                         sae.config.metadata.update({"preset": preset.name, "preset_version": preset.version})
-                    records = [{**r, "preset": preset.name} for r in records]
+                    records = [{**r, "preset": preset.name} for r in self._mark_trained(records)]
                 else:
                     saes, records = self.saes()
                     bad = [s for s, sae in saes.items() if sae.d_in != preset.d_in]
@@ -158,7 +167,7 @@ class SubmissionInputs:
             records = [r for o in inputs["organisms"].values() for r in o.records]
         elif meta.needs_saes:
             inputs["saes"], records = self.saes()
-        has_model = getattr(sub, "model", None) is not None and not _synthetic_model(sub)
+        has_model = has_real_model(sub)
         if meta.needs_activations or meta.needs_model:
             if not has_model:
                 raise TaskError("this task needs a model's activations and the submission names no model",
@@ -170,6 +179,11 @@ class SubmissionInputs:
             except Exception as exc:  # optional input: the task runs on weights alone
                 log.warning("%s × %s: no activations (%s); running without them", self.manifest.name, meta.name, exc)
         return inputs, records, time.perf_counter() - started
+
+
+def has_real_model(sub) -> bool:
+    """Whether a submission names a model with activations (not a synthetic organism's ``synthetic:`` name)."""
+    return getattr(sub, "model", None) is not None and not _synthetic_model(sub)
 
 
 def _synthetic_model(sub) -> bool:
@@ -188,4 +202,4 @@ def check_against_manifest(sae: Any, manifest) -> None:
         raise CanonBenchError(f"checkpoint has d_in={sae.d_in} but the manifest says {spec.d_in}", file=manifest.path, field="sae.d_in")
 
 
-__all__ = ["SubmissionInputs", "check_against_manifest"]
+__all__ = ["SubmissionInputs", "check_against_manifest", "has_real_model"]

@@ -7,130 +7,33 @@ and changed checkpoint files are recomputed (with a warning; the stale unit move
 once the new one is stored). Inputs are prepared by :mod:`benchmark.provision` before the task's
 clock starts. A failing unit is recorded with its reason and the run goes on with the others; the
 exit code says that something failed.
+
+The planning is shared (:mod:`benchmark.executors.plan`); an executor runs the planned units: the
+local one in this process (default), the Ray one on a cluster (:mod:`benchmark.executors.ray`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import logging
-import os
-import sys
-import time
-import traceback
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmark.cache import TaskCache
-from benchmark.errors import CanonBenchError, TaskError
-from benchmark.provision import SubmissionInputs
-from benchmark.results import ResultStore, UnitProvenance, make_rows
-from benchmark.spec import RunSpec, build_config, make_spec
-from benchmark.submission.identity import inputs_hash
+from benchmark.errors import CanonBenchError
+from benchmark.executors import EXECUTORS
+from benchmark.executors.outcome import MAX_DETAIL, OOM_HINT, RunInterrupted, RunSummary, UnitOutcome
+from benchmark.executors.plan import DEFAULT_CACHE_DIR, Planner, RunSettings
+from benchmark.results import ResultStore
+from benchmark.spec import RunSpec, make_spec
 from benchmark.submission.manifest import LoadedManifest
-from benchmark.version import BENCHMARK_VERSION, git_sha
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = Path(".canonbench") / "cache"
-
-
-@dataclass
-class UnitOutcome:
-    submission: str
-    task: str
-    status: str  # done | cached | not-applicable | would-run | failed | lost-race | interrupted
-    detail: str = ""
-    runtime_s: float = 0.0
-
-
-OOM_HINT = "try a smaller --batch-size, or another --device (cuda for host memory, cpu for GPU memory)"
-MAX_DETAIL = 300  # characters of a failure reason in the summary; the log has it whole
-
-
-@dataclass
-class RunSummary:
-    run_id: str
-    outcomes: list[UnitOutcome] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[UnitOutcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
-
-    def render(self) -> str:
-        """A plain-text summary: what ran, what was cached, what failed and why."""
-        lines = [f"run {self.run_id}:"]
-        counts: dict[str, int] = {}
-        for o in self.outcomes:
-            counts[o.status] = counts.get(o.status, 0) + 1
-            detail = " ".join(o.detail.split())  # one line per unit, whatever the exception said
-            if len(detail) > MAX_DETAIL:
-                detail = detail[: MAX_DETAIL - 1] + "…"
-            extra = f" ({detail})" if detail else ""
-            took = f" {o.runtime_s:.1f}s" if o.status == "done" else ""
-            lines.append(f"  {o.status:<15} {o.submission} × {o.task}{took}{extra}")
-        lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "  nothing to do")
-        if self.failed:
-            lines.append("  failed units stored nothing; fix the cause and rerun (finished units are skipped)")
-        return "\n".join(lines)
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGINT) during a run; ``summary`` says what finished before it."""
-
-    def __init__(self, summary: RunSummary, *, terminated: bool = False):
-        super().__init__("interrupted")
-        self.summary = summary
-        self.terminated = terminated
-
-
-def _release_memory() -> None:
-    """After an out-of-memory failure: free what the failed unit held before the next one starts."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _failure_detail(exc: BaseException) -> str:
-    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-        return f"out of memory ({type(exc).__name__}: {first_line}); {OOM_HINT}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _model_fields(manifest: LoadedManifest) -> dict[str, Any]:
-    sub = manifest.submission
-    model = getattr(sub, "model", None)
-    if sub.kind == "checkpoints":
-        arch, width = sub.sae.architecture, sub.sae.width
-    else:
-        arch, width = sub.recipe.architecture, sub.recipe.width
-    return {
-        "model": model.name if model else None,
-        "model_revision": (model.revision or (f"package:{model.package}" if model.package else f"local:{model.local}")) if model else None,
-        "hook": model.hook if model else None,
-        "architecture": arch,
-        "width": width,
-    }
-
-
-@dataclass
-class RunSettings:
-    """Run-wide settings that are not part of any spec (where files go, what to show)."""
-
-    results_dir: Path
-    cache_dir: Path = DEFAULT_CACHE_DIR
-    device: str = "cpu"
-    overwrite: bool = False
-    quiet: bool = False
-    dry_run: bool = False
-    skip_activations: bool = False
-    activations_factory: Any = None
+#: How often the Ray executor reruns a unit whose worker died (a crash, a kill, a lost node).
+DEFAULT_MAX_RETRIES = 2
 
 
 def build_specs(registry: dict[str, type], names: list[str], *, seed: int = 0, limit: int | None = None,
@@ -163,6 +66,9 @@ def run_benchmark(
     dry_run: bool = False,
     skip_activations: bool = False,
     activations_factory=None,
+    executor: str = "local",
+    address: str | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> RunSummary:
     """Run every requested task on every manifest, skipping finished units (same spec, same inputs).
 
@@ -172,9 +78,24 @@ def run_benchmark(
     submission in a row so that its SAEs are prepared once (the reruns of the reliability lens).
     ``activations_factory(manifest, cache_dir=, device=, quiet=, dtype=)`` replaces the default
     activation provider (:func:`benchmark.data.activations.provider_for_manifest`).
+
+    ``executor``: ``"local"`` runs the units one after another in this process; ``"ray"`` submits
+    them to a Ray cluster (``address``: ``None`` starts a local one or joins ``RAY_ADDRESS``,
+    ``"auto"`` joins the cluster this node belongs to, ``"ray://host:port"`` a remote one), rerunning
+    a unit whose worker died up to ``max_retries`` times. Both store the same rows.
     """
     from tasks import all_tasks
 
+    if executor not in EXECUTORS:
+        raise CanonBenchError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}", field="--executor")
+    if address is not None and executor != "ray":
+        raise CanonBenchError("--address names a Ray cluster; add --executor ray", field="--address")
+    if max_retries < 0:
+        raise CanonBenchError(f"must be 0 or more, got {max_retries}", field="--max-retries")
+    if executor == "ray" and not dry_run:  # before anything is planned or shown: Ray is an optional extra
+        from benchmark.executors.ray import import_ray
+
+        import_ray()
     registry = all_tasks()
     names = list(registry) if not task_names else task_names
     unknown = [n for n in names if n not in registry]
@@ -190,155 +111,27 @@ def run_benchmark(
     run_id = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
     summary = RunSummary(run_id=run_id)
     store = ResultStore(settings.results_dir)
+    # all task seeds of one submission in a row, so that its SAEs are prepared once
     units = [(m, registry[n], s) for m in manifests for n in names for s in seeds]
     if not dry_run:
         stale = store.remove_stale_temp_files()
         if stale:
             log.info("removed %d temporary file(s) left by an interrupted run", stale)
-    bar = tqdm(units, desc="units", disable=quiet, unit="unit")
-    current: dict[str, Any] = {}  # the unit in progress, for the interrupt report
+    planner = Planner(store, specs, settings)
+    bar = tqdm(total=len(units), desc="units", disable=quiet, unit="unit")
     try:
-        _run_units(bar, current, summary, store, specs, settings, run_id=run_id)
-    except KeyboardInterrupt as stop:
-        # finished units are already on disk; report them, and mark the unit that was cut short
-        manifest, task_cls, key = current.get("unit", (None, None, None))
-        if manifest is not None and len(summary.outcomes) == current.get("outcomes_before"):
-            meta = task_cls.metadata
-            stored = key is not None and _stored_by(store, manifest.name, meta, key, run_id)
-            if stored:  # Ctrl-C came just after the write
-                outcome = UnitOutcome(manifest.name, meta.name, "done", "stored just before Ctrl-C")
-            else:
-                outcome = UnitOutcome(manifest.name, meta.name, "interrupted",
-                                      "stopped by Ctrl-C; nothing of this run was stored for this unit")
-            summary.outcomes.append(outcome)
-        raise RunInterrupted(summary, terminated=type(stop).__name__ == "_Terminated") from None
+        if executor == "ray" and not dry_run:  # a dry run only plans: no cluster needed
+            from benchmark.executors.ray import run_ray
+
+            run_ray(units, planner, store, settings, summary, run_id=run_id, bar=bar, address=address,
+                    max_retries=max_retries)
+        else:
+            from benchmark.executors.local import run_local
+
+            run_local(units, planner, store, settings, summary, run_id=run_id, bar=bar)
     finally:
         bar.close()
     return summary
-
-
-def _stored_by(store: ResultStore, submission: str, meta, key: str, run_id: str) -> bool:
-    """Whether the stored unit ``key`` holds rows of this run (not an older result it would replace)."""
-    path = store.unit_path(submission, meta.name, meta.version, key)
-    if not path.exists():
-        return False
-    frame = store.read_unit(path)
-    return frame is not None and (frame["run_id"] == run_id).all()
-
-
-def _run_units(bar, current, summary: RunSummary, store: ResultStore, specs: dict[tuple[str, int], RunSpec],
-               settings: RunSettings, *, run_id: str) -> None:
-    inputs: dict[str, SubmissionInputs] = {}
-    fingerprints: dict[str, tuple[str, dict[str, Any]] | CanonBenchError] = {}
-    for manifest, task_cls, task_seed in bar:
-        meta = task_cls.metadata
-        spec = specs[(meta.name, task_seed)]
-        current["unit"] = (manifest, task_cls, None)
-        current["outcomes_before"] = len(summary.outcomes)  # no outcome yet: the unit Ctrl-C would cut short
-        bar.set_postfix_str(f"{manifest.name} × {meta.name}")
-        try:
-            reason = task_cls.not_applicable(manifest)
-        except Exception as exc:  # a buggy check fails its unit, not the run
-            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "failed",
-                                                f"applicability check raised {type(exc).__name__}: {exc}"))
-            log.error("%s × %s failed: applicability check raised %r", manifest.name, meta.name, exc)
-            continue
-        if reason:
-            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "not-applicable", reason))
-            continue
-        if manifest.name not in fingerprints:
-            try:
-                fingerprints[manifest.name] = inputs_hash(manifest, cache_dir=settings.cache_dir)
-            except CanonBenchError as exc:
-                fingerprints[manifest.name] = exc
-        fingerprint = fingerprints[manifest.name]
-        if isinstance(fingerprint, CanonBenchError):
-            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "failed", str(fingerprint)))
-            log.error("%s × %s failed: %s", manifest.name, meta.name, fingerprint)
-            continue
-        in_hash, in_record = fingerprint
-        key = f"{spec.hash}-{in_hash}"
-        current["unit"] = (manifest, task_cls, key)
-        if store.has_unit(manifest.name, meta.name, meta.version, key) and not settings.overwrite:
-            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "cached", spec.describe()))
-            continue
-        stale = [k for k in store.units_of(manifest.name, meta.name, meta.version) if k.startswith(spec.hash + "-") and k != key]
-        if stale:
-            log.warning("%s × %s: the submission's inputs changed since the stored result (checkpoint files, recipe "
-                        "or model); recomputing", manifest.name, meta.name)
-        if settings.dry_run:
-            summary.outcomes.append(UnitOutcome(manifest.name, meta.name, "would-run",
-                                                spec.describe() + ("; inputs changed" if stale else "")))
-            continue
-        if manifest.name not in inputs:
-            inputs.clear()  # units come grouped by submission: drop the previous one's SAEs before loading more
-        sub_inputs = inputs.setdefault(
-            manifest.name, SubmissionInputs(manifest, cache_dir=settings.cache_dir, device=settings.device,
-                                            dtype=spec.dtype, quiet=settings.quiet,
-                                            provider_factory=settings.activations_factory)
-        )
-        started = time.perf_counter()
-        try:
-            outcome = _run_unit(manifest, task_cls, spec, sub_inputs, store, settings, run_id=run_id,
-                                inputs_hash=in_hash, inputs_record=in_record)
-            if outcome.status == "done" and stale:
-                moved = store.supersede_units(manifest.name, meta.name, meta.version, key, spec_hash=spec.hash, run_id=run_id)
-                outcome.detail = f"inputs changed: recomputed, {len(moved)} stale unit(s) moved to superseded/"
-        except KeyboardInterrupt:
-            raise
-        except CanonBenchError as exc:
-            outcome = UnitOutcome(manifest.name, meta.name, "failed", str(exc))
-        except Exception as exc:  # one broken unit (MemoryError included) must not lose the others' results
-            log.debug("unit %s × %s failed:\n%s", manifest.name, meta.name, traceback.format_exc())
-            outcome = UnitOutcome(manifest.name, meta.name, "failed", _failure_detail(exc))
-            if outcome.detail.startswith("out of memory"):
-                inputs.clear()
-                _release_memory()
-        if not outcome.runtime_s:
-            outcome.runtime_s = time.perf_counter() - started
-        if outcome.status == "failed":
-            log.error("%s × %s failed: %s", manifest.name, meta.name, outcome.detail)
-        summary.outcomes.append(outcome)
-
-
-def _run_unit(manifest, task_cls, spec: RunSpec, sub_inputs: SubmissionInputs, store: ResultStore,
-              settings: RunSettings, *, run_id: str, inputs_hash: str, inputs_record: dict[str, Any]) -> UnitOutcome:
-    from tasks.base import TaskInputs, TaskOutput
-
-    meta = task_cls.metadata
-    prepared, records, setup_s = sub_inputs.prepare(meta, skip_activations=settings.skip_activations)
-    task = task_cls()
-    config = build_config(task_cls.config_class, spec.config, task=meta.name)
-    secrets = {name: os.environ[name] for name in meta.secrets if os.environ.get(name)}
-    task_inputs = TaskInputs(
-        manifest=manifest, spec=spec, config=config, device=settings.device, quiet=settings.quiet,
-        cache=TaskCache(settings.cache_dir / "tasks", meta.name), secrets=secrets, **prepared,
-    )
-    started = time.perf_counter()
-    output = task.run(task_inputs)
-    runtime = time.perf_counter() - started
-    if not isinstance(output, TaskOutput) or not output.metrics:
-        raise TaskError(f"task {meta.name} v{meta.version} returned no metric values (got {type(output).__name__})")
-    fields = _model_fields(manifest)
-    extra_prov = dict(output.provenance)
-    provenance = UnitProvenance(
-        run_id=run_id, submission=manifest.name, submission_kind=manifest.submission.kind,
-        local=bool(manifest.submission.is_local), task=meta.name, task_version=meta.version,
-        benchmark_version=BENCHMARK_VERSION, git_sha=git_sha(), device=settings.device, dtype=spec.dtype,
-        spec=spec.canonical(), spec_hash=spec.hash, inputs=inputs_record, inputs_hash=inputs_hash,
-        seeds=list(manifest.submission.seeds), checkpoints=extra_prov.pop("checkpoints", None) or records,
-        data_hash=output.data_hash, setup_s=setup_s, **{**fields, **{k: v for k, v in extra_prov.items() if k in fields}},
-    )
-    rows = make_rows(
-        output.metrics, provenance, meta.directions,
-        timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), runtime_s=runtime,
-    )
-    written = store.write_unit(rows, output.artifacts, overwrite=settings.overwrite)
-    status = "done" if written else "lost-race"
-    detail = spec.describe() if written else "another run stored this unit first; its rows were kept"
-    if written and setup_s >= 1.0:
-        detail += f"; inputs prepared in {setup_s:.1f}s"
-    return UnitOutcome(manifest.name, meta.name, status, detail, runtime_s=runtime)
 
 
 def parse_task_seeds(text: str) -> list[int]:
@@ -361,3 +154,7 @@ def parse_task_seeds(text: str) -> list[int]:
         raise CanonBenchError(f"expected non-negative seeds like 0-4, got {text!r}", field="--task-seeds")
     return sorted(seeds)
 
+
+
+__all__ = ["DEFAULT_CACHE_DIR", "DEFAULT_MAX_RETRIES", "MAX_DETAIL", "OOM_HINT", "RunInterrupted", "RunSettings",
+           "RunSummary", "UnitOutcome", "build_specs", "parse_task_seeds", "run_benchmark"]

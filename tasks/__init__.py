@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from tasks.base import MetricSpec, Task, TaskInputs, TaskMetadata, TaskOutput
+from tasks.base import MetricSpec, Task, TaskInputs, TaskMetadata, TaskOutput, UnitResources
 
 #: Modules that define and register tasks (``TASK_MODULES`` order is the leaderboard's column order).
 TASK_MODULES: tuple[str, ...] = ("tasks.synthetic", "tasks.cross_seed", "tasks.absorption", "tasks.explanations")
@@ -43,4 +43,4 @@ def get_task(name: str) -> Task:
     return tasks[name]()
 
 
-__all__ = ["MetricSpec", "Task", "TaskInputs", "TaskMetadata", "TaskOutput", "all_tasks", "get_task", "register_task"]
+__all__ = ["MetricSpec", "Task", "TaskInputs", "TaskMetadata", "TaskOutput", "UnitResources", "all_tasks", "get_task", "register_task"]

@@ -59,7 +59,7 @@ from benchmark.results import MetricValue
 from tasks import register_task
 from benchmark.cache import TaskCache
 from benchmark.metrics.stats import mean_std
-from tasks.base import ArtifactSpec, MetricSpec, Task, TaskInputs, TaskMetadata, TaskOutput
+from tasks.base import ArtifactSpec, MetricSpec, Task, TaskInputs, TaskMetadata, TaskOutput, UnitResources
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +473,8 @@ class AbsorptionTask(Task):
         min_seeds=1,
         needs_saes=True,
         needs_model=True,
+        # the model's forward pass over the word prompts, probes and k-sparse probing on SAE latents
+        resources=UnitResources(cpus=1.0, memory_gb=4.0, gpu=True),
         artifacts=(
             ArtifactSpec("letters", "one row per (seed, gated letter): probe F1, main latents, absorption",
                          ("letter", "probe_f1", "n_true_positives", "main_latents", "num_split_features", "k_sparse_f1",

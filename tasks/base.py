@@ -107,6 +107,29 @@ class SummarySpec:
 
 
 @dataclass(frozen=True)
+class UnitResources:
+    """What one unit of a task needs from a machine: a cluster executor schedules units by it (the
+    local executor runs them one at a time and ignores it).
+
+    ``cpus``: CPU cores the unit keeps busy. ``memory_gb``: host memory at its peak, in GiB, for the
+    largest submissions expected (a scheduling promise, not a limit). ``gpu``: its heavy computation
+    runs on the accelerator; with ``--device cuda`` such a unit takes ``gpu_share`` of one GPU, and a
+    unit without it only a token share (it still places tensors on the device, so it must run on a
+    GPU node)."""
+
+    cpus: float = 1.0
+    memory_gb: float = 1.0
+    gpu: bool = False
+    gpu_share: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cpus <= 0 or self.memory_gb <= 0:
+            raise ValueError(f"cpus and memory_gb must be positive, got {self.cpus} and {self.memory_gb}")
+        if not 0 < self.gpu_share <= 1:
+            raise ValueError(f"gpu_share is a share of one GPU in (0, 1], got {self.gpu_share}")
+
+
+@dataclass(frozen=True)
 class TaskMetadata:
     """Everything the runner, the docs and the leaderboard need to know about a task."""
 
@@ -130,6 +153,7 @@ class TaskMetadata:
     superseded: tuple[str, ...] = ()  # earlier versions and why they changed
     notes: tuple[str, ...] = ()  # caveats shown on the task page (e.g. differences from a reference implementation)
     secrets: tuple[str, ...] = ()  # environment variables (API keys) the runner may pass in TaskInputs.secrets
+    resources: UnitResources = UnitResources()  # what one unit needs from a cluster node (see UnitResources)
 
     def __post_init__(self) -> None:
         mains = [m for m in self.metrics if m.main]

@@ -44,7 +44,7 @@ from benchmark.metrics.seed_pairs import SHARED_THRESHOLD, PairResult, chance_ba
 from benchmark.metrics.stats import mean_std, pair_summary
 from benchmark.results import MetricValue
 from tasks import register_task
-from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
+from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, UnitResources, metric_spec
 from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
 from tasks.reliability import reliability_summaries
 
@@ -371,6 +371,8 @@ class CrossSeedTask(Task):
         min_seeds=2,
         needs_saes=True,
         uses_activations=True,
+        # d_sae x d_sae cosine matrices per seed pair (16k latents: 1 GiB each) and a token sample encoded
+        resources=UnitResources(cpus=1.0, memory_gb=4.0, gpu=True),
         artifacts=(
             ArtifactSpec("latents", "one row per (seed, latent, other seed): decoder and encoder partner and cosine, "
                          "max cosine, shared flag, firing frequency and matched activation correlation",

@@ -49,7 +49,7 @@ from benchmark.metrics.seed_pairs import SHARED_THRESHOLD, compare_pair
 from benchmark.metrics.stats import mean_std
 from benchmark.results import MetricValue
 from tasks import register_task
-from tasks.base import ArtifactSpec, PlotSpec, SummarySpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
+from tasks.base import ArtifactSpec, PlotSpec, SummarySpec, Task, TaskInputs, TaskMetadata, TaskOutput, UnitResources, metric_spec
 from tasks.reliability import reliability_summaries
 from tasks.citations import CHANIN_GARRIGA_ALONSO_2026, PAULO_BELROSE_2025, SONG_2025, join
 
@@ -165,6 +165,8 @@ class SyntheticTask(Task):
         accepts=("recipe", "checkpoints"),
         min_seeds=1,
         needs_organisms=True,
+        # small organisms; the recipes train before the unit (provisioning), the task matches small dictionaries
+        resources=UnitResources(cpus=1.0, memory_gb=2.0, gpu=False),
         artifacts=(
             ArtifactSpec("per_seed", "one row per (preset, seed): GT-MCC, certification, max-cosine recovery, L0, "
                          "explained variance, never-fired fraction",

@@ -8,21 +8,19 @@ Subprocess tests use real signals; their kill moments are drawn from a seeded ge
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 import fault_tasks
+from fault_tasks import assert_store_consistent, summary_statuses, write_submissions  # noqa: F401 - also imported from here
 from benchmark import cli
 from benchmark.submission.manifest import load_manifests
 from benchmark.results import ResultStore
@@ -30,54 +28,11 @@ from benchmark.runner import RunInterrupted, RunSummary, UnitOutcome, run_benchm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(fault_tasks.__file__).resolve()
-SUMMARY_LINE = re.compile(r"^\s+(\S+)\s+(\S+) × (\S+)")
 
 
 @pytest.fixture(autouse=True)
 def fault_registry(monkeypatch):
     fault_tasks.register(monkeypatch)
-
-
-def write_submissions(folder: Path, names: list[str]) -> Path:
-    """Synthetic-recipe manifests ``acme/<name>`` (no checkpoints to load) under ``folder``."""
-    for name in names:
-        path = folder / "acme" / f"{name}.toml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            f'name = "acme/{name}"\ntitle = "fault test {name}"\nauthors = ["T. Ester"]\nlicense = "MIT"\n'
-            'kind = "recipe"\n[recipe]\narchitecture = "topk"\nwidth = 8\nseeds = [0, 1]\n'
-            'trains_on = "synthetic"\npresets = ["p"]\n',
-            encoding="utf-8",
-        )
-    return folder
-
-
-def summary_statuses(stdout: str) -> dict[tuple[str, str], str]:
-    """``{(submission, task): status}`` parsed from a printed run summary."""
-    out = {}
-    for line in stdout.splitlines():
-        m = SUMMARY_LINE.match(line)
-        if m and "/" in m.group(2):
-            out[(m.group(2), m.group(3))] = m.group(1)
-    return out
-
-
-def assert_store_consistent(root: Path) -> pd.DataFrame:
-    """Every parquet file readable, one row set per unit, and each unit's artifact written by the same
-    process as its rows (a torn unit mixes two writers)."""
-    for path in root.rglob("*.parquet"):
-        pq.read_table(path)  # raises on a torn file
-    assert not (root / "quarantine").exists(), "a unit file was torn (quarantined on read)"
-    frame = ResultStore(root).read()
-    assert not frame.duplicated(["submission", "task", "task_version", "metric", "subset"]).any(), "duplicate rows"
-    for (sub, task), rows in frame.groupby(["submission", "task"]):
-        assert sorted(rows["metric"]) == ["pid", "score"], (sub, task)
-        assert rows["run_id"].nunique() == 1
-        pid = int(rows.loc[rows["metric"] == "pid", "value"].iloc[0])
-        assert json.loads(rows.loc[rows["metric"] == "score", "extra"].iloc[0])["pid"] == pid
-        artifact = ResultStore(root).read_artifact(rows.iloc[0], "detail")
-        assert artifact is not None and set(artifact["pid"]) == {pid}, f"{sub} × {task}: torn unit"
-    return frame
 
 
 # --- a failing task, out of memory, an empty result, a broken check ----------------------------------------

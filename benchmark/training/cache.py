@@ -10,6 +10,11 @@ Layout: ``<cache_dir>/trained/<key>/seed-<seed>/`` in the native checkpoint form
 ``metadata`` holds the key's fields, the seed and the training log. Each folder is written to a
 temporary name and renamed, so a crash leaves none torn. Every SAE comes back with one provenance
 record in one schema (:func:`train_or_load`), for synthetic and model recipes alike.
+
+Several processes may ask for one key at once (workers of a cluster run sharing the cache folder):
+the check-train-save step holds an exclusive ``flock`` on ``trained/<key>.lock``, so one process
+trains and the others wait and then load its SAEs. Where the file system refuses locks, both may
+train; the first saved folder wins and the other process loads it, so nothing fails or tears.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +30,11 @@ from typing import Any, Callable
 import torch
 
 from benchmark.errors import CanonBenchError, CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not Linux/macOS: unlocked, still race-safe (see the module docstring)
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -112,38 +123,17 @@ def train_or_load(recipe, data: TrainingData, *, cache_dir: Path | str | None, d
     ``training`` (the seed's part of the training log)."""
     from benchmark.data.models import file_sha256
     from benchmark.sae.checkpoints import load_sae
-    from benchmark.sae.checkpoints.native import save_native
-    from benchmark.training import check_recipe, train_batched
+    from benchmark.training import check_recipe
 
     check_recipe(recipe, file=file)
     seeds = list(recipe.seeds if seeds is None else seeds)
     key, fields = training_key(recipe, data)
     root = Path(cache_dir) / "trained" / key if cache_dir is not None else None
     folders = {seed: root / f"seed-{seed}" for seed in seeds} if root is not None else {}
-    missing = [s for s in seeds if root is None or not (folders[s] / "cfg.json").exists()]
-    trained: dict[int, Any] = {}
-    train_log: dict[str, Any] = {}
-    if missing:
-        hp = recipe.hyperparameters
-        if hp.effective_batch_size is not None and data.n_samples is not None and hp.effective_batch_size > data.n_samples:
-            raise CanonBenchError(f"batch size {hp.effective_batch_size} exceeds the {data.n_samples} training samples",
-                                  file=file, field="recipe.hyperparameters.batch_size")
-        log.info("training %s (%d seeds) on %s", recipe.architecture, len(missing), _describe(data))
-        result = train_batched(recipe, data.batches(hp.effective_batch_size, hp.steps, int(key[:8], 16)),
-                               d_in=data.d_in, device=device, quiet=quiet, seeds=missing)
-        train_log = result.log
-        for seed in missing:
-            sae = result.saes[seed].cpu()
-            for name, value in (sae_metadata or {}).items():
-                setattr(sae.config, name, value)
-            trained[seed] = sae
-            if root is not None:
-                meta = {"training_key": key, "key_fields": fields, "seed": seed, "training": _seed_log(train_log, seed)}
-                try:
-                    save_native(sae, folders[seed], extra_metadata=meta)
-                except CheckpointError:
-                    if not (folders[seed] / "cfg.json").exists():  # not a lost race: a real failure
-                        raise
+    with _key_lock(root):  # another process training this key: wait, then load what it saved
+        missing = [s for s in seeds if root is None or not (folders[s] / "cfg.json").exists()]
+        trained, train_log = _train_missing(recipe, data, missing, key=key, fields=fields, folders=folders,
+                                            device=device, quiet=quiet, file=file, sae_metadata=sae_metadata)
     saes, records = {}, []
     for seed in seeds:
         folder = folders.get(seed)
@@ -163,6 +153,62 @@ def train_or_load(recipe, data: TrainingData, *, cache_dir: Path | str | None, d
             "training": _seed_log(train_log, seed) if seed in missing else _saved_log(folder),
         })
     return saes, records
+
+
+def _train_missing(recipe, data: TrainingData, missing: list[int], *, key: str, fields: dict[str, Any],
+                   folders: dict[int, Path], device: str, quiet: bool, file: Any,
+                   sae_metadata: dict[str, Any] | None) -> tuple[dict[int, Any], dict[str, Any]]:
+    """Train the ``missing`` seeds in one batched run and save each to its folder (when cached);
+    returns ``({seed: SAE}, training log)``. A folder another process saved first is kept."""
+    from benchmark.sae.checkpoints.native import save_native
+    from benchmark.training import train_batched
+
+    trained: dict[int, Any] = {}
+    train_log: dict[str, Any] = {}
+    if not missing:
+        return trained, train_log
+    hp = recipe.hyperparameters
+    if hp.effective_batch_size is not None and data.n_samples is not None and hp.effective_batch_size > data.n_samples:
+        raise CanonBenchError(f"batch size {hp.effective_batch_size} exceeds the {data.n_samples} training samples",
+                              file=file, field="recipe.hyperparameters.batch_size")
+    log.info("training %s (%d seeds) on %s", recipe.architecture, len(missing), _describe(data))
+    result = train_batched(recipe, data.batches(hp.effective_batch_size, hp.steps, int(key[:8], 16)),
+                           d_in=data.d_in, device=device, quiet=quiet, seeds=missing)
+    train_log = result.log
+    for seed in missing:
+        sae = result.saes[seed].cpu()
+        for name, value in (sae_metadata or {}).items():
+            setattr(sae.config, name, value)
+        trained[seed] = sae
+        if seed in folders:
+            meta = {"training_key": key, "key_fields": fields, "seed": seed, "training": _seed_log(train_log, seed)}
+            try:
+                save_native(sae, folders[seed], extra_metadata=meta)
+            except (CheckpointError, OSError):  # "already exists" or a refused rename: kept if another saved it
+                if not (folders[seed] / "cfg.json").exists():  # not a lost race: a real failure
+                    raise
+    return trained, train_log
+
+
+@contextmanager
+def _key_lock(root: Path | None):
+    """An exclusive ``flock`` on ``<root>.lock`` while held (nothing when ``root`` is None or the
+    file system refuses locks)."""
+    if root is None or fcntl is None:
+        yield
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(root.name + ".lock"), "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. a network file system without lock support
+            log.debug("no lock on %s (%s); training unlocked", handle.name, exc)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _describe(data: TrainingData) -> str:

@@ -42,7 +42,7 @@ from benchmark.metrics.seed_pairs import match_rows
 from benchmark.metrics.stats import pair_summary
 from benchmark.results import MetricValue
 from tasks import register_task
-from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
+from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, UnitResources, metric_spec
 from tasks.citations import PAULO_BELROSE_2025, SONG_2025, join
 from tasks.reliability import reliability_summaries
 
@@ -511,6 +511,8 @@ class ExplanationSimilarityTask(Task):
         ),
         secrets=(LLM_KEY_ENV,),
         summaries=reliability_summaries(("similarity_gap", "matched_similarity")),
+        # the embedding model plus top contexts of sampled latents over a token sample
+        resources=UnitResources(cpus=1.0, memory_gb=4.0, gpu=True),
         citation=join(PAULO_BELROSE_2025, SONG_2025),
         references=("https://arxiv.org/abs/2501.16615", "https://arxiv.org/abs/2505.20254"),
     )

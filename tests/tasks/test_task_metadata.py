@@ -3,7 +3,7 @@
 import pytest
 
 from tasks import all_tasks, register_task
-from tasks.base import MetricSpec, Task, TaskMetadata
+from tasks.base import MetricSpec, Task, TaskMetadata, UnitResources
 
 TASKS = all_tasks()
 
@@ -20,6 +20,17 @@ def test_task_metadata_complete(name):
         lo, hi = metric.range
         assert lo is None or hi is None or lo < hi
         assert metric.description
+    # what a cluster schedules a unit by: declared by every real task, not left at the 1 GiB default
+    assert meta.resources != UnitResources() and meta.resources.memory_gb >= 2.0
+    if meta.needs_model or meta.needs_activations or meta.uses_activations:
+        assert meta.resources.gpu, "a task that reads a model's activations should ask for the accelerator"
+
+
+def test_unit_resources_refuse_impossible_requests():
+    with pytest.raises(ValueError, match="positive"):
+        UnitResources(memory_gb=0)
+    with pytest.raises(ValueError, match="share of one GPU"):
+        UnitResources(gpu=True, gpu_share=2.0)
 
 
 def test_main_metric_and_duplicates_are_enforced():

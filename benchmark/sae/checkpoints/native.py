@@ -114,7 +114,9 @@ def save_native(sae: SAE, folder: Path | str, *, extra_metadata: dict[str, Any] 
     """Write ``sae`` to ``folder`` atomically (a temp folder beside it, then a rename); returns ``folder``.
 
     ``extra_metadata`` (JSON values: training recipe, seed, losses, ...) goes into cfg.json's
-    ``metadata`` block. An existing folder is replaced only with ``overwrite=True``.
+    ``metadata`` block. An existing folder is replaced only with ``overwrite=True``; without it, a
+    folder another process writes meanwhile is never replaced (this call raises instead: the first
+    writer wins).
     """
     folder = Path(folder)
     if folder.exists() and not overwrite:
@@ -138,13 +140,15 @@ def save_native(sae: SAE, folder: Path | str, *, extra_metadata: dict[str, Any] 
             os.fsync(handle.fileno())
         with (tmp / WEIGHTS_FILE).open("rb") as handle:
             os.fsync(handle.fileno())
-        if folder.exists():
+        if folder.exists() and overwrite:
             old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
             folder.rename(old)
             tmp.rename(folder)
             shutil.rmtree(old, ignore_errors=True)
+        elif folder.exists():  # another writer finished first (checked above): its folder stays
+            raise CheckpointError("already exists (written meanwhile by another process)", file=folder, field="folder")
         else:
-            tmp.rename(folder)
+            tmp.rename(folder)  # fails (folder not empty) if another writer's folder appears right now: it stays
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
