@@ -137,6 +137,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        # huggingface_hub logs each of its own retries as a warning through its own handler
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def _task_list(args: argparse.Namespace) -> list[str] | None:
@@ -176,14 +178,26 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
+def _good_manifests(paths: list[Path]) -> tuple[list, list[str]]:
+    """The valid manifests under ``paths``, and one line per bad one (printed now as ``error:``):
+    a run goes on with the good ones, as ``validate`` lists every bad one."""
+    from benchmark.submission.manifest import collect_manifests
+
+    manifests, problems = collect_manifests(paths)
+    lines = [" ".join(str(p).split()) for p in problems]
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return manifests, lines
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.submission.manifest import load_manifests
     from benchmark.runner import run_benchmark
 
-    manifests = load_manifests(args.paths)
+    manifests, rejected = _good_manifests(args.paths)
     summary = run_benchmark(manifests, _task_list(args), **_run_kwargs(args))
+    summary.rejected = rejected
     print(summary.render())
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or rejected else 0
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -215,11 +229,11 @@ def cmd_reliability(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.runner import run_benchmark
-    from benchmark.submission.manifest import load_manifests
     from benchmark.summaries import render_outcomes, summarize
 
-    manifests = load_manifests([args.submissions])
+    manifests, rejected = _good_manifests([args.submissions])
     summary = run_benchmark(manifests, _task_list(args), **_run_kwargs(args))
+    summary.rejected = rejected
     print(summary.render())
     if not args.dry_run:
         outcomes = summarize(args.results)
@@ -228,7 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     index = build_site(results_dir=args.results, submissions_dir=Path("submissions"), out_dir=args.out)
     print(f"leaderboard: {Path(index).resolve()}")
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or rejected else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

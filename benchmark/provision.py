@@ -68,13 +68,14 @@ class SubmissionInputs:
 
         sub = self.manifest.submission
         saes, records = {}, []
-        for spec in sub.checkpoints:
+        for index, spec in enumerate(sub.checkpoints):
             resolved = resolve_checkpoint(self.manifest, spec, cache_dir=self.cache_dir)
+            check_declared(resolved, self.manifest, entry=f"checkpoints[{index}]")
             fmt = None if sub.sae.format == "auto" else sub.sae.format
             sae = load_sae(resolved, format=fmt, device=self.device)  # carries the manifest's size bound into the load
             check_against_manifest(sae, self.manifest)
             saes[spec.seed] = sae
-            records.append({**resolved.record(), "seed": spec.seed})
+            records.append({**resolved.record(), "seed": spec.seed, "format": sae.config.format})
         return saes, records
 
     def _train_model_recipe(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:
@@ -193,6 +194,22 @@ def _synthetic_model(sub) -> bool:
     return model is not None and model.name.startswith(MODEL_PREFIX)
 
 
+def check_declared(resolved: Any, manifest, *, entry: str) -> None:
+    """Refuse a checkpoint whose headers (read by ``resolve_checkpoint``) disagree with the manifest's
+    ``[sae]`` table, with the rule ``validate --check-files`` applies
+    (:func:`benchmark.submission.agreement.disagreements`): a standard SAE declared ``jumprelu`` is
+    never scored and stored as one."""
+    from benchmark.submission.agreement import disagreements
+
+    info = getattr(resolved, "info", None)
+    if info is None:
+        return
+    where = resolved.source if resolved.local else f"{resolved.repo}@{(resolved.resolved_revision or '')[:12]}/{resolved.path_in_repo}"
+    problems = disagreements(info, manifest, entry=entry, where=where)
+    if problems:
+        raise problems[0]
+
+
 def check_against_manifest(sae: Any, manifest) -> None:
     """Refuse a checkpoint whose shape disagrees with what its manifest declares."""
     spec = manifest.submission.sae
@@ -202,4 +219,4 @@ def check_against_manifest(sae: Any, manifest) -> None:
         raise CanonBenchError(f"checkpoint has d_in={sae.d_in} but the manifest says {spec.d_in}", file=manifest.path, field="sae.d_in")
 
 
-__all__ = ["SubmissionInputs", "check_against_manifest", "has_real_model"]
+__all__ = ["SubmissionInputs", "check_against_manifest", "check_declared", "has_real_model"]

@@ -31,11 +31,12 @@ def checkpoint_identity(manifest, *, cache_dir=None) -> list[dict[str, Any]]:
     from benchmark.submission.sources import checkpoint_files, describe_files
 
     out = []
-    for index, spec in enumerate(sorted(manifest.submission.checkpoints, key=lambda c: c.seed)):
+    entries = list(enumerate(manifest.submission.checkpoints))
+    for index, spec in sorted(entries, key=lambda entry: entry[1].seed):  # index: the entry's place in the manifest
         if spec.local is None:
             out.append({"seed": spec.seed, "repo": spec.repo, "revision": spec.revision, "path": spec.path})
             continue
-        target = manifest.resolve_local(spec.local)
+        target = manifest.resolve_local(spec.local, field=f"checkpoints[{index}].local", outside=spec.local_outside)
         if not target.exists() or not checkpoint_files(target):
             raise SourceError(f"no checkpoint files at {spec.local}", file=manifest.path, field=f"checkpoints[{index}].local")
         files = describe_files(target, cache_dir=cache_dir)
