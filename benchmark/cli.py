@@ -50,6 +50,9 @@ def _run_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
                         help="the Ray cluster to use (--executor ray; default: RAY_ADDRESS, else a new local cluster)")
     parser.add_argument("--max-retries", type=int, default=None,
                         help="--executor ray: reruns of a unit whose worker died (default 2)")
+    parser.add_argument("--download-models", action="store_true",
+                        help="also download a base model to compute activations a task only uses optionally "
+                             "(by default those come from a manifest's [activations] file or a model already here)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +178,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
         limit=args.limit, batch_size=args.batch_size, task_options=_task_options(args), overwrite=args.overwrite,
         quiet=args.quiet, dry_run=args.dry_run, skip_activations=args.no_activations, executor=args.executor,
         address=args.address, **({"max_retries": args.max_retries} if args.max_retries is not None else {}),
+        download_models=args.download_models,
     )
 
 
