@@ -13,6 +13,7 @@ appears once per page inside ``<span class="build-date">`` and can be fixed with
 Layout of the built site::
 
     index.html                       overview: one row per submission, one column per task
+    architectures.html               each task's main metric vs L0 and width, by architecture and library
     tasks/<task>.html                one page per registered task
     submissions/<org>~<name>.html    one page per submission (see leaderboard.cells.slug)
     downloads/results.{csv,parquet}  the whole results table, as stored
@@ -31,6 +32,7 @@ from typing import Mapping
 
 from benchmark.results import ResultStore
 from benchmark.version import BENCHMARK_VERSION, git_sha
+from leaderboard.architectures import render_architectures
 from leaderboard.collect import collect, load_manifest_map
 from leaderboard.pages import environment, render_overview, render_submission, render_task
 from leaderboard.write import check_out_dir, remove_stale_builds, staging_dir, swap_in, write_site
@@ -76,6 +78,7 @@ def build_site(
         "nav_tasks": [{"label": t.meta.title or t.name, "href": f"tasks/{t.slug}.html"} for t in site.tasks.values()],
     }
     site.pages["index.html"] = render_overview(env, site, common)
+    site.pages["architectures.html"] = render_architectures(env, site, common)
     for task in site.tasks.values():
         site.pages[f"tasks/{task.slug}.html"] = render_task(env, site, task, common)
     for info in site.submissions.values():
