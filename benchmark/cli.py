@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb = p.add_subparsers(dest="action", required=True)
     b = lb.add_parser("build", help="render the site from the results store")
     b.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    b.add_argument("--submissions", type=Path, default=Path("submissions"))
+    b.add_argument("--submissions", type=Path, action="append", default=None,
+                   help="a folder (or manifest) of submissions; repeat for several (default: submissions)")
     b.add_argument("--out", type=Path, default=DEFAULT_SITE)
     _common(b)
     b.set_defaults(func=cmd_leaderboard_build)
@@ -333,7 +334,8 @@ def cmd_leaderboard_build(args: argparse.Namespace) -> int:
         raise CanonBenchError("no results store here (run `canonbench run` first, or check the path)", file=args.results,
                               field="--results")
     try:
-        index = build_site(results_dir=args.results, submissions_dir=args.submissions, out_dir=args.out)
+        index = build_site(results_dir=args.results, submissions_dir=args.submissions or [Path("submissions")],
+                           out_dir=args.out)
     except OSError as exc:
         raise CanonBenchError(f"cannot write the site: {exc.strerror or exc}", file=exc.filename or args.out,
                               field="--out") from None

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 def build_site(
     *,
     results_dir: Path | str,
-    submissions_dir: Path | str | None,
+    submissions_dir: Path | str | list[Path | str] | None,
     out_dir: Path | str,
     build_date: dt.datetime | str | None = None,
     tasks: Mapping[str, type] | None = None,
@@ -51,7 +51,8 @@ def build_site(
     """Build the static site into ``out_dir`` and return the path of its ``index.html``.
 
     ``results_dir``: a results store (:class:`benchmark.results.ResultStore`). ``submissions_dir``:
-    folder of manifests (missing or None: submissions are described from their result rows only).
+    a folder of manifests, or a list of folders (missing or None: submissions are described from
+    their result rows only; a manifest that does not load is left out with a warning).
     ``build_date``: shown on every page (default: ``SOURCE_DATE_EPOCH`` if set, else now, UTC).
     ``tasks``: name → Task class (default: :func:`tasks.all_tasks`; tests pass fixture tasks).
     ``out_dir`` is replaced as a whole, but only if it is empty, absent, or a site built before.
