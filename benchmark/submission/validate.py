@@ -4,7 +4,8 @@ Without ``--check-files`` nothing is read but the manifests: schema, TOML, names
 ``submissions/<org>/<name>.toml``), pinned revisions, safe relative paths, distinct seeds, distinct
 checkpoints and leftover ``TODO`` markers. With ``--check-files`` every checkpoint is also resolved
 (fetched into the Hub cache if needed) and its configs and safetensors headers are read (no weights)
-to check that shapes and architecture agree with the manifest.
+to check that shapes and architecture agree with the manifest, and a declared activations file is
+checked for its shape.
 """
 
 from __future__ import annotations
@@ -149,6 +150,26 @@ def _check_model_files(manifest: LoadedManifest) -> list[CanonBenchError]:
     return []
 
 
+def _check_activation_file(manifest: LoadedManifest, *, cache_dir) -> list[CanonBenchError]:
+    """A declared ``[activations]`` file exists, stays where the containment rule allows, and holds a
+    ``[n_tokens, d_in]`` float array of the declared width (its header only: .npy and safetensors
+    data are memory-mapped, not read)."""
+    spec = getattr(manifest.submission, "activations", None)
+    if spec is None:
+        return []
+    try:
+        from benchmark.data.activation_files import file_activations_for_manifest
+
+        acts = file_activations_for_manifest(manifest, cache_dir=cache_dir).activations()
+    except CanonBenchError as exc:
+        return [exc]
+    d_in = manifest.submission.sae.d_in
+    if d_in is not None and int(acts.shape[1]) != d_in:
+        return [ManifestError(f"{spec.file} has width {int(acts.shape[1])} but the manifest says d_in = {d_in}",
+                              file=manifest.path, field="activations.file")]
+    return []
+
+
 def _check_presets(manifest: LoadedManifest) -> list[CanonBenchError]:
     """A synthetic recipe must name presets that exist (at the version given, if any)."""
     sub = manifest.submission
@@ -253,5 +274,6 @@ def validate_paths(
             problems.extend(_check_model_files(manifest))
             if manifest.submission.kind == "checkpoints":
                 problems.extend(_check_checkpoint_files(manifest, cache_dir=cache_dir, hub_cache=hub_cache))
+                problems.extend(_check_activation_file(manifest, cache_dir=cache_dir))
     distinct = list({str(p): p for p in problems}.values())  # a problem found twice is reported once
     return distinct, len(files)

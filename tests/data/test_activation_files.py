@@ -166,3 +166,17 @@ def test_no_activations_skips_a_declared_file_too(tmp_path, no_model):
     np.save(folder / "acts.npy", activations())
     assert run(path, tmp_path, "--no-activations") == 0
     assert "l0" not in set(ResultStore(tmp_path / "r").read()["metric"])
+
+
+def test_validate_checks_a_declared_activations_file(tmp_path):
+    from benchmark.submission.validate import validate_paths
+
+    folder = tmp_path / "submissions" / "me"
+    path = submission(folder)
+    problems, _ = validate_paths([path], check_files=True)
+    assert [p.field for p in problems] == ["activations.file"] and "does not exist" in problems[0].detail
+    np.save(folder / "acts.npy", activations())
+    assert validate_paths([path], check_files=True)[0] == []
+    path.write_text(path.read_text().replace("k = 4\n", "k = 4\nd_in = 9\n"))
+    problems, _ = validate_paths([path], check_files=True)
+    assert "activations.file" in {p.field for p in problems}
