@@ -199,6 +199,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runner import run_benchmark
 
     manifests, rejected = _good_manifests(args.paths)
+    if rejected and not manifests:
+        return 2  # nothing valid to run: the errors above are the whole answer
     summary = run_benchmark(manifests, _task_list(args), **_run_kwargs(args))
     summary.rejected = rejected
     print(summary.render())
@@ -237,6 +239,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.summaries import render_outcomes, summarize
 
     manifests, rejected = _good_manifests([args.submissions])
+    if rejected and not manifests:
+        return 2
     summary = run_benchmark(manifests, _task_list(args), **_run_kwargs(args))
     summary.rejected = rejected
     print(summary.render())

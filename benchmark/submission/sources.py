@@ -61,7 +61,11 @@ NOT_WEIGHTS = ("sparsity.safetensors",)
 
 RETRY_ATTEMPTS = 4
 RETRY_BASE_DELAY_S = 1.0
+#: No retry starts once this long has passed since the first attempt (huggingface_hub retries
+#: inside each attempt too, so attempts alone do not bound the wait).
+RETRY_BUDGET_S = 60.0
 _sleep: Callable[[float], None] = time.sleep  # tests replace it
+_clock: Callable[[], float] = time.monotonic  # tests replace it
 #: How long the one reachability probe of a process waits for the Hub to answer.
 PROBE_TIMEOUT_S = 5.0
 
@@ -320,9 +324,10 @@ def is_transient(exc: BaseException) -> bool:
 
 def _with_retries(action: Callable[[], T], *, what: str) -> T:
     """Run ``action``; on a transient error (timeout, 5xx, 429) wait 1 s, 2 s, 4 s ... and try again,
-    at most :data:`RETRY_ATTEMPTS` times. A connection failure is not retried: it marks the Hub
+    at most :data:`RETRY_ATTEMPTS` times and never past :data:`RETRY_BUDGET_S`. A connection failure is not retried: it marks the Hub
     unreachable for the rest of the process (:func:`mark_hub_unreachable`). Retry notes go to the
     INFO log, so ``--quiet`` shows only the final one-line error."""
+    started = _clock()
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return action()
@@ -330,9 +335,9 @@ def _with_retries(action: Callable[[], T], *, what: str) -> T:
             if is_unreachable(exc):
                 mark_hub_unreachable(f"{type(exc).__name__}: {_first_line(exc)}")
                 raise
-            if attempt == RETRY_ATTEMPTS or not is_transient(exc):
-                raise
             delay = RETRY_BASE_DELAY_S * 2 ** (attempt - 1)
+            if attempt == RETRY_ATTEMPTS or not is_transient(exc) or _clock() - started + delay > RETRY_BUDGET_S:
+                raise
             log.info("%s: %s: %s; retrying in %.0f s (attempt %d of %d)",
                      what, type(exc).__name__, _first_line(exc), delay, attempt + 1, RETRY_ATTEMPTS)
             _sleep(delay)

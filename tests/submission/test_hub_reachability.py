@@ -131,3 +131,24 @@ def test_validate_without_a_network_through_the_cli_is_quick_and_quiet(tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("error: ") and "cannot be reached" in line for line in lines), lines
     assert "Retry" not in proc.stderr and proc.stdout == ""
+
+
+def test_retries_stop_when_the_time_budget_is_spent(monkeypatch, tmp_path):
+    """Each attempt may itself wait through huggingface_hub's retries: the budget bounds the total."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sources, "_probe_hub", lambda: None)
+    now, calls, slept = [0.0], [], []
+    monkeypatch.setattr(sources, "_clock", lambda: now[0])
+    monkeypatch.setattr(sources, "_sleep", slept.append)
+
+    def slow_timeout(*args, **kwargs):
+        calls.append(1)
+        now[0] += 40.0  # the library's own retries took 40 s before giving up
+        raise httpx2.ReadTimeout("read timed out")
+
+    monkeypatch.setattr(sources, "snapshot_download", slow_timeout)
+    with pytest.raises(SourceError) as info:
+        sources.resolve_hub(REPO, SHA, "seed_0", hub_cache=tmp_path / "hub")
+    assert calls == [1, 1] and slept == [1.0]  # 40 s + 1 s wait < 60 s: one retry; 80 s + 2 s: none
+    assert "did not answer" in str(info.value) and sources.RETRY_ATTEMPTS > 2
