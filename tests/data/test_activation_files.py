@@ -180,3 +180,15 @@ def test_validate_checks_a_declared_activations_file(tmp_path):
     path.write_text(path.read_text().replace("k = 4\n", "k = 4\nd_in = 9\n"))
     problems, _ = validate_paths([path], check_files=True)
     assert "activations.file" in {p.field for p in problems}
+
+
+@pytest.mark.parametrize("array", [np.arange(80, dtype=np.int64).reshape(10, 8), np.ones((10, 8), dtype=np.longdouble),
+                                   np.ones(8, dtype=np.float32), np.zeros((0, 8), dtype=np.float32)],
+                         ids=["integers", "long double", "one-dimensional", "empty"])
+def test_an_activations_array_that_is_not_n_by_d_floats_is_refused(tmp_path, array):
+    np.save(tmp_path / "a.npy", array)
+    provider = FileActivations(tmp_path / "a.npy", sha256="0" * 64, size=1, model="gpt2", hook="h", corpus_sha256=CORPUS_SHA,
+                               manifest_path=tmp_path / "m.toml")
+    with pytest.raises(CanonBenchError) as info:
+        provider.activations()
+    assert info.value.field == "activations.file" and ("expected" in info.value.detail)
