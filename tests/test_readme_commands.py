@@ -9,12 +9,17 @@ done here too, and only that: the SAEs the README points ``new-submission`` at a
 sparsify's real multi-seed layout (``my-saes/pythia-topk/layers.3/seed<K>``), and the ``TODO`` fields
 ``new-submission`` leaves are filled in, as the README says to.
 
-One thing is served instead of computed: the runs on ``submissions/reference`` train every reference
-SAE first (about ten CPU-minutes even on an idle 2-core machine; ``make demo`` does it). The results
-store starts with those units, written under the exact unit keys the runner plans for each command
-(run spec from the command's own parsed options, inputs fingerprint from the manifests), so those
-``run`` commands find them stored and skip them, as a rerun does. Everything else (validate,
-new-submission, the researcher's cross-seed run, summarize, results, leaderboard build) computes for real.
+One thing is served instead of computed: the runs on ``submissions/reference`` and
+``submissions/panel`` train every SAE they name first (``run submissions/reference``: about ten
+CPU-minutes even on an idle 2-core machine, ``make demo`` does it; ``reliability submissions/panel``:
+30 units of 2,000-step panels, over 15 minutes under load). The results store starts with those units,
+written under the exact unit keys the runner plans for each command (run spec from the command's own
+parsed options and task seeds, inputs fingerprint from the manifests), so those commands find them
+stored and skip them, as a rerun does; the panel's rows are shaped like the synthetic task's (per
+preset, per seed, per seed pair) with values that differ by architecture, seed and task seed, so the
+reliability lens ``reliability`` then stores is computed on a non-degenerate table. Everything else
+(validate, new-submission, the researcher's cross-seed run, summarize, the reliability summaries,
+results, leaderboard build) computes for real.
 
 Commands that need the network (``hf://``/``saelens://`` sources, ``--download-models``) or a GPU
 (``--device cuda`` without one) would be skipped with that reason; the README has none today, and the
@@ -70,51 +75,83 @@ def fill_todos(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def seed_reference_units(work: Path, argv: list[str]) -> int:
-    """Store a unit for every (manifest, task) ``run argv`` would compute on ``submissions/reference``,
-    under the key the runner plans (see the module docstring); returns how many."""
+SERVED = ("submissions/reference", "submissions/panel")  # what the README's runs train first (see above)
+
+
+def served_metrics(cls, manifest, task_seed: int, index: int) -> list:
+    """Rows shaped like what ``cls`` stores for ``manifest``: the main metric and its chance level, and
+    for the synthetic task its per-preset, per-seed and per-pair rows, with values that vary by
+    submission (``index``), training seed and task seed."""
+    from benchmark.results import MetricValue
+
+    meta = cls.metadata
+    if meta.name != "synthetic":
+        metrics = [MetricValue(meta.main_metric.name, 0.5, std=0.01, n=3)]
+        if meta.chance_metric:
+            metrics.append(MetricValue(meta.chance_metric, 0.1, n=1))
+        return metrics
+    recipe = manifest.submission.recipe
+    seeds, metrics = list(manifest.submission.seeds), []
+    for preset in recipe.presets:
+        subset = f"preset={preset}"
+        per_seed = [0.5 + 0.08 * index + 0.01 * s for s in seeds]  # GT-MCC is fixed by the SAEs, not the task seed
+        metrics.append(MetricValue("gt_mcc", sum(per_seed) / len(per_seed), std=0.01, n=len(seeds), subset=subset))
+        metrics += [MetricValue("gt_mcc", v, n=1, subset=f"{subset},seed={s}") for s, v in zip(seeds, per_seed)]
+        metrics.append(MetricValue("gt_mcc_chance", 0.1 + 0.001 * task_seed, n=8, std=0.002, subset=subset))
+        metrics.append(MetricValue("chance_mcc", 0.12 + 0.001 * task_seed, n=8, std=0.002, subset=subset))
+        pairs = [(a, b) for i, a in enumerate(seeds) for b in seeds[i + 1:]]
+        pair_values = [0.4 + 0.07 * index + 0.005 * (a + b) for a, b in pairs]
+        metrics.append(MetricValue("decoder_pw_mcc", sum(pair_values) / len(pair_values), std=0.01, n=len(pairs), subset=subset))
+        metrics += [MetricValue("decoder_pw_mcc", v, n=1, subset=f"{subset},pair={a}-{b}") for (a, b), v in zip(pairs, pair_values)]
+    return metrics
+
+
+def seed_served_units(work: Path, argv: list[str]) -> int:
+    """Store a unit for every (manifest, task, task seed) that ``run argv`` or ``reliability argv``
+    would compute on a :data:`SERVED` folder, under the key the runner plans (see the module
+    docstring); returns how many."""
     from benchmark import cli
-    from benchmark.results import MetricValue, ResultStore, UnitProvenance, make_rows
-    from benchmark.runner import build_specs
+    from benchmark.results import ResultStore, UnitProvenance, make_rows
+    from benchmark.runner import build_specs, parse_task_seeds
     from benchmark.submission.identity import inputs_hash
     from benchmark.submission.manifest import load_manifests
     from tasks import all_tasks
 
-    args = cli.build_parser().parse_args(["run", *argv[1:]])
+    args = cli.build_parser().parse_args(argv)
+    task_seeds = parse_task_seeds(args.task_seeds) if argv[0] == "reliability" else [args.seed]
     registry = all_tasks()
     names = [t for t in args.tasks.split(",")] if args.tasks else list(registry)
-    specs = build_specs(registry, names, seed=args.seed, limit=args.limit, dtype=args.dtype, device=args.device,
-                        batch_size=args.batch_size, task_options=cli._task_options(args))
     store = ResultStore(work / "results")
     written = 0
-    for manifest in load_manifests([work / p for p in args.paths]):
-        for name in names:
-            cls, spec = registry[name], specs[name]
-            if cls.not_applicable(manifest):
-                continue
-            in_hash, record = inputs_hash(manifest, cache_dir=work / ".canonbench" / "cache")
-            sub = manifest.submission
-            recipe = getattr(sub, "recipe", None)
-            provenance = UnitProvenance(
-                run_id=f"20260101T000000Z-{written:08x}", submission=manifest.name, submission_kind=sub.kind,
-                local=bool(sub.is_local), task=name, task_version=cls.metadata.version, benchmark_version="0.1.0",
-                git_sha="0" * 40, device="cpu", dtype=spec.dtype, spec=spec.canonical(), spec_hash=spec.hash,
-                inputs=record, inputs_hash=in_hash, architecture=recipe.architecture if recipe else None,
-                width=recipe.width if recipe else None, seeds=list(sub.seeds),
-            )
-            metrics = [MetricValue(cls.metadata.main_metric.name, 0.5, std=0.01, n=3)]
-            if cls.metadata.chance_metric:
-                metrics.append(MetricValue(cls.metadata.chance_metric, 0.1, n=1))
-            assert store.write_unit(make_rows(metrics, provenance, cls.metadata.directions,
-                                              timestamp="2026-01-01T00:00:00+00:00", runtime_s=1.0))
-            written += 1
+    for task_seed in task_seeds:
+        specs = build_specs(registry, names, seed=task_seed, limit=args.limit, dtype=args.dtype, device=args.device,
+                            batch_size=args.batch_size, task_options=cli._task_options(args))
+        for index, manifest in enumerate(load_manifests([work / p for p in args.paths])):
+            for name in names:
+                cls, spec = registry[name], specs[name]
+                if cls.not_applicable(manifest):
+                    continue
+                in_hash, record = inputs_hash(manifest, cache_dir=work / ".canonbench" / "cache")
+                sub = manifest.submission
+                recipe = getattr(sub, "recipe", None)
+                provenance = UnitProvenance(
+                    run_id=f"20260101T000000Z-{written:08x}", submission=manifest.name, submission_kind=sub.kind,
+                    local=bool(sub.is_local), task=name, task_version=cls.metadata.version, benchmark_version="0.1.0",
+                    git_sha="0" * 40, device="cpu", dtype=spec.dtype, spec=spec.canonical(), spec_hash=spec.hash,
+                    inputs=record, inputs_hash=in_hash, architecture=recipe.architecture if recipe else None,
+                    width=recipe.width if recipe else None, seeds=list(sub.seeds),
+                )
+                assert store.write_unit(make_rows(served_metrics(cls, manifest, task_seed, index), provenance,
+                                                  cls.metadata.directions, timestamp="2026-01-01T00:00:00+00:00",
+                                                  runtime_s=1.0))
+                written += 1
     return written
 
 
 def test_readme_lists_the_researchers_path():
     commands = [" ".join(c[:1]) for c in readme_commands(README.read_text())]
     assert len(commands) >= 10
-    for verb in ("validate", "tasks", "run", "summarize", "results", "leaderboard", "new-submission"):
+    for verb in ("validate", "tasks", "run", "summarize", "reliability", "results", "leaderboard", "new-submission"):
         assert verb in commands, verb
 
 
@@ -135,8 +172,8 @@ def test_every_readme_command_runs_green_offline(tmp_path, monkeypatch, capsys):
         if reason is not None:
             skipped.append((" ".join(argv), reason))
             continue
-        if argv[0] == "run" and any(p.startswith("submissions/reference") for p in argv[1:]):
-            assert seed_reference_units(work, argv) > 0
+        if argv[0] in ("run", "reliability") and any(p.startswith(SERVED) for p in argv[1:]):
+            assert seed_served_units(work, argv) > 0
         code = cli.main(list(argv))
         out, err = capsys.readouterr()
         assert code == 0, f"canonbench {' '.join(argv)} exited {code}:\n{out}\n{err}"
@@ -147,8 +184,12 @@ def test_every_readme_command_runs_green_offline(tmp_path, monkeypatch, capsys):
 
     print("skipped:", skipped or "none")
     assert skipped == [], skipped  # the README promises every command runs offline
-    reference_runs = [out for cmd, out in outputs.items() if cmd.startswith("run submissions/reference")]
-    assert reference_runs and all("cached" in out and "failed" not in out for out in reference_runs)
+    served_runs = [out for cmd, out in outputs.items() if cmd.startswith(("run submissions/reference", "reliability"))]
+    assert len(served_runs) >= 3 and all("cached" in out and "failed" not in out for out in served_runs)
+    from benchmark.results import ResultStore
+
+    lens = ResultStore(work / "results").read_summary("synthetic", "reliability", "1")
+    assert lens is not None and {"gt_mcc", "decoder_pw_mcc"} <= set(lens["metric"])
     researcher_run = next(out for cmd, out in outputs.items() if cmd.startswith("run submissions/myorg"))
     assert "done            myorg/pythia-topk × cross-seed" in researcher_run
     assert (work / "all.parquet").is_file()
