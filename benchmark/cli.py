@@ -50,6 +50,9 @@ def _run_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
                         help="the Ray cluster to use (--executor ray; default: RAY_ADDRESS, else a new local cluster)")
     parser.add_argument("--max-retries", type=int, default=None,
                         help="--executor ray: reruns of a unit whose worker died (default 2)")
+    parser.add_argument("--download-models", action="store_true",
+                        help="also download a base model to compute activations a task only uses optionally "
+                             "(by default those come from a manifest's [activations] file or a model already here)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb = p.add_subparsers(dest="action", required=True)
     b = lb.add_parser("build", help="render the site from the results store")
     b.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    b.add_argument("--submissions", type=Path, default=Path("submissions"))
+    b.add_argument("--submissions", type=Path, action="append", default=None,
+                   help="a folder (or manifest) of submissions; repeat for several (default: submissions)")
     b.add_argument("--out", type=Path, default=DEFAULT_SITE)
     _common(b)
     b.set_defaults(func=cmd_leaderboard_build)
@@ -137,6 +141,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        # huggingface_hub logs each of its own retries as a warning through its own handler
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def _task_list(args: argparse.Namespace) -> list[str] | None:
@@ -173,17 +179,32 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
         limit=args.limit, batch_size=args.batch_size, task_options=_task_options(args), overwrite=args.overwrite,
         quiet=args.quiet, dry_run=args.dry_run, skip_activations=args.no_activations, executor=args.executor,
         address=args.address, **({"max_retries": args.max_retries} if args.max_retries is not None else {}),
+        download_models=args.download_models,
     )
 
 
+def _good_manifests(paths: list[Path]) -> tuple[list, list[str]]:
+    """The valid manifests under ``paths``, and one line per bad one (printed now as ``error:``):
+    a run goes on with the good ones, as ``validate`` lists every bad one."""
+    from benchmark.submission.manifest import collect_manifests
+
+    manifests, problems = collect_manifests(paths)
+    lines = [" ".join(str(p).split()) for p in problems]
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return manifests, lines
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.submission.manifest import load_manifests
     from benchmark.runner import run_benchmark
 
-    manifests = load_manifests(args.paths)
+    manifests, rejected = _good_manifests(args.paths)
+    if rejected and not manifests:
+        return 2  # nothing valid to run: the errors above are the whole answer
     summary = run_benchmark(manifests, _task_list(args), **_run_kwargs(args))
+    summary.rejected = rejected
     print(summary.render())
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or rejected else 0
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -215,11 +236,13 @@ def cmd_reliability(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from benchmark.runner import run_benchmark
-    from benchmark.submission.manifest import load_manifests
     from benchmark.summaries import render_outcomes, summarize
 
-    manifests = load_manifests([args.submissions])
+    manifests, rejected = _good_manifests([args.submissions])
+    if rejected and not manifests:
+        return 2
     summary = run_benchmark(manifests, _task_list(args), **_run_kwargs(args))
+    summary.rejected = rejected
     print(summary.render())
     if not args.dry_run:
         outcomes = summarize(args.results)
@@ -228,7 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     index = build_site(results_dir=args.results, submissions_dir=Path("submissions"), out_dir=args.out)
     print(f"leaderboard: {Path(index).resolve()}")
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or rejected else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -315,7 +338,8 @@ def cmd_leaderboard_build(args: argparse.Namespace) -> int:
         raise CanonBenchError("no results store here (run `canonbench run` first, or check the path)", file=args.results,
                               field="--results")
     try:
-        index = build_site(results_dir=args.results, submissions_dir=args.submissions, out_dir=args.out)
+        index = build_site(results_dir=args.results, submissions_dir=args.submissions or [Path("submissions")],
+                           out_dir=args.out)
     except OSError as exc:
         raise CanonBenchError(f"cannot write the site: {exc.strerror or exc}", file=exc.filename or args.out,
                               field="--out") from None

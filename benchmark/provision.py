@@ -68,13 +68,14 @@ class SubmissionInputs:
 
         sub = self.manifest.submission
         saes, records = {}, []
-        for spec in sub.checkpoints:
+        for index, spec in enumerate(sub.checkpoints):
             resolved = resolve_checkpoint(self.manifest, spec, cache_dir=self.cache_dir)
+            check_declared(resolved, self.manifest, entry=f"checkpoints[{index}]")
             fmt = None if sub.sae.format == "auto" else sub.sae.format
             sae = load_sae(resolved, format=fmt, device=self.device)  # carries the manifest's size bound into the load
             check_against_manifest(sae, self.manifest)
             saes[spec.seed] = sae
-            records.append({**resolved.record(), "seed": spec.seed})
+            records.append({**resolved.record(), "seed": spec.seed, "format": sae.config.format})
         return saes, records
 
     def _train_model_recipe(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:
@@ -105,10 +106,36 @@ class SubmissionInputs:
         return self._providers[dtype]
 
     def activations(self):
-        """The evaluation provider with the hook's corpus activations computed (cached on disk)."""
+        """The corpus activations tasks read: the manifest's ``[activations]`` file when it declares one
+        (:class:`benchmark.data.activation_files.FileActivations`, no model involved), else the
+        evaluation provider with the hook's corpus activations computed (cached on disk)."""
+        if self.declares_activations:
+            if "file" not in self._providers:
+                from benchmark.data.activation_files import file_activations_for_manifest
+
+                self._providers["file"] = file_activations_for_manifest(self.manifest, cache_dir=self.cache_dir)
+            return self._providers["file"]
         provider = self.provider()
         self._ensure(provider)
         return provider
+
+    @property
+    def declares_activations(self) -> bool:
+        return getattr(self.manifest.submission, "activations", None) is not None
+
+    def model_needs_download(self) -> str | None:
+        """Why the model's activations would need a download first (None when the model is on this
+        machine: a package, a local folder, or a Hub commit already in the cache)."""
+        model = getattr(self.manifest.submission, "model", None)
+        if model is None or model.revision is None or self.provider_factory is not None:
+            return None  # no Hub model, or a caller's own provider supplies the activations
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model.name, "config.json", cache_dir=str(self.cache_dir / "hub"),
+                                        revision=model.revision)
+        if isinstance(cached, str):
+            return None
+        return f"the model {model.name}@{model.revision[:12]} is not on this machine"
 
     def _ensure(self, provider) -> None:
         hook = getattr(provider, "hook", None)
@@ -155,9 +182,16 @@ class SubmissionInputs:
         return self._organisms
 
     # --- one unit's inputs ---------------------------------------------------------------------------------
-    def prepare(self, meta, *, skip_activations: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    def prepare(self, meta, *, skip_activations: bool = False,
+                download_models: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
         """``(inputs, checkpoint records, seconds)`` for a task with metadata ``meta``: the keyword
-        arguments of :class:`tasks.base.TaskInputs` it declares a need for."""
+        arguments of :class:`tasks.base.TaskInputs` it declares a need for.
+
+        Activations are prepared only for a task that asks for them. A task that *needs* them gets
+        them (the model is fetched if it must be). A task that only *uses* them gets them unless
+        ``skip_activations`` (``--no-activations``), from the manifest's ``[activations]`` file, or
+        from a model already on this machine; a model is downloaded for optional activations only
+        with ``download_models`` (``--download-models``), otherwise the task runs on weights alone."""
         started = time.perf_counter()
         sub = self.manifest.submission
         inputs: dict[str, Any] = {}
@@ -173,12 +207,30 @@ class SubmissionInputs:
                 raise TaskError("this task needs a model's activations and the submission names no model",
                                 file=self.manifest.path, field="model")
             inputs["activations"] = self.activations() if meta.needs_activations else self.provider()
+        elif meta.uses_activations and not skip_activations and self.declares_activations:
+            inputs["activations"] = self.activations()  # declared by the submitter: its problems are errors
         elif meta.uses_activations and has_model and not skip_activations:
-            try:
-                inputs["activations"] = self.activations()
-            except Exception as exc:  # optional input: the task runs on weights alone
-                log.warning("%s × %s: no activations (%s); running without them", self.manifest.name, meta.name, exc)
+            missing = None if download_models else self.model_needs_download()
+            if missing is not None:
+                log.info("%s × %s: running on weights alone: %s (--download-models fetches it for optional "
+                         "activations; an [activations] table supplies your own)", self.manifest.name, meta.name, missing)
+            else:
+                try:
+                    inputs["activations"] = self.activations()
+                except Exception as exc:  # optional input: the task runs on weights alone
+                    log.warning("%s × %s: no activations (%s); running without them", self.manifest.name, meta.name, exc)
+        if "activations" in inputs and self.declares_activations and inputs.get("saes"):
+            self._check_file_width(inputs["activations"], inputs["saes"])
         return inputs, records, time.perf_counter() - started
+
+    def _check_file_width(self, provider, saes: dict[int, Any]) -> None:
+        """A declared activations file must have the SAEs' input width."""
+        width = int(provider.activations().shape[1])
+        bad = {seed: sae.d_in for seed, sae in saes.items() if sae.d_in != width}
+        if bad:
+            seed, d_in = next(iter(bad.items()))
+            raise CanonBenchError(f"the activations file has width {width} but seed {seed}'s SAE reads d_in={d_in}",
+                                  file=self.manifest.path, field="activations.file")
 
 
 def has_real_model(sub) -> bool:
@@ -193,6 +245,22 @@ def _synthetic_model(sub) -> bool:
     return model is not None and model.name.startswith(MODEL_PREFIX)
 
 
+def check_declared(resolved: Any, manifest, *, entry: str) -> None:
+    """Refuse a checkpoint whose headers (read by ``resolve_checkpoint``) disagree with the manifest's
+    ``[sae]`` table, with the rule ``validate --check-files`` applies
+    (:func:`benchmark.submission.agreement.disagreements`): a standard SAE declared ``jumprelu`` is
+    never scored and stored as one."""
+    from benchmark.submission.agreement import disagreements
+
+    info = getattr(resolved, "info", None)
+    if info is None:
+        return
+    where = resolved.source if resolved.local else f"{resolved.repo}@{(resolved.resolved_revision or '')[:12]}/{resolved.path_in_repo}"
+    problems = disagreements(info, manifest, entry=entry, where=where)
+    if problems:
+        raise problems[0]
+
+
 def check_against_manifest(sae: Any, manifest) -> None:
     """Refuse a checkpoint whose shape disagrees with what its manifest declares."""
     spec = manifest.submission.sae
@@ -202,4 +270,4 @@ def check_against_manifest(sae: Any, manifest) -> None:
         raise CanonBenchError(f"checkpoint has d_in={sae.d_in} but the manifest says {spec.d_in}", file=manifest.path, field="sae.d_in")
 
 
-__all__ = ["SubmissionInputs", "check_against_manifest", "has_real_model"]
+__all__ = ["SubmissionInputs", "check_against_manifest", "check_declared", "has_real_model"]

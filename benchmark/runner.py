@@ -66,6 +66,7 @@ def run_benchmark(
     dry_run: bool = False,
     skip_activations: bool = False,
     activations_factory=None,
+    download_models: bool = False,
     executor: str = "local",
     address: str | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
@@ -107,7 +108,7 @@ def run_benchmark(
                                            batch_size=batch_size, task_options=task_options).items()}
     settings = RunSettings(results_dir=Path(results_dir), cache_dir=Path(cache_dir), device=device, overwrite=overwrite,
                            quiet=quiet, dry_run=dry_run, skip_activations=skip_activations,
-                           activations_factory=activations_factory)
+                           activations_factory=activations_factory, download_models=download_models)
     run_id = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
     summary = RunSummary(run_id=run_id)
     store = ResultStore(settings.results_dir)

@@ -13,6 +13,7 @@ appears once per page inside ``<span class="build-date">`` and can be fixed with
 Layout of the built site::
 
     index.html                       overview: one row per submission, one column per task
+    architectures.html               each task's main metric vs L0 and width, by architecture and library
     tasks/<task>.html                one page per registered task
     submissions/<org>~<name>.html    one page per submission (see leaderboard.cells.slug)
     downloads/results.{csv,parquet}  the whole results table, as stored
@@ -31,6 +32,7 @@ from typing import Mapping
 
 from benchmark.results import ResultStore
 from benchmark.version import BENCHMARK_VERSION, git_sha
+from leaderboard.architectures import render_architectures
 from leaderboard.collect import collect, load_manifest_map
 from leaderboard.pages import environment, render_overview, render_submission, render_task
 from leaderboard.write import check_out_dir, remove_stale_builds, staging_dir, swap_in, write_site
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 def build_site(
     *,
     results_dir: Path | str,
-    submissions_dir: Path | str | None,
+    submissions_dir: Path | str | list[Path | str] | None,
     out_dir: Path | str,
     build_date: dt.datetime | str | None = None,
     tasks: Mapping[str, type] | None = None,
@@ -49,7 +51,8 @@ def build_site(
     """Build the static site into ``out_dir`` and return the path of its ``index.html``.
 
     ``results_dir``: a results store (:class:`benchmark.results.ResultStore`). ``submissions_dir``:
-    folder of manifests (missing or None: submissions are described from their result rows only).
+    a folder of manifests, or a list of folders (missing or None: submissions are described from
+    their result rows only; a manifest that does not load is left out with a warning).
     ``build_date``: shown on every page (default: ``SOURCE_DATE_EPOCH`` if set, else now, UTC).
     ``tasks``: name → Task class (default: :func:`tasks.all_tasks`; tests pass fixture tasks).
     ``out_dir`` is replaced as a whole, but only if it is empty, absent, or a site built before.
@@ -76,6 +79,7 @@ def build_site(
         "nav_tasks": [{"label": t.meta.title or t.name, "href": f"tasks/{t.slug}.html"} for t in site.tasks.values()],
     }
     site.pages["index.html"] = render_overview(env, site, common)
+    site.pages["architectures.html"] = render_architectures(env, site, common)
     for task in site.tasks.values():
         site.pages[f"tasks/{task.slug}.html"] = render_task(env, site, task, common)
     for info in site.submissions.values():

@@ -33,6 +33,22 @@ class Cell:
     rank: str = ""  # "#2" / "#2=" (shared): the stored rank group of the reliability lens
     rank_title: str = ""  # why (stored reason), shown on hover
     rank_tied: bool = False
+    flag: str = ""  # a short marker beside the value (e.g. "≈ chance"); its reason goes in flag_title
+    flag_title: str = ""
+    slices: tuple["SliceEntry", ...] = ()  # per-slice values, shown as a small nested table
+
+
+@dataclass
+class SliceEntry:
+    """One slice of a cell that stores no overall value: shown as one row of a nested table."""
+
+    subset: str
+    text: str
+    spread: str = ""
+    title: str = ""
+    sub: str = ""  # e.g. the slice's chance level
+    flag: str = ""
+    flag_title: str = ""
 
 
 @dataclass
@@ -54,6 +70,7 @@ class Table:
     stem: str  # download path without suffix, relative to the site root
     note: str = ""
     schema: pa.Schema | None = None
+    cls: str = ""  # extra classes of the <table> (e.g. "sticky-first")
 
 
 def slug(text: str) -> str:
@@ -110,14 +127,22 @@ def metric_cell(row: Any) -> Cell:
 
 
 def subset_cell(rows: list[Any]) -> Cell:
-    """Per-slice values listed (never averaged) when a task stores no "all" row."""
-    lines = []
+    """Per-slice values listed (never averaged) when a task stores no "all" row: the text names them
+    all; ``slices`` holds the top-level slices (no "," in the subset) for a nested table, finer
+    slices (e.g. per seed within a preset) stay on the task and submission pages."""
+    lines, entries = [], []
     for row in sorted(rows, key=lambda r: r.subset):
         value = "undefined" if pd.isna(row.value) else format_number(float(row.value))
         spread = spread_text(row)
         lines.append(f"{row.subset}: {value}{' ' + spread if spread else ''}")
-    return Cell(lines[0] if len(lines) == 1 else f"{len(lines)} slices", "", sub="; ".join(lines),
-                title="no overall ('all') value is stored; per-slice values are listed, not averaged", cls="slices")
+        if "," not in str(row.subset):
+            entries.append(SliceEntry(str(row.subset), value, spread, title=_row_details(row)))
+    finer = len(lines) - len(entries)
+    title = "no overall ('all') value is stored; per-slice values are listed, not averaged"
+    if finer:
+        title += f"; {finer} finer slice(s) (e.g. per seed) are on the task page"
+    return Cell(lines[0] if len(lines) == 1 else f"{len(lines)} slices", "", sub="; ".join(lines), title=title,
+                cls="slices", slices=tuple(entries))
 
 
 def seeds_text(seeds: list[int]) -> str:

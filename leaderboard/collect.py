@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from benchmark.results import ResultStore, choose_shown_units
-from benchmark.submission.manifest import LoadedManifest, load_manifests
+from benchmark.submission.manifest import LoadedManifest, collect_manifests
 from benchmark.summaries import read_summaries
 from leaderboard.cells import NOT_RUN, Cell, Table, metric_cell, slug, subset_cell
 
@@ -69,14 +69,25 @@ class Site:
     figure_data: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
 
 
-def load_manifest_map(submissions_dir: Path | str | None) -> dict[str, LoadedManifest]:
+def load_manifest_map(submissions_dir: Path | str | list[Path | str] | tuple | None) -> dict[str, LoadedManifest]:
+    """The manifests under one or several folders (or files), by name. A folder that does not exist
+    and a manifest that does not load are reported (one warning line each) and left out: those
+    submissions are described from their result rows only. A name found twice keeps the first."""
     if submissions_dir is None:
         return {}
-    folder = Path(submissions_dir)
-    if not folder.exists():
-        log.warning("submissions folder %s not found: submissions are described from their result rows only", folder)
+    paths = [Path(p) for p in (submissions_dir if isinstance(submissions_dir, (list, tuple)) else [submissions_dir])]
+    present = []
+    for folder in paths:
+        if folder.exists():
+            present.append(folder)
+        else:
+            log.warning("submissions folder %s not found: submissions are described from their result rows only", folder)
+    if not present:
         return {}
-    return {m.name: m for m in load_manifests([folder])}
+    manifests, problems = collect_manifests(present)
+    for problem in problems:
+        log.warning("%s (left out: that submission is described from its result rows only)", " ".join(str(problem).split()))
+    return {m.name: m for m in manifests}
 
 
 def collect(store: ResultStore, manifests: dict[str, LoadedManifest], registry: Mapping[str, type]) -> Site:

@@ -27,10 +27,11 @@ from leaderboard.cells import (
     range_text,
     seeds_text,
     slug,
-    spread_text,
     tidy_rows_table,
     typed_frame,
 )
+from leaderboard import citation, overview
+from leaderboard.chance import RULE as CHANCE_RULE
 from leaderboard.collect import L0_METRIC, Site, SubmissionInfo, TaskInfo, task_status
 from leaderboard.plots import format_number
 from leaderboard.reliability import ROLES as RELIABILITY_ROLES
@@ -124,15 +125,17 @@ def render_overview(env: jinja2.Environment, site: Site, common: dict[str, Any])
             sub += " · fails reliability"
             title += f". Fails the reliability thresholds ({flag}); see the task page"
         columns.append(Column(task.meta.title or task.name, numeric=True, href=f"tasks/{task.slug}.html", sub=sub, title=title))
+    ranked, waiting = overview.split_not_run_yet(site)  # submissions without any result are listed apart
     rows, records = [], []
-    for info in site.submissions.values():
+    for info in ranked:
         l0 = site.l0.get(info.name)
         cells = _submission_cells(info, l0)
         record = _submission_record(info, l0)
         for task in site.tasks.values():
             main = task.meta.main_metric.name
             status, cell, row = task_status(site, task, info, main)
-            cells.append(cell)
+            cells.append(overview.with_chance(site, task, info, cell, row))
+            record.update(overview.chance_record(site, task, info, row))
             key = f"{task.name}.{main}"
             record[key] = None if row is None or pd.isna(row.value) else float(row.value)
             for stat in ("std", "ci_low", "ci_high"):
@@ -148,8 +151,9 @@ def render_overview(env: jinja2.Environment, site: Site, common: dict[str, Any])
         key = f"{task.name}.{task.meta.main_metric.name}"
         record_columns += [key, f"{key}.std", f"{key}.ci_low", f"{key}.ci_high", f"{key}.n",
                            f"{task.name}.version", f"{task.name}.status", f"{task.name}.run_id"]
-    overview = Table("overview", "Submissions × tasks (main metric of each task)", columns, rows,
-                     typed_frame(records, record_columns), "downloads/overview/overview")
+        record_columns += overview.chance_columns(task)
+    overview_table = Table("overview", "Submissions × tasks (main metric of each task)", columns, rows,
+                           typed_frame(records, record_columns), "downloads/overview/overview", cls="sticky-first")
 
     task_cards = []
     for task in site.tasks.values():
@@ -160,12 +164,14 @@ def render_overview(env: jinja2.Environment, site: Site, common: dict[str, Any])
                            "range": range_text(main.range), "description": first_paragraph(task.meta.description),
                            "stored": stored})
     provenance = _results_provenance(site.results)
-    site.downloads += [overview, provenance]
+    site.downloads += [overview_table, provenance]
     results_download = {"csv": "downloads/results.csv", "parquet": "downloads/results.parquet", "rows": len(site.results)}
     return env.get_template("index.html").render(
-        root="", page_title="Leaderboard", overview=overview, aggregation_rule=AGGREGATION_RULE, task_cards=task_cards,
+        root="", page_title="Leaderboard", overview=overview_table, aggregation_rule=AGGREGATION_RULE, task_cards=task_cards,
         provenance=provenance, results_download=results_download, unregistered=site.unregistered_tasks,
-        n_submissions=len(site.submissions), l0_metric=L0_METRIC, **common,
+        n_submissions=len(site.submissions), l0_metric=L0_METRIC,
+        not_run_yet=overview.not_run_yet_entries(site, waiting), chance_rule=CHANCE_RULE,
+        chance_tasks=[t for t in site.tasks.values() if t.meta.chance_metric], **common,
     )
 
 
@@ -350,8 +356,8 @@ def render_submission(env: jinja2.Environment, site: Site, info: SubmissionInfo,
         main = task.meta.main_metric.name
         status, cell, row = task_status(site, task, info, main)
         statuses.append({"task": task, "status": status, "cell": cell})
-        if row is not None and not pd.isna(row.value):
-            citations.append(_score_citation(info, task, row))
+        if citation.is_citable(row):
+            citations.append(_score_citation(site, info, task, row))
         shown = [r for r in site.index.get((info.name, task.name), []) if r.task_version == task.meta.version]
         if not shown:
             continue
@@ -426,14 +432,15 @@ def _spec_table(site: Site, info: SubmissionInfo, stem: str) -> Table | None:
     return Table("run-specs", "Run specs of the shown scores", columns, rows, frame, f"{stem}/run-specs")
 
 
-def _score_citation(info: SubmissionInfo, task: TaskInfo, row: Any) -> dict[str, str]:
-    spread = spread_text(row)
-    sha = row.git_sha if isinstance(row.git_sha, str) and row.git_sha else "unknown"
-    text = (
-        f"{info.name}: {row.metric} = {format_number(float(row.value))}{' ' + spread if spread else ''} "
-        f"(CanonBench {row.benchmark_version}, task {task.name} v{row.task_version}, run {row.run_id}, code {sha})"
-    )
-    return {"task": task.name, "text": text, "id": f"cite-{task.slug}"}
+def _score_citation(site: Site, info: SubmissionInfo, task: TaskInfo, row: Any) -> dict[str, Any]:
+    """The "Cite this score" block of one (submission, task): BibTeX and a one-line form
+    (:mod:`leaderboard.citation`)."""
+    authors = list(info.manifest.submission.authors) if info.manifest is not None else []
+    bibtex = citation.score_bibtex(submission=info.name, title=info.title, authors=authors, local=info.local,
+                                   task=task.name, task_title=task.meta.title or task.name, row=row,
+                                   chance=overview.chance_of(site, task, info, row))
+    return {"task": task.name, "title": task.meta.title or task.name, "text": citation.score_text(info.name, task.name, row),
+            "bibtex": bibtex, "id": f"cite-{task.slug}", "local": info.local}
 
 
 def _provenance_table(rows: pd.DataFrame, stem: str) -> Table | None:

@@ -44,6 +44,10 @@ class Series:
     points: list[Point] = field(default_factory=list)
     connect: bool = False  # draw a line through the points in x order
     step: bool = False  # draw as a histogram step line (points are bin edges)
+    # Optional styling; by default each series takes the next palette colour and marker.
+    color: str | None = None
+    marker: str | None = None
+    dash: str | None = None  # an SVG stroke-dasharray for its line, e.g. "6 3"
 
 
 @dataclass
@@ -114,6 +118,8 @@ def _tick_label(value: float, step: float) -> str:
 
 def _marker(shape: str, x: float, y: float, color: str, title: str) -> str:
     tip = f"<title>{_esc(title)}</title>" if title else ""
+    if shape == "ring":
+        return f'<circle cx="{_num(x)}" cy="{_num(y)}" r="8" fill="none" stroke="{color}" stroke-width="1.5">{tip}</circle>'
     if shape == "square":
         return f'<rect x="{_num(x - 4)}" y="{_num(y - 4)}" width="8" height="8" fill="{color}">{tip}</rect>'
     if shape == "triangle":
@@ -187,18 +193,18 @@ def xy_chart(
         parts.append(f'<line x1="{_num(sx(x_lo))}" y1="{_num(sy(y_lo))}" x2="{_num(sx(x_hi))}" y2="{_num(sy(y_hi))}" class="diagonal"/>')
 
     for index, s in enumerate(series):
-        color = PALETTE[index % len(PALETTE)]
-        shape = MARKERS[(index // len(PALETTE) + index) % len(MARKERS)]
+        color, shape = _style(s, index)
+        dash = f' stroke-dasharray="{_esc(s.dash)}"' if s.dash else ""
         points = sorted(s.points, key=lambda p: (p.x, p.y)) if (s.connect or s.step) else s.points
         if s.step and points:
             path = [f"M{_num(sx(points[0].x))},{_num(sy(points[0].y))}"]
             for prev, cur in zip(points, points[1:]):
                 path.append(f"H{_num(sx(cur.x))}V{_num(sy(cur.y))}")
-            parts.append(f'<path d="{"".join(path)}" fill="none" stroke="{color}" stroke-width="2"><title>{_esc(s.name)}</title></path>')
+            parts.append(f'<path d="{"".join(path)}" fill="none" stroke="{color}" stroke-width="2"{dash}><title>{_esc(s.name)}</title></path>')
             continue
         if s.connect and len(points) > 1:
             coords = " ".join(f"{_num(sx(p.x))},{_num(sy(p.y))}" for p in points)
-            parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+            parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>')
         for p in points:
             if p.y_err:
                 parts.append(f'<line x1="{_num(sx(p.x))}" y1="{_num(sy(p.y - p.y_err))}" x2="{_num(sx(p.x))}" y2="{_num(sy(p.y + p.y_err))}" stroke="{color}" class="errbar"/>')
@@ -210,16 +216,25 @@ def xy_chart(
     if legend_title:
         parts.append(f'<text x="{lx}" y="{top + 10}" class="legend-title">{_esc(legend_title)}</text>')
     for index, s in enumerate(series):
-        color = PALETTE[index % len(PALETTE)]
-        shape = MARKERS[(index // len(PALETTE) + index) % len(MARKERS)]
+        color, shape = _style(s, index)
+        dash = f' stroke-dasharray="{_esc(s.dash)}"' if s.dash else ""
         y = top + 30 + 18 * index
         if s.step:
-            parts.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 12}" y2="{y}" stroke="{color}" stroke-width="2"/>')
+            parts.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 12}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/>')
         else:
+            if s.connect:
+                parts.append(f'<line x1="{lx - 6}" y1="{y}" x2="{lx + 18}" y2="{y}" stroke="{color}" stroke-width="1.5"{dash}/>')
             parts.append(_marker(shape, lx + 6, y, color, ""))
         parts.append(f'<text x="{lx + 18}" y="{y + 4}" class="legend">{_esc(_shorten(s.name, 26))}<title>{_esc(s.name)}</title></text>')
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _style(s: Series, index: int) -> tuple[str, str]:
+    """The series' own colour and marker, or the next of the palette's."""
+    color = s.color or PALETTE[index % len(PALETTE)]
+    shape = s.marker or MARKERS[(index // len(PALETTE) + index) % len(MARKERS)]
+    return color, shape
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -154,6 +154,9 @@ class TaskMetadata:
     notes: tuple[str, ...] = ()  # caveats shown on the task page (e.g. differences from a reference implementation)
     secrets: tuple[str, ...] = ()  # environment variables (API keys) the runner may pass in TaskInputs.secrets
     resources: UnitResources = UnitResources()  # what one unit needs from a cluster node (see UnitResources)
+    #: The stored metric that is the main metric's chance level (same subsets as the main metric),
+    #: e.g. cross-seed's ``chance_mcc``; the leaderboard shows it beside the score and never computes one.
+    chance_metric: str | None = None
 
     def __post_init__(self) -> None:
         mains = [m for m in self.metrics if m.main]
@@ -162,6 +165,8 @@ class TaskMetadata:
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"task {self.name!r} declares a metric twice")
+        if self.chance_metric is not None and (self.chance_metric not in names or self.chance_metric == mains[0].name):
+            raise ValueError(f"task {self.name!r} chance_metric {self.chance_metric!r} must be another declared metric")
         artifacts = {a.name for a in self.artifacts}
         for plot in self.plots:
             if plot.artifact and plot.artifact not in artifacts:

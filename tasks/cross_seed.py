@@ -373,6 +373,7 @@ class CrossSeedTask(Task):
         uses_activations=True,
         # d_sae x d_sae cosine matrices per seed pair (16k latents: 1 GiB each) and a token sample encoded
         resources=UnitResources(cpus=1.0, memory_gb=4.0, gpu=True),
+        chance_metric="chance_mcc",
         artifacts=(
             ArtifactSpec("latents", "one row per (seed, latent, other seed): decoder and encoder partner and cosine, "
                          "max cosine, shared flag, firing frequency and matched activation correlation",

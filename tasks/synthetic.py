@@ -167,6 +167,7 @@ class SyntheticTask(Task):
         needs_organisms=True,
         # small organisms; the recipes train before the unit (provisioning), the task matches small dictionaries
         resources=UnitResources(cpus=1.0, memory_gb=2.0, gpu=False),
+        chance_metric="gt_mcc_chance",
         artifacts=(
             ArtifactSpec("per_seed", "one row per (preset, seed): GT-MCC, certification, max-cosine recovery, L0, "
                          "explained variance, never-fired fraction",

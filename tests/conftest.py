@@ -12,3 +12,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Shared fixture modules (tests/fixtures/*.py) are imported by name from every test folder.
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
+
+
+import pytest  # noqa: E402 - after the environment above is set
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hub_reachability():
+    """Each test starts without the process's memory of an unreachable Hub (benchmark.submission.sources)."""
+    from benchmark.submission import sources
+
+    sources.reset_hub_reachability()
+    yield
+    sources.reset_hub_reachability()

@@ -21,6 +21,8 @@ class UnitOutcome:
 class RunSummary:
     run_id: str
     outcomes: list[UnitOutcome] = field(default_factory=list)
+    #: one line per manifest that could not be loaded (set by the CLI, which runs the others)
+    rejected: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[UnitOutcome]:
@@ -39,6 +41,10 @@ class RunSummary:
             took = f" {o.runtime_s:.1f}s" if o.status == "done" else ""
             lines.append(f"  {o.status:<15} {o.submission} × {o.task}{took}{extra}")
         lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "  nothing to do")
+        for line in self.rejected:
+            lines.append(f"  {'bad manifest':<15} {line}")
+        if self.rejected:
+            lines.append(f"  {len(self.rejected)} manifest(s) not run: fix them (`canonbench validate` lists every problem) and rerun")
         if self.failed:
             lines.append("  failed units stored nothing; fix the cause and rerun (finished units are skipped)")
         return "\n".join(lines)

@@ -40,6 +40,7 @@ class RunSettings:
     quiet: bool = False
     dry_run: bool = False
     skip_activations: bool = False
+    download_models: bool = False  # fetch a base model even for activations a task only uses optionally
     activations_factory: Any = None
 
 

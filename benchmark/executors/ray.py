@@ -236,7 +236,10 @@ class _Provisioner:
         meta, sub = unit.meta, unit.manifest.submission
         has_model = has_real_model(sub)
         out = []
-        if has_model and (meta.needs_activations or (meta.uses_activations and not self.settings.skip_activations)):
+        # activations a task only uses optionally are provisioned (a model download) only with --download-models;
+        # otherwise the unit reads a declared activations file or a model already on the node, or runs without
+        optional = meta.uses_activations and not self.settings.skip_activations and self.settings.download_models
+        if has_model and (meta.needs_activations or optional):
             out.append("activations")
         if sub.kind == "recipe":
             if meta.needs_organisms:

@@ -65,7 +65,8 @@ def compute_unit(unit: PlannedUnit, sub_inputs: SubmissionInputs, settings: RunS
 
     task_cls, manifest, spec = unit.task_cls, unit.manifest, unit.spec
     meta = task_cls.metadata
-    prepared, records, setup_s = sub_inputs.prepare(meta, skip_activations=settings.skip_activations)
+    prepared, records, setup_s = sub_inputs.prepare(meta, skip_activations=settings.skip_activations,
+                                                    download_models=settings.download_models)
     task = task_cls()
     config = build_config(task_cls.config_class, spec.config, task=meta.name)
     secrets = {name: os.environ[name] for name in meta.secrets if os.environ.get(name)}

@@ -8,7 +8,9 @@ The inputs of a submission are:
   files (memoised per path, size and mtime, so unchanged files are not re-read);
 * its recipe (every field but the seed list, which is in the record per seed) and the trainer version;
 * its model: name, the pin (Hub commit, package name and version, or the local folder's content
-  fingerprint) and hook, plus the activation settings the manifest fixes (tokens, context size).
+  fingerprint) and hook, plus the activation settings the manifest fixes (tokens, context size);
+* the activations file an ``[activations]`` table declares: its size and sha256, with the model, hook
+  and corpus hash it declares.
 
 Editing a local checkpoint file, re-pinning a Hub commit, changing a recipe or upgrading the model
 package gives another fingerprint, so the runner recomputes instead of serving a stale score.
@@ -31,11 +33,12 @@ def checkpoint_identity(manifest, *, cache_dir=None) -> list[dict[str, Any]]:
     from benchmark.submission.sources import checkpoint_files, describe_files
 
     out = []
-    for index, spec in enumerate(sorted(manifest.submission.checkpoints, key=lambda c: c.seed)):
+    entries = list(enumerate(manifest.submission.checkpoints))
+    for index, spec in sorted(entries, key=lambda entry: entry[1].seed):  # index: the entry's place in the manifest
         if spec.local is None:
             out.append({"seed": spec.seed, "repo": spec.repo, "revision": spec.revision, "path": spec.path})
             continue
-        target = manifest.resolve_local(spec.local)
+        target = manifest.resolve_local(spec.local, field=f"checkpoints[{index}].local", outside=spec.local_outside)
         if not target.exists() or not checkpoint_files(target):
             raise SourceError(f"no checkpoint files at {spec.local}", file=manifest.path, field=f"checkpoints[{index}].local")
         files = describe_files(target, cache_dir=cache_dir)
@@ -66,6 +69,26 @@ def model_identity(manifest) -> dict[str, Any] | None:
     return record
 
 
+def activations_identity(manifest, *, cache_dir=None) -> dict[str, Any] | None:
+    """The ``[activations]`` file a manifest declares (None when it declares none): the path as
+    written, its size and sha256, and the model, hook and corpus hash it declares."""
+    spec = getattr(manifest.submission, "activations", None)
+    if spec is None:
+        return None
+    from benchmark.submission.sources import _load_memo, _save_memo, file_digest
+
+    path = manifest.resolve_local(spec.file, field="activations.file", outside=spec.local_outside)
+    if not path.is_file():
+        raise SourceError(f"activations file {spec.file!r} does not exist", file=manifest.path, field="activations.file")
+    memo = _load_memo(cache_dir)
+    before = len(memo)
+    digest = file_digest(path, memo)
+    if len(memo) != before:
+        _save_memo(cache_dir, memo)
+    return {"file": spec.file, "bytes": digest["bytes"], "sha256": digest["sha256"], "model": spec.model,
+            "hook": spec.hook, "corpus_sha256": spec.corpus_sha256}
+
+
 def inputs_record(manifest, *, cache_dir=None) -> dict[str, Any]:
     """The full inputs record of a manifest (see the module docstring)."""
     sub = manifest.submission
@@ -73,6 +96,8 @@ def inputs_record(manifest, *, cache_dir=None) -> dict[str, Any]:
     if sub.kind == "checkpoints":
         record["checkpoints"] = checkpoint_identity(manifest, cache_dir=cache_dir)
         record["sae"] = sub.sae.model_dump(mode="json")
+        if sub.activations is not None:  # only then: fingerprints of submissions without one are unchanged
+            record["activations"] = activations_identity(manifest, cache_dir=cache_dir)
     else:
         from benchmark.training import TRAINER_VERSION
 
@@ -87,4 +112,4 @@ def inputs_hash(manifest, *, cache_dir=None) -> tuple[str, dict[str, Any]]:
     return short_hash(record), record
 
 
-__all__ = ["IDENTITY_VERSION", "checkpoint_identity", "inputs_hash", "inputs_record", "model_identity"]
+__all__ = ["IDENTITY_VERSION", "activations_identity", "checkpoint_identity", "inputs_hash", "inputs_record", "model_identity"]

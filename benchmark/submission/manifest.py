@@ -8,6 +8,7 @@ A manifest lives at ``submissions/<org>/<name>.toml`` and its ``name`` is ``<org
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import stat
@@ -18,6 +19,8 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from benchmark.errors import ManifestError, file_kind
+
+log = logging.getLogger(__name__)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,18 +83,39 @@ def _check_commit_sha(value: str) -> str:
     return value
 
 
+def _check_path_characters(value: str) -> str:
+    """Any path a manifest names: '/' separators, no NUL bytes, no drive letters."""
+    if "\\" in value or "\x00" in value:
+        raise ValueError("path must use '/' separators and no NUL bytes")
+    if re.match(r"[A-Za-z]:", value):
+        raise ValueError(f"drive-letter path {value!r} is not allowed; use '/' paths")
+    return value
+
+
 def _check_relative_path(value: str) -> str:
     """Paths inside a repo or below the manifest: relative, no ``..``, no backslashes."""
     if value == "":
         return value
-    if "\\" in value or "\x00" in value:
-        raise ValueError("path must use '/' separators and no NUL bytes")
+    _check_path_characters(value)
     posix = PurePosixPath(value)
-    if posix.is_absolute() or re.match(r"[A-Za-z]:", value):
+    if posix.is_absolute():
         raise ValueError(f"absolute path {value!r} is not allowed")
     if ".." in posix.parts:
         raise ValueError(f"path {value!r} may not contain '..'")
     return value
+
+
+def _check_local_path(value: str, outside: bool, *, flag: str = "local_outside") -> str:
+    """A local folder or file of a submission: below the manifest (relative, no ``..``), unless the
+    manifest declares it outside (``local_outside = true``), where absolute paths and ``..`` are allowed."""
+    if value == "":
+        raise ValueError("path is empty")
+    if outside:
+        return _check_path_characters(value)
+    try:
+        return _check_relative_path(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (a folder outside the manifest's needs {flag} = true)") from None
 
 
 class Links(_Strict):
@@ -175,6 +199,9 @@ class CheckpointSpec(_Strict):
     revision: str | None = None
     path: str = ""
     local: str | None = None
+    #: ``local`` lies outside the manifest's folder (absolute, or with ``..``): the researcher keeps
+    #: the SAEs where they are. Refused for Hub-bound submissions (see CheckpointsSubmission).
+    local_outside: bool = False
 
     @field_validator("repo")
     @classmethod
@@ -188,13 +215,25 @@ class CheckpointSpec(_Strict):
     def _revision_is_sha(cls, value: str | None) -> str | None:
         return None if value is None else _check_commit_sha(value)
 
-    @field_validator("path", "local")
+    @field_validator("path")
     @classmethod
     def _relative(cls, value: str | None) -> str | None:
         return None if value is None else _check_relative_path(value)
 
+    @field_validator("local")
+    @classmethod
+    def _local_characters(cls, value: str | None) -> str | None:
+        return None if value is None else _check_path_characters(value)
+
     @model_validator(mode="after")
     def _hub_or_local(self) -> "CheckpointSpec":
+        if self.local is not None:
+            try:
+                _check_local_path(self.local, self.local_outside)
+            except ValueError as exc:
+                raise FieldValueError("local", str(exc)) from None
+        elif self.local_outside:
+            raise FieldValueError("local_outside", "applies to a local checkpoint only (give local)")
         if self.local is not None:
             if self.repo is not None or self.revision is not None:
                 raise ValueError("give either local or repo+revision, not both")
@@ -206,6 +245,54 @@ class CheckpointSpec(_Strict):
     @property
     def is_local(self) -> bool:
         return self.local is not None
+
+
+SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
+ACTIVATION_SUFFIXES = (".npy", ".safetensors")
+
+
+class ActivationsSpec(_Strict):
+    """Activations the submitter computed, used instead of the model's for every task that reads
+    corpus activations: ``file`` is a ``.npy`` array or a ``.safetensors`` file holding one float
+    tensor ``activations``, shape ``[n_tokens, d_in]``, of ``model`` at ``hook`` over a corpus whose
+    sha256 is ``corpus_sha256``. Nothing in it is executed (``.npy`` is read without pickles). Its
+    size and sha256 are part of the submission's inputs, so another file is another unit."""
+
+    file: str = Field(min_length=1, max_length=1000)
+    model: str = Field(min_length=1, max_length=200)
+    hook: str = Field(min_length=1, max_length=200)
+    corpus_sha256: str
+    corpus: str | None = Field(default=None, max_length=300)  # a name for readers
+    local_outside: bool = False
+
+    @field_validator("file")
+    @classmethod
+    def _file_characters(cls, value: str) -> str:
+        if not value.endswith(ACTIVATION_SUFFIXES):
+            raise ValueError(f"must name a {' or '.join(ACTIVATION_SUFFIXES)} file")
+        return _check_path_characters(value)
+
+    @field_validator("corpus_sha256")
+    @classmethod
+    def _corpus_hash(cls, value: str) -> str:
+        if not SHA256_HEX.fullmatch(value):
+            raise ValueError("must be a sha256 (64 lowercase hex characters) of the token corpus")
+        return value
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_name(cls, value: str) -> str:
+        if not HOOK_NAME.fullmatch(value):
+            raise ValueError(f"hook {_clip(value)!r} may hold only letters, digits, '_', '.', '[' and ']'")
+        return value
+
+    @model_validator(mode="after")
+    def _file_place(self) -> "ActivationsSpec":
+        try:
+            _check_local_path(self.file, self.local_outside)
+        except ValueError as exc:
+            raise FieldValueError("file", str(exc)) from None
+        return self
 
 
 class Hyperparameters(_Strict):
@@ -284,6 +371,7 @@ class CheckpointsSubmission(_Common):
     model: ModelSpec
     sae: SAESpec
     checkpoints: list[CheckpointSpec] = Field(min_length=1, max_length=64)
+    activations: ActivationsSpec | None = None
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> "CheckpointsSubmission":
@@ -292,6 +380,35 @@ class CheckpointsSubmission(_Common):
             dupes = sorted({s for s in seeds if seeds.count(s) > 1})
             raise FieldValueError("checkpoints", f"checkpoint seeds must be distinct; repeated: {dupes}")
         return self
+
+    @model_validator(mode="after")
+    def _outside_files_only_when_local(self) -> "CheckpointsSubmission":
+        """A Hub-bound submission (any checkpoint pinned on the Hub) is reproducible from the Hub: its
+        local files, if any, stay below the manifest (:func:`require_inside_submission` applies)."""
+        if self.is_hub_bound:
+            for index, spec in enumerate(self.checkpoints):
+                if spec.local_outside:
+                    raise FieldValueError(f"checkpoints.{index}.local_outside",
+                                          "a submission with Hub checkpoints keeps its local files below its manifest")
+            if self.activations is not None and self.activations.local_outside:
+                raise FieldValueError("activations.local_outside",
+                                      "a submission with Hub checkpoints keeps its local files below its manifest")
+        return self
+
+    @model_validator(mode="after")
+    def _activations_match_the_model(self) -> "CheckpointsSubmission":
+        if self.activations is not None:
+            for key in ("model", "hook"):
+                declared, expected = getattr(self.activations, key), getattr(self.model, "name" if key == "model" else key)
+                if declared != expected:
+                    raise FieldValueError(f"activations.{key}",
+                                          f"{declared!r} differs from [model] {key} {expected!r}; the SAEs read that one")
+        return self
+
+    @property
+    def is_hub_bound(self) -> bool:
+        """Whether any checkpoint is pinned to a Hub commit."""
+        return any(not c.is_local for c in self.checkpoints)
 
     @property
     def seeds(self) -> list[int]:
@@ -338,10 +455,11 @@ class LoadedManifest(BaseModel):
     def name(self) -> str:
         return self.submission.name
 
-    def resolve_local(self, relative: str, *, field: str = "local") -> Path:
+    def resolve_local(self, relative: str, *, field: str = "local", outside: bool = False) -> Path:
         """A ``local`` path of this manifest, resolved against the manifest's folder (symlinks
-        followed) and checked by :func:`require_inside_submission`; ``field`` names it in errors."""
-        return require_inside_submission(self.path, self.path.parent / relative, field=field)
+        followed) and checked by :func:`require_inside_submission`; ``field`` names it in errors.
+        ``outside``: the manifest declares the path outside its folder (``local_outside = true``)."""
+        return require_inside_submission(self.path, self.path.parent / relative, field=field, declared_outside=outside)
 
 
 def submission_folder(manifest_path: Path | str) -> Path:
@@ -349,17 +467,25 @@ def submission_folder(manifest_path: Path | str) -> Path:
     return Path(os.path.realpath(Path(manifest_path).parent))
 
 
-def require_inside_submission(manifest_path: Path | str, path: Path | str, *, field: str) -> Path:
+def require_inside_submission(manifest_path: Path | str, path: Path | str, *, field: str,
+                              declared_outside: bool = False) -> Path:
     """``path`` with symlinks resolved, if it lies inside :func:`submission_folder`; ManifestError otherwise.
 
     THE containment rule for a submission's local files (checkpoint folders and every file in them,
-    local model folders), used by ``LoadedManifest.resolve_local``, ``sources.resolve_checkpoint`` and
-    ``new-submission``: a symlink pointing outside would make the benchmark read, and publish the size
-    and hash of, a file the submitter does not own. It is the one place to relax (for example to allow
-    local folders a manifest explicitly declares to lie outside). The error never shows where a link
-    points. ``manifest_path`` need not exist yet (new-submission checks before writing it).
+    local model folders, activation files), used by ``LoadedManifest.resolve_local``,
+    ``sources.resolve_checkpoint`` and ``new-submission``: a symlink pointing outside would make the
+    benchmark read, and publish the size and hash of, a file the submitter does not own. The error
+    never shows where a link points. ``manifest_path`` need not exist yet (new-submission checks
+    before writing it).
+
+    The one relaxation: ``declared_outside`` -- the manifest names this path as outside its folder
+    (``local_outside = true`` on the checkpoint or the ``[activations]`` table; the schema refuses
+    that for Hub-bound submissions). The researcher then owns the choice, the path is shown on the
+    site as given, and the submission is marked local.
     """
     resolved = Path(os.path.realpath(path))
+    if declared_outside:
+        return resolved
     root = submission_folder(manifest_path)
     if resolved != root and root not in resolved.parents:
         shown = Path(path).name or str(path)
@@ -417,7 +543,7 @@ def parse_manifest(text: str, path: Path | str) -> LoadedManifest:
         loc = tuple(error["loc"])
         cause = (error.get("ctx") or {}).get("error")
         if isinstance(cause, FieldValueError):
-            loc = loc + tuple(cause.field.split("."))
+            loc = loc + tuple(int(part) if part.isdigit() else part for part in cause.field.split("."))
         message = _one_line(error["msg"].removeprefix("Value error, "), 400)
         if error["type"] == "extra_forbidden":
             message = "unknown key"
@@ -449,7 +575,7 @@ def schema_problems(text: str, path: Path | str) -> list[ManifestError]:
             loc = tuple(error["loc"])
             cause = (error.get("ctx") or {}).get("error")
             if isinstance(cause, FieldValueError):
-                loc = loc + tuple(cause.field.split("."))
+                loc = loc + tuple(int(part) if part.isdigit() else part for part in cause.field.split("."))
             message = _one_line(error["msg"].removeprefix("Value error, "), 400)
             if error["type"] == "extra_forbidden":
                 message = "unknown key"
@@ -536,30 +662,110 @@ def load_manifest(path: Path | str) -> LoadedManifest:
     return parse_manifest(text, path)
 
 
+#: Folders a sweep never enters: tool and environment folders hold TOML files that are not manifests.
+SKIPPED_FOLDERS = frozenset({"node_modules", "__pycache__", "site-packages", "dist-packages"})
+#: Top-level keys of which a manifest always has at least one (both are required).
+MANIFEST_KEYS = ("kind", "name")
+
+
+def _skipped_folder(folder: Path) -> bool:
+    """Hidden folders (``.venv``, ``.git``, ``.canonbench``), virtual environments (a ``pyvenv.cfg``
+    inside) and :data:`SKIPPED_FOLDERS`."""
+    return folder.name.startswith(".") or folder.name in SKIPPED_FOLDERS or (folder / "pyvenv.cfg").is_file()
+
+
+def looks_like_manifest(path: Path) -> bool:
+    """How a folder sweep recognises a manifest among ``*.toml`` files: one that sets a top-level
+    ``kind`` or ``name`` (every manifest sets both). Other TOML files (``pyproject.toml``, tool
+    configs) are skipped. A file that cannot be read safely or is not valid TOML counts as a
+    manifest, so that the one reader (:func:`read_manifest_bytes`) reports it by name instead of the
+    sweep hiding it."""
+    try:
+        data = tomllib.loads(read_manifest_bytes(path).decode("utf-8").removeprefix("\ufeff"))
+    except (ManifestError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError, ValueError):
+        return True
+    return any(key in data for key in MANIFEST_KEYS)
+
+
+def _sweep(folder: Path) -> list[Path]:
+    """``*.toml`` under ``folder`` that :func:`looks_like_manifest`, sorted; linked folders are not
+    followed, skipped folders (:func:`_skipped_folder`) not entered."""
+    found: list[Path] = []
+    for current, folders, files in os.walk(folder, followlinks=False):
+        here = Path(current)
+        folders[:] = sorted(d for d in folders if not _skipped_folder(here / d))
+        for name in sorted(files):
+            if name.endswith(".toml"):
+                candidate = here / name
+                if looks_like_manifest(candidate):
+                    found.append(candidate)
+                else:
+                    log.debug("%s is TOML but not a manifest (no top-level kind or name); skipped", candidate)
+    return sorted(found)
+
+
+def discover_manifests(paths: list[Path | str]) -> tuple[list[Path], list[ManifestError]]:
+    """The manifest files ``paths`` name: each file as given, and the manifests a folder holds
+    (:func:`_sweep`); plus one error per path that does not exist or a folder holding none.
+    The ONE discovery rule, shared by run, validate and the leaderboard."""
+    found: list[Path] = []
+    problems: list[ManifestError] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            inside = _sweep(p)
+            if not inside:
+                problems.append(ManifestError("no manifests in this folder (*.toml files with a top-level kind and name)",
+                                              file=p))
+            found.extend(inside)
+        elif p.exists() or p.is_symlink():
+            found.append(p)  # links and special files are refused, by name, by the manifest reader
+        else:
+            problems.append(ManifestError("no such file or folder", file=p))
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(os.path.abspath(path), path)
+    return list(unique.values()), problems
+
+
 def find_manifests(paths: list[Path | str]) -> list[Path]:
-    """Expand files and folders into a sorted list of ``*.toml`` manifest paths.
+    """Expand files and folders into the list of manifest paths (:func:`discover_manifests`);
+    ManifestError for a path that does not exist.
 
     Links and special files named ``*.toml`` are listed too, so that :func:`read_manifest_bytes`
     refuses them by name instead of the scan skipping them silently.
     """
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found.extend(sorted(p.rglob("*.toml")))  # rglob does not descend into linked folders
-        elif p.exists() or p.is_symlink():
-            found.append(p)
-        else:
-            raise ManifestError("no such file or folder", file=p)
+    found, problems = discover_manifests(paths)
+    missing = [p for p in problems if "no such file" in p.detail]
+    if missing:
+        raise missing[0]
     return found
 
 
-def load_manifests(paths: list[Path | str]) -> list[LoadedManifest]:
-    """Load every manifest under ``paths``; names must be unique across them."""
-    loaded = [load_manifest(p) for p in find_manifests(paths)]
+def collect_manifests(paths: list[Path | str]) -> tuple[list[LoadedManifest], list[ManifestError]]:
+    """Every valid manifest under ``paths`` and one error per bad one (unreadable, invalid, or a
+    name already taken by an earlier file), so a caller can go on with the good ones."""
+    loaded: list[LoadedManifest] = []
+    problems: list[ManifestError] = []
     seen: dict[str, Path] = {}
-    for m in loaded:
-        if m.name in seen:
-            raise ManifestError(f"duplicate submission name {m.name!r} (also in {seen[m.name]})", file=m.path, field="name")
-        seen[m.name] = m.path
+    for path in find_manifests(paths):
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            problems.append(exc)
+            continue
+        if manifest.name in seen:
+            problems.append(ManifestError(f"duplicate submission name {manifest.name!r} (also in {seen[manifest.name]})",
+                                          file=manifest.path, field="name"))
+            continue
+        seen[manifest.name] = manifest.path
+        loaded.append(manifest)
+    return loaded, problems
+
+
+def load_manifests(paths: list[Path | str]) -> list[LoadedManifest]:
+    """Load every manifest under ``paths``; names must be unique across them. Raises the first problem."""
+    loaded, problems = collect_manifests(paths)
+    if problems:
+        raise problems[0]
     return loaded

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,54 @@ def _agree(values: list[Any], what: str, sources: list[str]) -> Any:
 
 def _architecture(info: Any) -> str | None:
     """The architecture to declare: how it was trained when the checkpoint says so (BatchTopK SAEs
-    are saved as JumpReLU), else how it runs."""
-    trained_as = getattr(info, "training_architecture", None)
-    return trained_as if trained_as in ARCHITECTURES else getattr(info, "architecture", None)
+    are saved as JumpReLU; a dictionary_learning Matryoshka SAE is ``matryoshka``), else how it runs
+    (:func:`benchmark.submission.agreement.declared_architecture`)."""
+    from benchmark.submission.agreement import declared_architecture
+
+    return declared_architecture(info) or getattr(info, "architecture", None)
+
+
+#: A subfolder named for its seed: sparsify's ``seed3``, or ``seed_3`` / ``seed-3``.
+SEED_NAME = re.compile(r"\Aseed[_-]?(\d{1,18})\Z")
+
+
+def _folder_seed(folder: Path) -> int | None:
+    """The seed a checkpoint folder's name or config states: ``seed<K>`` (sparsify's multi-seed
+    layout) or dictionary_learning's ``trainer.seed``."""
+    match = SEED_NAME.fullmatch(folder.name)
+    if match is not None:
+        return int(match.group(1))
+    try:
+        from benchmark.sae.checkpoints import inspect_checkpoint
+
+        seed = inspect_checkpoint(folder).metadata.get("seed")
+    except CanonBenchError:
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def expand_seed_folders(sources: list[str], seeds: list[int] | None) -> tuple[list[str], list[int] | None]:
+    """One local source that is a folder holding one checkpoint per seed (sparsify's
+    ``<run>/<hookpoint>/seed<K>``, dictionary_learning's ``trainer_<i>``, or any folder of checkpoint
+    folders) becomes one source per subfolder. Seeds: ``seeds`` if given, else those the subfolders
+    state (names ``seed<K>``, dictionary_learning's ``trainer.seed``) when all do and differ, else
+    None (numbered 0, 1, ...). Anything else is returned unchanged."""
+    from benchmark.sae.checkpoints import checkpoint_subfolders
+    from benchmark.submission.sources import HubRef, SaelensRef, parse_source
+
+    if len(sources) != 1 or isinstance(parse_source(sources[0]), (HubRef, SaelensRef)):
+        return sources, seeds
+    inside = checkpoint_subfolders(Path(sources[0]))
+    if not inside:
+        return sources, seeds
+    log.info("%s holds %d checkpoints (%s): one seed each", sources[0], len(inside), ", ".join(p.name for p in inside))
+    expanded = [str(p) for p in inside]
+    if seeds is not None:
+        return expanded, seeds
+    stated = [_folder_seed(p) for p in inside]
+    if all(s is not None for s in stated) and len(set(stated)) == len(stated):
+        return expanded, [int(s) for s in stated]  # type: ignore[arg-type]
+    return expanded, None
 
 
 def _integer_k(k: Any) -> int | None:
@@ -107,7 +153,8 @@ def write_new_submission(
     """Resolve ``sources`` (one per seed), inspect them and write a manifest; return its path.
 
     ``sources``: ``hf://owner/repo@REV/path`` (REV a branch, tag or sha; it is pinned to its commit),
-    ``saelens://release/sae_id`` or local folders (they must lie below the manifest's folder).
+    ``saelens://release/sae_id`` or local folders (one per seed, or one folder holding a checkpoint per
+    seed; a folder outside the manifest's is written as ``local_outside = true`` with its absolute path).
     """
     from benchmark.sae.checkpoints import inspect_checkpoint
     from benchmark.submission.sources import HubRef, SaelensRef, parse_source, resolve_local, resolve_source
@@ -116,6 +163,7 @@ def write_new_submission(
         raise ManifestError(f"{name!r} must look like 'org/name' (lowercase letters, digits, . _ -)", field="--name")
     if not sources:
         raise SourceError("give at least one checkpoint source", field="sources")
+    sources, seeds = expand_seed_folders(list(sources), None if seeds is None else list(seeds))
     seeds = list(range(len(sources))) if seeds is None else list(seeds)
     if len(seeds) != len(sources):
         raise ManifestError(f"{len(seeds)} seeds for {len(sources)} sources; give one seed per source", field="--seeds")
@@ -144,12 +192,16 @@ def write_new_submission(
         else:
             absolute = Path(ref).resolve()
             relative = Path(os.path.relpath(absolute, manifest_dir))
-            if relative.parts and relative.parts[0] == "..":
-                raise SourceError(f"local checkpoints must lie in or below the manifest's folder ({manifest_dir})",
-                                  field=uri)
-            # every file must stay inside the manifest's folder too (no links leading out)
-            resolved = resolve_local(absolute, display=uri, cache_dir=cache_dir, manifest_path=out_path, field=uri)
-            entry = {"seed": seed, "local": relative.as_posix(), "_comment": None}
+            outside = bool(relative.parts) and relative.parts[0] == ".."
+            # below the manifest, every file must stay inside its folder too (no links leading out);
+            # a folder elsewhere is kept where it is and declared outside (local_outside = true)
+            resolved = resolve_local(absolute, display=uri, cache_dir=cache_dir, manifest_path=out_path, field=uri,
+                                     declared_outside=outside)
+            if outside:
+                entry = {"seed": seed, "local": absolute.as_posix(), "local_outside": True,
+                         "_comment": "outside the manifest's folder: kept where it is (this submission is local only)"}
+            else:
+                entry = {"seed": seed, "local": relative.as_posix(), "_comment": None}
         try:
             info = inspect_checkpoint(resolved.path, None)
         except CanonBenchError as exc:
@@ -157,6 +209,9 @@ def write_new_submission(
         entries.append(entry)
         infos.append(info)
 
+    if any("repo" in e for e in entries) and any(e.get("local_outside") for e in entries):
+        raise SourceError("Hub checkpoints and local folders outside the manifest's folder cannot share a submission "
+                          "(a Hub-bound submission keeps its local files below its manifest)", field="sources")
     fmt = _agree([getattr(i, "format", None) for i in infos], "format", sources)
     architecture = _agree([_architecture(i) for i in infos], "architecture", sources)
     d_in = _agree([getattr(i, "d_in", None) for i in infos], "d_in", sources)
@@ -230,7 +285,7 @@ def _render(*, name, entries, fmt, architecture, d_in, d_sae, k, model_name, mod
 
     lines.append("[sae]")
     if architecture in ARCHITECTURES:
-        lines.append(_line("architecture", architecture, "from the checkpoint; say batchtopk or matryoshka if trained so"))
+        lines.append(_line("architecture", architecture, "from the checkpoint (how it was trained, where it says so)"))
     else:
         lines.append(_line("architecture", f"TODO: one of {', '.join(ARCHITECTURES)}"
                            + (f" (the checkpoint says {architecture})" if architecture else "")))
@@ -245,7 +300,7 @@ def _render(*, name, entries, fmt, architecture, d_in, d_sae, k, model_name, mod
         lines += ["", "[[checkpoints]]"]
         if entry.get("_comment"):
             lines.append(f"# {entry['_comment']}")
-        for key in ("seed", "repo", "revision", "path", "local"):
+        for key in ("seed", "repo", "revision", "path", "local", "local_outside"):
             if key in entry:
                 lines.append(_line(key, entry[key]))
     text = "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -60,7 +61,13 @@ NOT_WEIGHTS = ("sparsity.safetensors",)
 
 RETRY_ATTEMPTS = 4
 RETRY_BASE_DELAY_S = 1.0
+#: No retry starts once this long has passed since the first attempt (huggingface_hub retries
+#: inside each attempt too, so attempts alone do not bound the wait).
+RETRY_BUDGET_S = 60.0
 _sleep: Callable[[float], None] = time.sleep  # tests replace it
+_clock: Callable[[], float] = time.monotonic  # tests replace it
+#: How long the one reachability probe of a process waits for the Hub to answer.
+PROBE_TIMEOUT_S = 5.0
 
 _TRANSIENT_NAMES = frozenset({
     "TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "Timeout",
@@ -189,6 +196,62 @@ def hub_offline() -> bool:
     return env in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
 
 
+class _Reachability:
+    """Whether the Hub answered this process's one probe (None: not asked yet)."""
+
+    reason: str | None = None
+    probed: bool = False
+
+
+_REACHABILITY = _Reachability()
+
+
+def _probe_hub() -> str | None:
+    """Ask the Hub's endpoint once (a HEAD request through huggingface_hub's own HTTP session, so
+    proxies and certificates are the library's): None when anything answers, else why not."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S, follow_redirects=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to get an answer means "not reachable"
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+    return None
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached from this process (None when it can, or when ``HF_HUB_OFFLINE``
+    is set: offline mode never asks).
+
+    Detected ONCE per process, before the first Hub request, by :func:`_probe_hub`; a connection
+    failure during a later request marks it too (:func:`mark_hub_unreachable`). After that every
+    source resolves from the local Hub cache alone and fails at once with one line, instead of each
+    request waiting through huggingface_hub's and our retries (about 25 s per request without a network).
+    """
+    if hub_offline():
+        return None
+    if not _REACHABILITY.probed:
+        _REACHABILITY.probed = True
+        _REACHABILITY.reason = _probe_hub()
+        if _REACHABILITY.reason is not None:
+            log.info("the Hugging Face Hub cannot be reached (%s); using the local Hub cache only", _REACHABILITY.reason)
+    return _REACHABILITY.reason
+
+
+def mark_hub_unreachable(reason: str) -> None:
+    """Remember for the rest of the process that the Hub cannot be reached (see :func:`hub_unreachable`)."""
+    if _REACHABILITY.reason is None:
+        log.info("the Hugging Face Hub cannot be reached (%s); using the local Hub cache only", reason)
+    _REACHABILITY.probed = True
+    _REACHABILITY.reason = reason
+
+
+def reset_hub_reachability() -> None:
+    """Forget the probe's answer (tests; a long-lived process whose network came back)."""
+    _REACHABILITY.probed = False
+    _REACHABILITY.reason = None
+
+
 def default_hub_cache() -> Path:
     """The Hub cache folder, honouring ``HF_HUB_CACHE`` / ``HF_HOME`` as they are set now."""
     from huggingface_hub import constants
@@ -229,6 +292,22 @@ def _status_code(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+#: Errors that mean "no route to the Hub at all" (DNS failure, connection refused): never retried by
+#: us (huggingface_hub has already retried them), and they mark the Hub unreachable for the process.
+_NO_CONNECTION_NAMES = frozenset({"ConnectError", "NetworkError", "ConnectionError"})
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """A DNS or connection failure (not a timeout or a server error) anywhere in the chain."""
+    for e in _chain(exc):
+        names = {cls.__name__ for cls in type(e).__mro__}
+        if "OfflineModeIsEnabled" in names or _status_code(e) is not None:
+            return False
+        if names & _NO_CONNECTION_NAMES or isinstance(e, (ConnectionRefusedError, socket.gaierror)):
+            return True
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
     """Timeouts, dropped connections, HTTP 5xx and 429: worth another try. Offline mode is not."""
     for e in _chain(exc):
@@ -244,16 +323,23 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _with_retries(action: Callable[[], T], *, what: str) -> T:
-    """Run ``action``; on a transient error wait 1 s, 2 s, 4 s ... and try again."""
+    """Run ``action``; on a transient error (timeout, 5xx, 429) wait 1 s, 2 s, 4 s ... and try again,
+    at most :data:`RETRY_ATTEMPTS` times and never past :data:`RETRY_BUDGET_S`. A connection failure is not retried: it marks the Hub
+    unreachable for the rest of the process (:func:`mark_hub_unreachable`). Retry notes go to the
+    INFO log, so ``--quiet`` shows only the final one-line error."""
+    started = _clock()
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return action()
         except Exception as exc:
-            if attempt == RETRY_ATTEMPTS or not is_transient(exc):
+            if is_unreachable(exc):
+                mark_hub_unreachable(f"{type(exc).__name__}: {_first_line(exc)}")
                 raise
             delay = RETRY_BASE_DELAY_S * 2 ** (attempt - 1)
-            log.warning("%s: %s: %s; retrying in %.0f s (attempt %d of %d)",
-                        what, type(exc).__name__, _first_line(exc), delay, attempt + 1, RETRY_ATTEMPTS)
+            if attempt == RETRY_ATTEMPTS or not is_transient(exc) or _clock() - started + delay > RETRY_BUDGET_S:
+                raise
+            log.info("%s: %s: %s; retrying in %.0f s (attempt %d of %d)",
+                     what, type(exc).__name__, _first_line(exc), delay, attempt + 1, RETRY_ATTEMPTS)
             _sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -263,9 +349,13 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _explain(exc: BaseException, *, offline: bool, hub_cache: Path) -> str:
-    """One line saying why a Hub request failed, from the real huggingface_hub exception type."""
+def _explain(exc: BaseException, *, offline: bool, hub_cache: Path, unreachable: str | None = None) -> str:
+    """One line saying why a Hub request failed, from the real huggingface_hub exception type.
+    ``unreachable``: why the Hub could not be reached, when that was known before the request."""
     names = {cls.__name__ for cls in type(exc).__mro__}
+    if unreachable is not None and not offline:
+        return (f"the Hub cannot be reached ({unreachable}) and the files are not in the local Hub cache "
+                f"({hub_cache}); connect to the network, or fetch them once where it works")
     code = _status_code(exc)
     if "GatedRepoError" in names:
         return "gated repository: accept its terms on the Hub and log in (hf auth login)"
@@ -396,10 +486,19 @@ def resolve_revision(repo: str, revision: str, *, hub_cache: Path | str | None =
             raise SourceError(f"cannot resolve revision {revision!r} to a commit: HF_HUB_OFFLINE is set and the "
                               f"local Hub cache ({cache}) has no refs/{revision} for this repo", field=where)
         return sha
+    unreachable = hub_unreachable()
+    if unreachable is not None:
+        sha = cached_revision(repo, revision, hub_cache=cache)
+        if sha is None:
+            raise SourceError(f"cannot resolve revision {revision!r} to a commit: the Hub cannot be reached "
+                              f"({unreachable}) and the local Hub cache ({cache}) has no refs/{revision} for this repo",
+                              field=where)
+        log.warning("%s: the Hub cannot be reached; using the cached commit %s", where, sha)
+        return sha
     try:
         info = _with_retries(lambda: HfApi().repo_info(repo, revision=revision), what=f"resolving {where}")
     except Exception as exc:
-        sha = cached_revision(repo, revision, hub_cache=cache) if is_transient(exc) else None
+        sha = cached_revision(repo, revision, hub_cache=cache) if is_transient(exc) or is_unreachable(exc) else None
         if sha is not None:
             log.warning("%s: the Hub could not be reached; using the cached commit %s", where, sha)
             return sha
@@ -466,12 +565,13 @@ def resolve_hub(
     sha = resolve_revision(repo, revision, hub_cache=cache)
     where = f"{repo}@{sha}" + (f"/{path}" if path else "")
     offline = hub_offline()
+    unreachable = hub_unreachable()
     try:
-        snapshot = _download(repo, sha, path, hub_cache=cache, offline=offline)
+        snapshot = _download(repo, sha, path, hub_cache=cache, offline=offline or unreachable is not None)
     except Exception as exc:
         if isinstance(exc, (KeyboardInterrupt, MemoryError)):
             raise
-        raise SourceError(_explain(exc, offline=offline, hub_cache=cache), field=where) from None
+        raise SourceError(_explain(exc, offline=offline, hub_cache=cache, unreachable=unreachable), field=where) from None
     target = snapshot / path if path else snapshot
     files = checkpoint_files(target)
     if not files or (target.is_dir() and not _has_weights(files)):
@@ -488,12 +588,14 @@ def resolve_hub(
 
 
 def resolve_local(path: Path | str, *, display: str | None = None, cache_dir: Path | str | None = None,
-                  manifest_path: Path | str | None = None, field: str | None = None) -> ResolvedCheckpoint:
+                  manifest_path: Path | str | None = None, field: str | None = None,
+                  declared_outside: bool = False) -> ResolvedCheckpoint:
     """Describe a checkpoint in a local folder or file (nothing is copied).
 
     With ``manifest_path`` (a manifest's local checkpoint), the folder and every checkpoint file in it
     must pass :func:`~benchmark.submission.manifest.require_inside_submission` before anything is read
-    or hashed: a link to a file outside the submission is refused, never described.
+    or hashed: a link to a file outside the submission is refused, never described, unless the
+    manifest declares the folder outside (``declared_outside``, from ``local_outside = true``).
     """
     target = Path(path)
     shown = display if display is not None else str(path)
@@ -504,9 +606,9 @@ def resolve_local(path: Path | str, *, display: str | None = None, cache_dir: Pa
         raise SourceError(f"no checkpoint files ({', '.join(CHECKPOINT_FILE_PATTERNS)}) in this folder", field=shown)
     if manifest_path is not None:
         where = field or shown
-        target = require_inside_submission(manifest_path, target, field=where)
+        target = require_inside_submission(manifest_path, target, field=where, declared_outside=declared_outside)
         for file in files:
-            require_inside_submission(manifest_path, file, field=where)
+            require_inside_submission(manifest_path, file, field=where, declared_outside=declared_outside)
     return ResolvedCheckpoint(
         path=target.resolve(), local=True, source=shown, path_in_repo=shown,
         files=describe_files(target, cache_dir=cache_dir),
@@ -603,7 +705,8 @@ def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
                        hub_cache: Path | str | None = None, check_header: bool = True) -> ResolvedCheckpoint:
     """Resolve one :class:`~benchmark.submission.manifest.CheckpointSpec` of a loaded manifest.
 
-    Local paths are relative to the manifest's folder and must stay inside it (symlinks included);
+    Local paths are relative to the manifest's folder and must stay inside it (symlinks included),
+    unless the entry declares ``local_outside = true``;
     Hub entries are always pinned to a sha by the schema. Errors name the manifest file and the
     checkpoint entry.
 
@@ -620,9 +723,9 @@ def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
     try:
         if spec.local is not None:
             where = f"{entry}.local"
-            folder = manifest.resolve_local(spec.local, field=where)
+            folder = manifest.resolve_local(spec.local, field=where, outside=spec.local_outside)
             resolved = resolve_local(folder, display=spec.local, cache_dir=cache_dir, manifest_path=manifest.path,
-                                     field=where)
+                                     field=where, declared_outside=spec.local_outside)
         else:
             resolved = resolve_hub(spec.repo, spec.revision, spec.path, cache_dir=cache_dir, hub_cache=hub_cache)
     except SourceError as exc:

@@ -4,13 +4,13 @@ Without ``--check-files`` nothing is read but the manifests: schema, TOML, names
 ``submissions/<org>/<name>.toml``), pinned revisions, safe relative paths, distinct seeds, distinct
 checkpoints and leftover ``TODO`` markers. With ``--check-files`` every checkpoint is also resolved
 (fetched into the Hub cache if needed) and its configs and safetensors headers are read (no weights)
-to check that shapes and architecture agree with the manifest.
+to check that shapes and architecture agree with the manifest, and a declared activations file is
+checked for its shape.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -20,6 +20,7 @@ from benchmark.errors import CanonBenchError, CheckpointError, ManifestError
 from benchmark.submission.manifest import (
     SUBMISSIONS_FOLDER,
     LoadedManifest,
+    discover_manifests,
     load_manifest,
     read_manifest_bytes,
     schema_problems,
@@ -33,18 +34,6 @@ else:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 TODO_MARK = "TODO"
-
-# What a checkpoint file may call an architecture that the manifest names: BatchTopK SAEs are saved
-# for inference as JumpReLU (one shared threshold); Matryoshka SAEs as their inference activation.
-COMPATIBLE_ARCHITECTURES: dict[str, set[str]] = {
-    "standard": {"standard", "relu"},
-    "topk": {"topk"},
-    "batchtopk": {"batchtopk", "jumprelu", "topk"},
-    "jumprelu": {"jumprelu"},
-    "gated": {"gated"},
-    "matryoshka": {"matryoshka", "topk", "batchtopk", "jumprelu", "standard", "relu"},
-}
-
 
 def _todo_fields(data: Any, prefix: str = "") -> Iterator[str]:
     """Fields whose value still starts with ``TODO`` (left by ``canonbench new-submission``)."""
@@ -131,7 +120,8 @@ def _duplicate_checkpoints(manifest: LoadedManifest) -> list[CanonBenchError]:
     for index, spec in enumerate(sub.checkpoints):
         if spec.local is not None:
             try:
-                key = ("local", str(manifest.resolve_local(spec.local, field=f"checkpoints[{index}].local")))
+                key = ("local", str(manifest.resolve_local(spec.local, field=f"checkpoints[{index}].local",
+                                                           outside=spec.local_outside)))
             except ManifestError as exc:
                 problems.append(exc)
                 continue
@@ -157,6 +147,26 @@ def _check_model_files(manifest: LoadedManifest) -> list[CanonBenchError]:
         return [exc]
     if not folder.exists():
         return [ManifestError(f"local model folder {model.local!r} does not exist", file=manifest.path, field="model.local")]
+    return []
+
+
+def _check_activation_file(manifest: LoadedManifest, *, cache_dir) -> list[CanonBenchError]:
+    """A declared ``[activations]`` file exists, stays where the containment rule allows, and holds a
+    ``[n_tokens, d_in]`` float array of the declared width (its header only: .npy and safetensors
+    data are memory-mapped, not read)."""
+    spec = getattr(manifest.submission, "activations", None)
+    if spec is None:
+        return []
+    try:
+        from benchmark.data.activation_files import file_activations_for_manifest
+
+        acts = file_activations_for_manifest(manifest, cache_dir=cache_dir).activations()
+    except CanonBenchError as exc:
+        return [exc]
+    d_in = manifest.submission.sae.d_in
+    if d_in is not None and int(acts.shape[1]) != d_in:
+        return [ManifestError(f"{spec.file} has width {int(acts.shape[1])} but the manifest says d_in = {d_in}",
+                              file=manifest.path, field="activations.file")]
     return []
 
 
@@ -221,30 +231,9 @@ def _check_checkpoint_files(manifest: LoadedManifest, *, cache_dir, hub_cache) -
 
 
 def _compare(info: Any, manifest: LoadedManifest, entry: str, where: str) -> list[CanonBenchError]:
-    sae = manifest.submission.sae
-    problems: list[CanonBenchError] = []
-    d_sae = getattr(info, "d_sae", None)
-    d_in = getattr(info, "d_in", None)
-    architecture = getattr(info, "architecture", None)
-    k = getattr(info, "k", None)
-    if d_sae is not None and d_sae != sae.width:
-        problems.append(ManifestError(f"{entry} ({where}) has d_sae={d_sae} but the manifest says {sae.width}",
-                                      file=manifest.path, field="sae.width"))
-    if d_in is not None and sae.d_in is not None and d_in != sae.d_in:
-        problems.append(ManifestError(f"{entry} ({where}) has d_in={d_in} but the manifest says {sae.d_in}",
-                                      file=manifest.path, field="sae.d_in"))
-    trained_as = getattr(info, "training_architecture", None)
-    allowed = COMPATIBLE_ARCHITECTURES.get(sae.architecture, {sae.architecture})
-    if architecture and architecture not in allowed and trained_as not in allowed:
-        shown = architecture + (f" (trained as {trained_as})" if trained_as else "")
-        problems.append(ManifestError(
-            f"{entry} ({where}) is a {shown} SAE but the manifest says {sae.architecture}",
-            file=manifest.path, field="sae.architecture",
-        ))
-    if k is not None and sae.k is not None and k != sae.k:
-        problems.append(ManifestError(f"{entry} ({where}) has k={k} but the manifest says {sae.k}",
-                                      file=manifest.path, field="sae.k"))
-    return problems
+    from benchmark.submission.agreement import disagreements
+
+    return disagreements(info, manifest, entry=entry, where=where)
 
 
 def validate_paths(
@@ -259,23 +248,8 @@ def validate_paths(
     Never stops at the first problem. ``cache_dir`` is CanonBench's cache (file digests);
     ``hub_cache`` the Hugging Face cache (default: the standard one).
     """
-    problems: list[CanonBenchError] = []
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(path.rglob("*.toml"))
-            if not found:
-                problems.append(ManifestError("no *.toml manifests in this folder", file=path))
-            files.extend(found)
-        elif path.exists() or path.is_symlink():
-            files.append(path)  # links and special files are refused, by name, by the manifest reader
-        else:
-            problems.append(ManifestError("no such file or folder", file=path))
-    unique: dict[str, Path] = {}
-    for path in files:
-        unique.setdefault(os.path.abspath(path), path)
-    files = list(unique.values())
+    files, found_problems = discover_manifests(paths)
+    problems: list[CanonBenchError] = list(found_problems)
 
     loaded: list[LoadedManifest] = []
     for path in files:
@@ -300,5 +274,6 @@ def validate_paths(
             problems.extend(_check_model_files(manifest))
             if manifest.submission.kind == "checkpoints":
                 problems.extend(_check_checkpoint_files(manifest, cache_dir=cache_dir, hub_cache=hub_cache))
+                problems.extend(_check_activation_file(manifest, cache_dir=cache_dir))
     distinct = list({str(p): p for p in problems}.values())  # a problem found twice is reported once
     return distinct, len(files)

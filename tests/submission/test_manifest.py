@@ -12,7 +12,7 @@ from benchmark.submission.manifest import CheckpointsSubmission, load_manifest, 
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKEN = sorted((ROOT / "tests" / "fixtures" / "broken_manifests").glob("*.toml"))
-EXAMPLES = sorted((ROOT / "submissions" / "examples").glob("*.toml"))
+EXAMPLES = sorted((ROOT / "docs" / "example-manifests").glob("*.toml"))
 # Checks that need more than one manifest's schema live in ``canonbench validate`` only.
 VALIDATE_ONLY = {"todo_left", "same_checkpoint_twice"}
 
@@ -49,7 +49,7 @@ def test_broken_manifests_are_refused_by_the_loader(path):
 
 
 def test_schema_problems_lists_every_field():
-    text = (ROOT / "submissions" / "examples" / "gpt2-topk-16k-seeds.toml").read_text()
+    text = (ROOT / "docs" / "example-manifests" / "gpt2-topk-16k-seeds.toml").read_text()
     assert schema_problems(text, "x.toml") == []
     broken = (
         text.replace("width = 16384", "width = 0")
@@ -64,7 +64,7 @@ def test_schema_problems_lists_every_field():
 
 
 def test_local_paths_resolve_against_the_manifest_folder(tmp_path):
-    text = (ROOT / "submissions" / "examples" / "gpt2-small-oai-v5-32k.toml").read_text()
+    text = (ROOT / "docs" / "example-manifests" / "gpt2-small-oai-v5-32k.toml").read_text()
     start = text.index("[[checkpoints]]")
     text = text[:start] + '[[checkpoints]]\nseed = 0\nlocal = "ckpt/seed0"\n'
     path = tmp_path / "org" / "m.toml"

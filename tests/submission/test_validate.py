@@ -73,7 +73,7 @@ def test_all_problems_are_collected_across_files():
 
 
 def test_all_problems_are_collected_within_a_file(tmp_path):
-    text = (ROOT / "submissions" / "examples" / "gpt2-topk-16k-seeds.toml").read_text()
+    text = (ROOT / "docs" / "example-manifests" / "gpt2-topk-16k-seeds.toml").read_text()
     text = text.replace('revision = "9c41d2e7b05a3f86c1e2d4b7a9f0e3c5d8b6a142"\npath = "seed_1', 'revision = "main"\npath = "seed_1', 1)
     text = text.replace("width = 16384", "width = -1").replace('license = "Apache-2.0"', "")
     path = tmp_path / "three.toml"
@@ -83,7 +83,7 @@ def test_all_problems_are_collected_within_a_file(tmp_path):
 
 
 def test_duplicate_names_and_missing_paths(tmp_path):
-    example = ROOT / "submissions" / "examples" / "gpt2-small-oai-v5-32k.toml"
+    example = ROOT / "docs" / "example-manifests" / "gpt2-small-oai-v5-32k.toml"
     (tmp_path / "a.toml").write_text(example.read_text())
     (tmp_path / "b.toml").write_text(example.read_text())
     problems, checked = validate_paths([tmp_path, tmp_path / "absent.toml"])
@@ -94,7 +94,7 @@ def test_duplicate_names_and_missing_paths(tmp_path):
 
 
 def test_name_must_match_place_under_submissions(tmp_path):
-    example = (ROOT / "submissions" / "examples" / "gpt2-small-oai-v5-32k.toml").read_text()
+    example = (ROOT / "docs" / "example-manifests" / "gpt2-small-oai-v5-32k.toml").read_text()
     good = tmp_path / "submissions" / "examples" / "gpt2-small-oai-v5-32k.toml"
     wrong_org = tmp_path / "submissions" / "other" / "gpt2-small-oai-v5-32k.toml"
     too_deep = tmp_path / "submissions" / "examples" / "deeper" / "gpt2-small-oai-v5-32k.toml"
@@ -308,7 +308,7 @@ def test_new_submission_refusals(tmp_path, seeded_repo):
         write_new_submission([f"hf://{REPO}@{sha}/seed0"], name="org/x", seeds=[0, 1], out=tmp_path / "x.toml")
     with pytest.raises(ManifestError, match="org/name"):
         write_new_submission([f"hf://{REPO}@{sha}/seed0"], name="Org Name", out=tmp_path / "x.toml")
-    with pytest.raises(SourceError, match="below the manifest's folder"):
+    with pytest.raises(SourceError, match="no such file or folder"):
         write_new_submission([str(tmp_path / "elsewhere")], name="org/x", out=tmp_path / "sub" / "x.toml")
     existing = write(tmp_path, "keep me")
     with pytest.raises(ManifestError, match="already exists"):

@@ -261,8 +261,10 @@ def _decode(path: Path, state: TorchArchive, dtype: torch.dtype | None):
             raise CheckpointError(f"{declared} disagrees with {value} in {file.name}", file=cfg_file,
                                   field=f"trainer.{key}")
     model = trainer.get("lm_name")
+    seed = trainer.get("seed")
     info = {"dict_class": dict_class, "trainer_class": trainer.get("trainer_class"), "layer": trainer.get("layer"),
-            "submodule_name": trainer.get("submodule_name"), **extra}
+            "submodule_name": trainer.get("submodule_name"),
+            "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None, **extra}
     return arch, tensors, k, apply_b_dec, info, (model if isinstance(model, str) else None), _hook_name(trainer), file
 
 

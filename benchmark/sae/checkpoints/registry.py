@@ -91,6 +91,24 @@ def _folder_format(folder: Path) -> str | None:
     return None
 
 
+def checkpoint_subfolders(folder: Path | str) -> list[Path]:
+    """The subfolders of ``folder`` that each hold one checkpoint (e.g. sparsify's ``<hookpoint>/seed<K>``
+    of a multi-seed run, or dictionary_learning's ``trainer_<i>``), sorted by name; empty when
+    ``folder`` is itself a checkpoint or holds none. Linked folders are not followed."""
+    path = Path(folder)
+    if not path.is_dir() or _folder_format(path) is not None:
+        return []
+    return sorted((p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and _folder_format(p) is not None),
+                  key=lambda p: _natural_key(p.name))
+
+
+def _natural_key(name: str) -> tuple:
+    """``seed2`` before ``seed10``."""
+    import re
+
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def detect_format(folder_or_file: Path | str) -> str:
     """The format name of a checkpoint folder or file, from file names (and cfg.json for native)."""
     path = Path(folder_or_file)
@@ -109,7 +127,7 @@ def detect_format(folder_or_file: Path | str) -> str:
     fmt = _folder_format(path)
     if fmt is not None:
         return fmt
-    inside = sorted(p.name for p in path.iterdir() if p.is_dir() and _folder_format(p) is not None)
+    inside = [p.name for p in checkpoint_subfolders(path)]
     if inside:
         shown = ", ".join(inside[:8]) + (f", ... ({len(inside)} in all)" if len(inside) > 8 else "")
         raise CheckpointError(f"holds several checkpoints, not one; pick a subfolder: {shown}", file=path,

@@ -1,5 +1,9 @@
 """EleutherAI sparsify checkpoints: one folder per hookpoint with ``cfg.json`` + ``sae.safetensors``.
 
+A run trained with several ``init_seeds`` saves one folder per seed below the hookpoint's
+(``<run>/<hookpoint>/seed<K>/``, sparsify's trainer naming); the hookpoint is then the parent folder's
+name, the seed is recorded as ``init_seed`` and the run's ``config.json`` is two levels up.
+
 Semantics follow sparsify (sparsify/sparse_coder.py, fused_encoder.py, config.py): encode subtracts
 ``b_dec`` (always, for autoencoders), applies ``encoder`` (``nn.Linear``: weight ``[num_latents, d_in]``),
 ReLU, then keeps the top ``k``; decode is ``z @ W_dec + b_dec`` with ``W_dec [num_latents, d_in]``.
@@ -10,6 +14,7 @@ and are refused with a clear error.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +43,26 @@ RUN_CONFIG = "config.json"  # run-level TrainConfig at the repo root (holds the 
 TENSORS = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
 
 
+#: sparsify's name for one seed's folder when a run trains several (``f"{hook}/seed{seed}"``).
+SEED_FOLDER = re.compile(r"\Aseed(\d{1,18})\Z")
+
+
 def checkpoint_folder(path: Path) -> Path:
     return path.parent if path.is_file() else path
 
 
+def hookpoint_and_seed(folder: Path) -> tuple[str, int | None, Path]:
+    """``(hookpoint, init seed or None, run folder)`` of a checkpoint folder: ``<run>/<hookpoint>`` or,
+    for multi-seed runs, ``<run>/<hookpoint>/seed<K>``."""
+    match = SEED_FOLDER.fullmatch(folder.name)
+    if match is not None:
+        return folder.parent.name, int(match.group(1)), folder.parent.parent
+    return folder.name, None, folder.parent
+
+
 def _run_model(folder: Path) -> str | None:
-    for candidate in (folder.parent / RUN_CONFIG, folder / RUN_CONFIG):
+    _, _, run = hookpoint_and_seed(folder)
+    for candidate in (run / RUN_CONFIG, folder / RUN_CONFIG):
         if candidate.is_file():
             try:
                 model = read_json(candidate).get("model")
@@ -84,8 +103,8 @@ def _parse(folder: Path, header: SafetensorsHeader) -> dict[str, Any]:
                             context=f" from {CFG_FILE} (d_in={d_in}, num_latents={num_latents})")
     if k > num_latents:
         raise CheckpointError(f"k={k} exceeds num_latents={num_latents}", file=cfg_file, field="k")
-    hookpoint = folder.name
-    return {"cfg": cfg, "k": k, "d_in": d_in, "d_sae": num_latents, "hookpoint": hookpoint,
+    hookpoint, seed, _ = hookpoint_and_seed(folder)
+    return {"cfg": cfg, "k": k, "d_in": d_in, "d_sae": num_latents, "hookpoint": hookpoint, "init_seed": seed,
             "hook_name": transformer_lens_hook(hookpoint), "model_name": _run_model(folder),
             "dtype": stored_dtype_name(header.tensors["encoder.weight"].dtype)}
 
@@ -97,8 +116,8 @@ def inspect(path: Path) -> CheckpointInfo:
     return CheckpointInfo(format="sparsify", architecture="topk", d_in=p["d_in"], d_sae=p["d_sae"], k=p["k"],
                           model_name=p["model_name"], hook_name=p["hook_name"], files=files, path=str(folder),
                           dtype=p["dtype"], apply_b_dec_to_input=True,
-                          metadata={"hf_hookpoint": p["hookpoint"],
-                                    "run_config": str(folder.parent / RUN_CONFIG) if p["model_name"] else None})
+                          metadata={"hf_hookpoint": p["hookpoint"], "init_seed": p["init_seed"],
+                                    "run_config": str(hookpoint_and_seed(folder)[2] / RUN_CONFIG) if p["model_name"] else None})
 
 
 def load(path: Path, *, dtype: torch.dtype = torch.float32, hints: LoadHints | None = None) -> SAE:
@@ -115,7 +134,7 @@ def load(path: Path, *, dtype: torch.dtype = torch.float32, hints: LoadHints | N
         "b_dec": as_tensor(require(raw, "b_dec", wf), "b_dec", wf, dtype=dtype, shape=(d_in,)),
     }
     metadata = {k: v for k, v in p["cfg"].items() if isinstance(v, (str, int, float, bool)) or v is None}
-    metadata.update(hf_hookpoint=p["hookpoint"], stored_dtype=p["dtype"])
+    metadata.update(hf_hookpoint=p["hookpoint"], stored_dtype=p["dtype"], init_seed=p["init_seed"])
     config = SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=p["k"], apply_b_dec_to_input=True,
                        model_name=p["model_name"], hook_name=p["hook_name"], format="sparsify", metadata=metadata)
     return build_sae(config, tensors, file=wf)
