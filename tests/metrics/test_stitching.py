@@ -132,6 +132,15 @@ def test_stitched_curve_equals_brute_force_at_every_step(topk_rung):
     assert sorted(novel_steps) == list(range(1, int(result.novel.sum()) + 1))
     order = np.argsort(novel_steps)
     assert (np.diff(result.insertion_delta[result.novel][order]) >= 0).all()
+    # each swap/remove step's isolated effect (what orders them) is that step applied alone to the narrow SAE
+    base = brute_mse(x, [c_narrow.sum(1)], narrow.b_dec)
+    later = result.steps[result.steps["phase"].isin(["swap", "remove"])]
+    assert len(later) and (np.diff(later["isolated_delta_mse"].to_numpy()) >= 0).all()
+    for row in later.itertuples():
+        wide_in = torch.as_tensor(result.step_wide == row.step)
+        narrow_in = torch.as_tensor(result.step_narrow != row.step)
+        alone = brute_mse(x, [c_narrow[:, narrow_in].sum(1), c_wide[:, wide_in].sum(1)], narrow.b_dec)
+        assert row.isolated_delta_mse == pytest.approx(alone - base, abs=1e-10), row
     # monotone is "never rises": compare with the curve itself
     rises = np.diff(result.steps["fvu"].to_numpy())
     assert result.monotone == bool((rises <= 1e-9 * result.fvu_narrow).all())

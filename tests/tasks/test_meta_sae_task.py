@@ -123,6 +123,13 @@ def test_rows_and_tables_on_a_model_ladder(tmp_path):
     fits, latents = out.artifacts["fits"], out.artifacts["latents"]
     assert tuple(fits.columns) == FIT_COLUMNS and tuple(latents.columns) == LATENT_COLUMNS
     assert len(fits) == 9 and set(fits["meta_width"]) == {2, 8}  # max(ceil(0.25 x 8), k=2), 0.25 x 32
+    primary = fits[fits.width == 32]
+    main = rows[("meta_variance_explained", "all")]
+    assert main.value == pytest.approx(primary["variance_explained"].mean())
+    pooled = np.sqrt(primary.groupby("seed")["variance_explained"].var(ddof=1).mean())  # spread over meta-seeds
+    assert main.std == pytest.approx(pooled)
+    assert main.extra["std_over_sae_seeds"] == pytest.approx(primary.groupby("seed")["variance_explained"].mean().std(ddof=1))
+    assert rows[("meta_l0", "width=8")].value == pytest.approx(fits[fits.width == 8]["l0"].mean())
     assert fits.groupby(["width", "seed"]).size().to_dict() == {(8, 0): 3, (32, 0): 3, (32, 1): 3}
     seed0 = latents[(latents.width == 32) & (latents.seed == 0)]
     assert (seed0["matched_latent"] >= 0).all() and latents[latents.width == 8]["matched_latent"].eq(-1).all()
@@ -177,3 +184,27 @@ def test_end_to_end_checkpoints_ladder_on_an_exported_preset(tmp_path):
     pages = {name: (index.parent / "tasks" / f"{name}.html").read_text() for name in ("stitching", "meta-sae")}
     assert 'id="plot-stitched-curve"' in pages["stitching"] and 'id="plot-variance-vs-width"' in pages["meta-sae"]
     assert pages["stitching"].count("<svg") >= 1 and pages["meta-sae"].count("<polyline") >= 1
+
+
+
+def test_applies_to_checkpoints_and_ladders_but_not_single_width_recipes(tmp_path):
+    recipe = """kind = "recipe"
+name = "t/r"
+title = "t"
+authors = ["t"]
+license = "MIT"
+[recipe]
+architecture = "standard"
+width = 16
+{widths}
+seeds = [0]
+trains_on = "synthetic"
+presets = ["song2025-toy"]
+"""
+    single, ladder = tmp_path / "single.toml", tmp_path / "ladder.toml"
+    single.write_text(recipe.format(widths=""))
+    ladder.write_text(recipe.format(widths="widths = [8, 16]"))
+    assert "single-width recipe" in MetaSAETask.not_applicable(load_manifest(single))
+    assert MetaSAETask.not_applicable(load_manifest(ladder)) is None
+    checkpoints = load_manifest(write_checkpoints_manifest(tmp_path, widths={32: [0]}, primary=32))
+    assert MetaSAETask.not_applicable(checkpoints) is None
