@@ -86,8 +86,8 @@ METRICS = (
                 "points of a stitched curve (mean over curves; 0 when monotone)", "lower", 0, None),
     metric_spec("novel_share_of_gain", "share of the narrow-to-wide drop in unexplained variance delivered by "
                 "inserting the novel latents alone", "none", None, None),
-    metric_spec("novel_gt_missed", "organisms: fraction of novel latents matching a true feature (cos >= 0.9) whose "
-                "feature the narrower SAE missed", "higher", 0, 1),
+    metric_spec("novel_gt_missed", "organisms: fraction of novel latents matching a true feature (cosine >= gt_threshold, "
+                "default 0.9) whose feature no narrower latent reaches that cosine with", "higher", 0, 1),
     metric_spec("reconstruction_gt_missed", "organisms: the same fraction for reconstruction latents", "lower", 0, 1),
     metric_spec("stitch_decoder_mcc", "ladder rung: mean matched decoder cosine over the narrower SAE's latents "
                 "(one-to-one)", "higher", -1, 1),
