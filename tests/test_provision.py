@@ -53,7 +53,9 @@ def test_a_ladder_checkpoint_of_the_wrong_width_is_named(tmp_path):
     manifest = ladder_manifest(tmp_path, [(0, None, 32), (0, 8, 16)])
     with pytest.raises(CanonBenchError) as err:
         SubmissionInputs(manifest, cache_dir=tmp_path / "c", quiet=True).ladder()
-    assert err.value.field == "checkpoints.width" and "d_sae=16" in str(err.value) and "says 8" in str(err.value)
+    # refused on the header, before any weight is read (the size bound of the rung's own width)
+    assert err.value.field == "d_sae" and "d_sae=16" in str(err.value) and "checkpoints[1].width=8" in str(err.value)
+    assert "refused before reading any weights" in str(err.value)
 
 
 def test_validate_compares_each_checkpoint_with_its_own_width(tmp_path):
