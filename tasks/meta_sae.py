@@ -48,6 +48,7 @@ from benchmark.results import MetricValue
 from tasks import register_task
 from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
 from tasks.citations import KARVONEN_2025, LEASK_2025, join
+from tasks.reliability import reliability_summaries
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +331,7 @@ class MetaSAETask(Task):
             PlotSpec("metric_vs_l0", "variance-vs-l0", "meta_variance_explained vs L0, by architecture",
                      metric="meta_variance_explained"),
         ),
+        summaries=reliability_summaries(("meta_variance_explained", "meta_code_similarity_matched")),
         citation=join(LEASK_2025, KARVONEN_2025),
         references=("https://arxiv.org/abs/2502.04878", "https://github.com/adamkarvonen/SAEBench (evals/meta_structure)"),
         notes=(

@@ -51,6 +51,7 @@ from benchmark.results import MetricValue
 from tasks import register_task
 from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
 from tasks.citations import LEASK_2025, PAULO_BELROSE_2025, SONG_2025, join
+from tasks.reliability import reliability_summaries
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +336,7 @@ class StitchingTask(Task):
                      note="Each rung runs from its narrow SAE (left) to its wide SAE (right): novel latents first, then "
                           "swap groups; mean over seed pairs."),
         ),
+        summaries=reliability_summaries(("novel_fraction", "proxy_auc", "stitched_monotone")),
         citation=join(LEASK_2025, SONG_2025, PAULO_BELROSE_2025),
         references=("https://arxiv.org/abs/2502.04878",
                     "https://www.lesswrong.com/posts/baJyjpktzmcmRfosq/stitching-saes-of-different-sizes"),

@@ -3,6 +3,7 @@ recomputations and constructed dictionaries with known answers."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -53,10 +54,18 @@ def brute_mse(x: torch.Tensor, parts: list[torch.Tensor], bias: torch.Tensor) ->
     return float(((x.double() - recon) ** 2).sum(1).mean())
 
 
+def decoded_rows(sae: SAE) -> torch.Tensor:
+    """``[d_sae, d]``: what ``sae.decode`` adds for a unit activation of each latent (read through the
+    SAE's own decode, independently of the kernel's ``effective_decoder``)."""
+    wide = copy.deepcopy(sae).double()  # float64, like the kernel, so that rounding cannot hide a difference
+    with torch.no_grad():
+        return wide.decode(torch.eye(sae.d_sae, dtype=torch.float64)) - wide.b_dec
+
+
 def contributions(sae: SAE, x: torch.Tensor) -> torch.Tensor:
     """``[n, d_sae, d]``: each latent's contribution to the reconstruction (its own activation)."""
     z = sae.encode(x).double()
-    return z.unsqueeze(-1) * effective_decoder(sae).unsqueeze(0)
+    return z.unsqueeze(-1) * decoded_rows(sae).unsqueeze(0)
 
 
 def test_nested_dictionaries_have_exactly_the_new_latents_novel():
@@ -83,17 +92,28 @@ def test_insertion_delta_equals_brute_force_for_every_latent():
         assert result.insertion_delta[j] == pytest.approx(inserted - base, abs=1e-10)
 
 
-def random_topk(width: int, k: int, seed: int) -> SAE:
+def random_topk(width: int, k: int, seed: int, *, rescale: bool = False) -> SAE:
+    """A TopK SAE; with ``rescale`` its decoder rows have norms in [0.5, 2] and activations are rescaled
+    by them (SAELens' ``rescale_acts_by_decoder_norm``), so its effective rows differ from ``W_dec``."""
     g = torch.Generator().manual_seed(seed)
     dec = torch.nn.functional.normalize(torch.randn(width, D, generator=g), dim=1)
     enc = dec.T + 0.1 * torch.randn(D, width, generator=g)
-    return SAE(SAEConfig("topk", D, width, k=k), W_enc=enc, W_dec=dec, b_dec=0.05 * torch.randn(D, generator=g),
-               b_enc=0.01 * torch.randn(width, generator=g))
+    if rescale:
+        dec = dec * (0.5 + 1.5 * torch.rand(width, 1, generator=g))
+    return SAE(SAEConfig("topk", D, width, k=k, rescale_acts_by_decoder_norm=rescale), W_enc=enc, W_dec=dec,
+               b_dec=0.05 * torch.randn(D, generator=g), b_enc=0.01 * torch.randn(width, generator=g))
+
+
+def test_effective_decoder_is_what_decode_multiplies_activations_with():
+    for sae in (random_topk(8, 2, seed=1), random_topk(8, 2, seed=2, rescale=True)):
+        assert torch.allclose(effective_decoder(sae), decoded_rows(sae), atol=1e-6)
+    assert not torch.allclose(effective_decoder(random_topk(8, 2, seed=2, rescale=True)).float(),
+                              random_topk(8, 2, seed=2, rescale=True).W_dec)
 
 
 @pytest.fixture(scope="module")
 def topk_rung():
-    narrow, wide = random_topk(16, 3, seed=3), random_topk(32, 4, seed=4)
+    narrow, wide = random_topk(16, 3, seed=3), random_topk(32, 4, seed=4, rescale=True)
     g = torch.Generator().manual_seed(5)
     x = sparse_codes(1500, 40, p=0.1, seed=6) @ torch.randn(40, D, generator=g)
     return narrow, wide, x, stitch_rung(narrow, wide, x, group_threshold=0.3)
