@@ -46,7 +46,7 @@ from benchmark.metrics.seed_pairs import match_rows
 from benchmark.metrics.stats import mean_std
 from benchmark.results import MetricValue
 from tasks import register_task
-from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
+from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, UnitResources, metric_spec
 from tasks.citations import KARVONEN_2025, LEASK_2025, join
 from tasks.reliability import reliability_summaries
 
@@ -317,6 +317,8 @@ class MetaSAETask(Task):
         min_seeds=1,
         needs_ladder=True,
         needs_organisms=True,
+        # meta-SAEs train on the device (all meta-seeds as one module); decoder rows and sparse codes of every width
+        resources=UnitResources(cpus=1.0, memory_gb=4.0, gpu=True),
         artifacts=(
             ArtifactSpec("fits", "one row per (width, SAE seed, meta-seed): rows, meta width, variance explained (threshold "
                          "and batch top-k encoding), mean active meta-latents, training seconds", FIT_COLUMNS),

@@ -49,7 +49,7 @@ from benchmark.metrics.stats import mean_std, pair_summary
 from benchmark.metrics.stitching import PROXY_THRESHOLDS, ground_truth_novelty, proxy_agreement, proxy_auc, stitch_rung
 from benchmark.results import MetricValue
 from tasks import register_task
-from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
+from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, UnitResources, metric_spec
 from tasks.citations import LEASK_2025, PAULO_BELROSE_2025, SONG_2025, join
 from tasks.reliability import reliability_summaries
 
@@ -319,6 +319,9 @@ class StitchingTask(Task):
         needs_ladder=True,
         needs_organisms=True,
         uses_activations=True,
+        # every width's SAEs, a held-out sample (16k inputs), one-to-one matching per rung (cross-seed's kernel on the
+        # device) and the insertion test and curve on the CPU in float64 (sparse; bounded blocks)
+        resources=UnitResources(cpus=1.0, memory_gb=8.0, gpu=True, gpu_share=0.25),
         artifacts=(
             ArtifactSpec("latents", "one row per (rung, seed pair, wider latent): insertion change of the mean squared "
                          "error, novel flag, max cosine, parent, swap group, stitching step, firing frequency, "
