@@ -121,20 +121,20 @@ def test_a_recipe_ladder_trains_each_width_as_its_own_recipe():
 
 
 def test_a_checkpoints_ladder_keeps_the_primary_width_for_other_tasks():
-    text = (ROOT / "submissions" / "examples" / "gpt2-topk-16k-seeds.toml").read_text()
+    text = (ROOT / "docs" / "example-manifests" / "gpt2-topk-16k-seeds.toml").read_text()
     text += '\n[[checkpoints]]\nseed = 0\nwidth = 8192\nrepo = "example-org/gpt2-small-topk-16k-seeds"\n' \
             'revision = "9c41d2e7b05a3f86c1e2d4b7a9f0e3c5d8b6a142"\npath = "8k/seed_0"\n'
     sub = parse_manifest(text, "x.toml").submission
     assert sub.ladder_widths == [8192, 16384] and sub.seeds == [0, 1, 2]
     assert [c.seed for c in sub.checkpoints_at(8192)] == [0] and len(sub.checkpoints_at(16384)) == 3
-    plain = parse_manifest((ROOT / "submissions" / "examples" / "gpt2-topk-16k-seeds.toml").read_text(), "x.toml").submission
+    plain = parse_manifest((ROOT / "docs" / "example-manifests" / "gpt2-topk-16k-seeds.toml").read_text(), "x.toml").submission
     assert plain.ladder_widths == [16384]
 
 
 def test_ladder_fingerprints_name_the_widths_and_plain_ones_do_not_change():
     from benchmark.submission.identity import inputs_record
 
-    path = ROOT / "submissions" / "examples" / "gpt2-topk-16k-seeds.toml"
+    path = ROOT / "docs" / "example-manifests" / "gpt2-topk-16k-seeds.toml"
     plain = inputs_record(load_manifest(path))
     assert all("width" not in c for c in plain["checkpoints"])
     ladder = parse_manifest(path.read_text() + '\n[[checkpoints]]\nseed = 0\nwidth = 8192\n'
