@@ -40,6 +40,7 @@ class SubmissionInputs:
         self.batch_size = batch_size
         self.quiet = quiet
         self._saes: tuple[dict[int, Any], list[dict[str, Any]]] | None = None
+        self._ladder: tuple[dict[int, dict[int, Any]], list[dict[str, Any]]] | None = None
         self._providers: dict[str, Any] = {}
         self._ready_hooks: set[tuple[str, str]] = set()
         self._organisms: dict[str, Any] | None = None
@@ -62,29 +63,59 @@ class SubmissionInputs:
                                 file=self.manifest.path, field="recipe.trains_on")
         return self._saes
 
-    def _load_checkpoints(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+    def _load_checkpoints(self, width: int | None = None) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+        """The checkpoints of one width of the ladder (default: the primary width)."""
         from benchmark.sae.checkpoints import load_sae
         from benchmark.submission.sources import resolve_checkpoint
 
         sub = self.manifest.submission
+        width = sub.sae.width if width is None else width
         saes, records = {}, []
         for index, spec in enumerate(sub.checkpoints):
+            if sub.checkpoint_width(spec) != width:
+                continue
             resolved = resolve_checkpoint(self.manifest, spec, cache_dir=self.cache_dir)
-            check_declared(resolved, self.manifest, entry=f"checkpoints[{index}]")
+            check_declared(resolved, self.manifest, entry=f"checkpoints[{index}]", width=width)
             fmt = None if sub.sae.format == "auto" else sub.sae.format
             sae = load_sae(resolved, format=fmt, device=self.device)  # carries the manifest's size bound into the load
-            check_against_manifest(sae, self.manifest)
+            check_against_manifest(sae, self.manifest, width=width)
             saes[spec.seed] = sae
-            records.append({**resolved.record(), "seed": spec.seed, "format": sae.config.format})
+            records.append({**resolved.record(), "seed": spec.seed, "format": sae.config.format,
+                            **({"width": width} if spec.width else {})})
         return saes, records
 
-    def _train_model_recipe(self) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+    # --- width ladders -------------------------------------------------------------------------
+    def ladder(self) -> tuple[dict[int, dict[int, Any]], list[dict[str, Any]]]:
+        """``({width: {seed: SAE}}, provenance records)`` of every width a checkpoints submission or a
+        model recipe declares (one width without a ladder). The primary width's SAEs are those of
+        :meth:`saes` (loaded or trained once)."""
+        if self._ladder is None:
+            sub = self.manifest.submission
+            if sub.kind == "recipe" and sub.recipe.trains_on != "model":
+                raise TaskError("a recipe trained on synthetic presets has SAEs per preset only (see organisms)",
+                                file=self.manifest.path, field="recipe.trains_on")
+            primary, primary_records = self.saes()
+            ladder, records = {}, []
+            for width in sub.ladder_widths:
+                if width == _primary_width(sub):
+                    saes, rung_records = primary, primary_records
+                elif sub.kind == "checkpoints":
+                    saes, rung_records = self._load_checkpoints(width)
+                else:
+                    saes, rung_records = self._train_model_recipe(width)
+                ladder[width] = saes
+                records += [{**r, "width": width} for r in rung_records]
+            self._ladder = (ladder, records)
+        return self._ladder
+
+    def _train_model_recipe(self, width: int | None = None) -> tuple[dict[int, Any], list[dict[str, Any]]]:
         from benchmark.training.cache import activation_data, train_or_load
 
         sub = self.manifest.submission
         provider = self.provider(dtype="float32")
         self._ensure(provider)
-        saes, records = train_or_load(sub.recipe, activation_data(provider), cache_dir=self.cache_dir, device=self.device,
+        recipe = sub.recipe if width is None else sub.recipe.at_width(width)
+        saes, records = train_or_load(recipe, activation_data(provider), cache_dir=self.cache_dir, device=self.device,
                                       quiet=self.quiet, file=self.manifest.path,
                                       sae_metadata={"model_name": sub.model.name, "hook_name": sub.model.hook})
         return saes, self._mark_trained(records)
@@ -147,9 +178,10 @@ class SubmissionInputs:
             self._ready_hooks.add(key)
 
     # --- synthetic organisms -----------------------------------------------------------------------------
-    def organisms(self) -> dict[str, Any]:
+    def organisms(self, *, ladder: bool = False) -> dict[str, Any]:
         """``{preset name: OrganismInputs}``: the organisms a submission is about, with the SAEs
-        trained on each (recipes) or loaded from its checkpoints."""
+        trained on each (recipes) or loaded from its checkpoints; with ``ladder`` also every width of
+        the submission's width ladder (``OrganismInputs.ladder``)."""
         if self._organisms is None:
             from benchmark.data.organisms import Organism, get_preset, submission_presets
             from benchmark.training.cache import organism_data, train_or_load
@@ -179,7 +211,39 @@ class SubmissionInputs:
                                         file=self.manifest.path, field="sae.d_in")
                 out[preset.name] = OrganismInputs(organism, saes, records)
             self._organisms = out
+        if ladder:
+            for prepared in self._organisms.values():
+                if prepared.ladder is None:
+                    prepared.ladder, prepared.ladder_records = self._organism_ladder(prepared)
         return self._organisms
+
+    def _organism_ladder(self, prepared) -> tuple[dict[int, dict[int, Any]], list[dict[str, Any]]]:
+        from benchmark.training.cache import organism_data, train_or_load
+
+        sub = self.manifest.submission
+        preset = prepared.organism.preset
+        if sub.kind == "checkpoints":
+            ladder, records = self.ladder()
+            for width, saes in ladder.items():
+                bad = [s for s, sae in saes.items() if sae.d_in != preset.d_in]
+                if bad:
+                    raise TaskError(f"checkpoint of width {width} has d_in={saes[bad[0]].d_in} but preset {preset.name} "
+                                    f"has d_in={preset.d_in}", file=self.manifest.path, field="sae.d_in")
+            return ladder, records
+        ladder, records = {}, []
+        for width in sub.recipe.ladder_widths:
+            if width == sub.recipe.width:
+                saes, rung_records = prepared.saes, prepared.records
+            else:
+                saes, rung_records = train_or_load(sub.recipe.at_width(width), organism_data(prepared.organism),
+                                                   cache_dir=self.cache_dir, device=self.device, quiet=self.quiet,
+                                                   file=self.manifest.path)
+                for sae in saes.values():
+                    sae.config.metadata.update({"preset": preset.name, "preset_version": preset.version})
+                rung_records = [{**r, "preset": preset.name} for r in self._mark_trained(rung_records)]
+            ladder[width] = saes
+            records += [{**r, "width": width} for r in rung_records]
+        return ladder, records
 
     # --- one unit's inputs ---------------------------------------------------------------------------------
     def prepare(self, meta, *, skip_activations: bool = False,
@@ -196,10 +260,13 @@ class SubmissionInputs:
         sub = self.manifest.submission
         inputs: dict[str, Any] = {}
         records: list[dict[str, Any]] = []
+        ladder = getattr(meta, "needs_ladder", False)
         if meta.needs_organisms:
-            inputs["organisms"] = self.organisms()
-            records = [r for o in inputs["organisms"].values() for r in o.records]
-        elif meta.needs_saes:
+            inputs["organisms"] = self.organisms(ladder=ladder)
+            records = [r for o in inputs["organisms"].values() for r in (o.ladder_records if ladder else o.records)]
+        if ladder and not inputs.get("organisms"):  # a task on ladders of model SAEs (or checkpoints)
+            inputs["ladder"], records = self.ladder()
+        elif meta.needs_saes and not meta.needs_organisms:
             inputs["saes"], records = self.saes()
         has_model = has_real_model(sub)
         if meta.needs_activations or meta.needs_model:
@@ -245,27 +312,34 @@ def _synthetic_model(sub) -> bool:
     return model is not None and model.name.startswith(MODEL_PREFIX)
 
 
-def check_declared(resolved: Any, manifest, *, entry: str) -> None:
+def check_declared(resolved: Any, manifest, *, entry: str, width: int | None = None) -> None:
     """Refuse a checkpoint whose headers (read by ``resolve_checkpoint``) disagree with the manifest's
-    ``[sae]`` table, with the rule ``validate --check-files`` applies
-    (:func:`benchmark.submission.agreement.disagreements`): a standard SAE declared ``jumprelu`` is
-    never scored and stored as one."""
+    ``[sae]`` table (and, for a ladder rung, its ``width``), with the rule ``validate --check-files``
+    applies (:func:`benchmark.submission.agreement.disagreements`): a standard SAE declared ``jumprelu``
+    is never scored and stored as one."""
     from benchmark.submission.agreement import disagreements
 
     info = getattr(resolved, "info", None)
     if info is None:
         return
     where = resolved.source if resolved.local else f"{resolved.repo}@{(resolved.resolved_revision or '')[:12]}/{resolved.path_in_repo}"
-    problems = disagreements(info, manifest, entry=entry, where=where)
+    problems = disagreements(info, manifest, entry=entry, where=where, width=width)
     if problems:
         raise problems[0]
 
 
-def check_against_manifest(sae: Any, manifest) -> None:
-    """Refuse a checkpoint whose shape disagrees with what its manifest declares."""
+def _primary_width(sub) -> int:
+    return sub.sae.width if sub.kind == "checkpoints" else sub.recipe.width
+
+
+def check_against_manifest(sae: Any, manifest, *, width: int | None = None) -> None:
+    """Refuse a checkpoint whose shape disagrees with what its manifest declares (``width``: the
+    width its ladder entry declares; default the primary width)."""
     spec = manifest.submission.sae
-    if sae.d_sae != spec.width:
-        raise CanonBenchError(f"checkpoint has d_sae={sae.d_sae} but the manifest says {spec.width}", file=manifest.path, field="sae.width")
+    declared = spec.width if width is None else width
+    if sae.d_sae != declared:
+        field = "sae.width" if declared == spec.width else "checkpoints.width"
+        raise CanonBenchError(f"checkpoint has d_sae={sae.d_sae} but the manifest says {declared}", file=manifest.path, field=field)
     if spec.d_in is not None and sae.d_in != spec.d_in:
         raise CanonBenchError(f"checkpoint has d_in={sae.d_in} but the manifest says {spec.d_in}", file=manifest.path, field="sae.d_in")
 

@@ -498,6 +498,41 @@ def pair_matrix(pairs: pd.DataFrame, *, names: Sequence[str], figure_id: str, ti
     return Figure(figure_id, title, "\n".join(parts), note=(text + " " + note).strip(), data=data)
 
 
+def metric_vs_slice(rows: pd.DataFrame, *, metric: str, subset_prefix: str, architectures: dict[str, str],
+                    figure_id: str, title: str, log2_x: bool = False, x_label: str = "", y_label: str = "",
+                    y_range: tuple[float | None, float | None] = (None, None), note: str = "") -> Figure:
+    """``metric`` against the number each of its subsets ``<subset_prefix><number>`` carries (e.g. a
+    width), one line per submission (legend: architecture and submission); ``log2_x`` plots log2 of it."""
+    pick = rows[(rows["metric"] == metric) & rows["subset"].astype(str).str.startswith(subset_prefix)]
+    records = []
+    for row in pick.itertuples(index=False):
+        text = str(row.subset)[len(subset_prefix):]
+        value = _value(row.value)
+        try:
+            at = float(text)
+        except ValueError:
+            continue  # a slice of a slice ("width=512,seed=0") or a non-numeric slice is not a point here
+        if value is None or not math.isfinite(at) or (log2_x and at <= 0):
+            continue
+        records.append({"submission": row.submission, "architecture": architectures.get(row.submission) or "unknown",
+                        subset_prefix.rstrip("=") or "slice": at, "x": math.log2(at) if log2_x else at,
+                        metric: value, f"{metric}_std": _value(row.std)})
+    if not records:
+        return Figure(figure_id, title, None, note=f"Plot omitted: no stored {metric} values in slices {subset_prefix}<number>.")
+    data = pd.DataFrame(records).sort_values(["architecture", "submission", "x"], kind="stable").reset_index(drop=True)
+    slice_name = subset_prefix.rstrip("=") or "slice"
+    series = []
+    for (arch, submission), group in data.groupby(["architecture", "submission"], sort=True):
+        points = [Point(x=r["x"], y=r[metric], y_err=r[f"{metric}_std"],
+                        label=f"{submission} ({arch}): {slice_name} {format_number(r[slice_name])}, {metric} {format_number(r[metric])}")
+                  for r in group.to_dict("records")]
+        series.append(Series(f"{arch}: {submission}", points, connect=True))
+    default_x = f"log2 {slice_name}" if log2_x else slice_name
+    svg = xy_chart(series, x_label=x_label or default_x, y_label=y_label or metric, y_range=y_range,
+                   legend_title="architecture: submission")
+    return Figure(figure_id, title, svg, note=note, data=data)
+
+
 def figure_for(spec, *, rows: pd.DataFrame, artifacts: dict[str, pd.DataFrame], l0: dict[str, tuple[float, float | None, str]],
                architectures: dict[str, str], metric_ranges: dict[str, tuple[float | None, float | None]],
                figure_id: str | None = None) -> Figure:
@@ -519,4 +554,8 @@ def figure_for(spec, *, rows: pd.DataFrame, artifacts: dict[str, pd.DataFrame], 
         return artifact_curve(artifacts, artifact=spec.artifact, y=spec.y, x=spec.x, x_low=spec.x_low, x_high=spec.x_high,
                               n=spec.n, figure_id=fid, title=spec.title, x_label=spec.x_label, y_label=spec.y_label,
                               x_range=spec.x_range, y_range=spec.y_range, note=spec.note)
+    if spec.kind == "metric_vs_slice":
+        return metric_vs_slice(rows, metric=spec.metric, subset_prefix=spec.subset_prefix or "", architectures=architectures,
+                               figure_id=fid, title=spec.title, log2_x=spec.log2_x, x_label=spec.x_label,
+                               y_label=spec.y_label, y_range=spec.y_range, note=spec.note)
     return Figure(fid, spec.title, None, note=f"Plot omitted: unknown plot kind {spec.kind!r}.")

@@ -8,7 +8,8 @@ import importlib
 from tasks.base import MetricSpec, Task, TaskInputs, TaskMetadata, TaskOutput, UnitResources
 
 #: Modules that define and register tasks (``TASK_MODULES`` order is the leaderboard's column order).
-TASK_MODULES: tuple[str, ...] = ("tasks.synthetic", "tasks.cross_seed", "tasks.absorption", "tasks.explanations")
+TASK_MODULES: tuple[str, ...] = ("tasks.synthetic", "tasks.cross_seed", "tasks.absorption", "tasks.explanations",
+                                 "tasks.stitching", "tasks.meta_sae")
 
 _REGISTRY: dict[str, type[Task]] = {}
 

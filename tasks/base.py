@@ -54,10 +54,13 @@ class PlotSpec:
     * ``artifact_histogram``: the artifact's ``x_low``/``x_high``/``y`` bin counts as step lines
       (heights as shares of each submission's total), one line per submission;
     * ``artifact_curve``: the artifact's ``y`` at bin centres of ``x_low``/``x_high`` (or at ``x``),
-      one line per submission; rows with ``n`` == 0 are skipped when ``n`` is given.
+      one line per submission; rows with ``n`` == 0 are skipped when ``n`` is given;
+    * ``metric_vs_slice``: ``metric`` against the number in its subset ``<subset_prefix><number>``
+      (e.g. ``width=1024``; ``log2_x`` plots its base-2 logarithm), one line per submission, labelled
+      with its architecture.
     """
 
-    kind: Literal["metric_vs_l0", "metric_pair", "artifact_histogram", "artifact_curve"]
+    kind: Literal["metric_vs_l0", "metric_pair", "artifact_histogram", "artifact_curve", "metric_vs_slice"]
     id: str
     title: str
     metric: str | None = None
@@ -65,6 +68,7 @@ class PlotSpec:
     y_metric: str | None = None
     subset_prefix: str | None = None
     diagonal: bool = False
+    log2_x: bool = False
     artifact: str | None = None
     x: str | None = None
     x_low: str | None = None
@@ -145,6 +149,7 @@ class TaskMetadata:
     needs_activations: bool = False  # the runner prepares the model's corpus activations; the unit fails without
     uses_activations: bool = False  # optional: used when available (and not skipped with --no-activations)
     needs_organisms: bool = False  # synthetic presets: the runner builds organisms and trains recipes on them
+    needs_ladder: bool = False  # every width of the submission's width ladder (TaskInputs.ladder / OrganismInputs.ladder)
     artifacts: tuple[ArtifactSpec, ...] = ()
     plots: tuple[PlotSpec, ...] = ()
     summaries: tuple[SummarySpec, ...] = ()
@@ -203,11 +208,15 @@ class NoConfig:
 
 @dataclass
 class OrganismInputs:
-    """One synthetic preset of a submission: the organism and the SAEs trained or loaded on it."""
+    """One synthetic preset of a submission: the organism and the SAEs trained or loaded on it.
+    ``ladder`` (``{width: {seed: SAE}}``, the primary width included) is filled for tasks that
+    declare ``needs_ladder``."""
 
     organism: Any  # benchmark.data.organisms.Organism
     saes: dict[int, "SAE"]
     records: list[dict[str, Any]] = field(default_factory=list)  # provenance of each SAE
+    ladder: dict[int, dict[int, "SAE"]] | None = None
+    ladder_records: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -218,7 +227,10 @@ class TaskInputs:
     activation provider for the submission's model and hook; its corpus activations are ready when
     the task declares ``needs_activations`` or ``uses_activations`` (None when the task uses none or
     they are skipped), and it only locates the model for ``needs_model``. ``organisms``: ``{preset: OrganismInputs}`` for tasks
-    that declare ``needs_organisms``. ``cache``: a runner-owned store for the task's expensive
+    that declare ``needs_organisms``. ``ladder``: ``{width: {seed: SAE}}`` of every width of the
+    submission's width ladder (the primary width included; one width without a ladder) for tasks
+    that declare ``needs_ladder`` and evaluate a model's SAEs (on organisms it is in
+    ``OrganismInputs.ladder``). ``cache``: a runner-owned store for the task's expensive
     intermediates (never a place to write results). ``secrets``: credentials (e.g. an LLM API key)
     that never enter the spec or the stored rows."""
 
@@ -230,6 +242,7 @@ class TaskInputs:
     saes: dict[int, "SAE"] | None = None
     activations: Any = None
     organisms: dict[str, OrganismInputs] | None = None
+    ladder: dict[int, dict[int, "SAE"]] | None = None
     cache: "TaskCache | None" = None
     secrets: dict[str, str] = field(default_factory=dict)
 

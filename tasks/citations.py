@@ -26,6 +26,26 @@ CHANIN_GARRIGA_ALONSO_2026 = r"""@article{chanin2026synthsaebench,
 }"""
 
 
+LEASK_2025 = r"""@inproceedings{leask2025sparse,
+  title = {Sparse Autoencoders Do Not Find Canonical Units of Analysis},
+  author = {Leask, Patrick and Bussmann, Bart and Pearce, Michael and Bloom, Joseph and Tigges, Curt and Al Moubayed, Noura and Sharkey, Lee and Nanda, Neel},
+  booktitle = {The Thirteenth International Conference on Learning Representations},
+  year = {2025},
+  eprint = {2502.04878},
+  archivePrefix = {arXiv},
+  url = {https://arxiv.org/abs/2502.04878}
+}"""
+
+KARVONEN_2025 = r"""@misc{karvonen2025saebench,
+  title = {{SAEBench}: A Comprehensive Benchmark for Sparse Autoencoders in Language Model Interpretability},
+  author = {Karvonen, Adam and Rager, Can and Lin, Johnny and Tigges, Curt and Bloom, Joseph and Chanin, David and Lau, Yeu-Tong and Farrell, Eoin and McDougall, Callum and Ayonrinde, Kola and Till, Demian and Wearden, Matthew and Conmy, Arthur and Marks, Samuel and Nanda, Neel},
+  year = {2025},
+  eprint = {2503.09532},
+  archivePrefix = {arXiv},
+  url = {https://arxiv.org/abs/2503.09532}
+}"""
+
+
 def join(*entries: str) -> str:
     """Several BibTeX entries as one citation block."""
     return "\n\n".join(entries)

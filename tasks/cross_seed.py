@@ -21,8 +21,8 @@ the pair means averaged), seeded by the run seed. Pairs are not resampled: with 
 the latent bootstrap states how precisely the finite dictionaries pin down the mean, given the
 matching, while seed-to-seed variation is reported as the pair spread.
 
-Unequal widths (a small and a large SAE, stitching-style) are reported under ``stitch_*`` metric
-names with ``subset = "widths=<small>x<large>"`` and are never averaged into equal-width PW-MCC.
+Every seed must have the same width: SAEs of different widths (a width ladder) are compared by the
+``stitching`` task, which took over the ``stitch_*`` metrics in cross-seed's version 3.
 """
 
 from __future__ import annotations
@@ -148,17 +148,19 @@ def compute_cross_seed(
     n_tokens: int = DEFAULT_TOKEN_SAMPLE, batch_size: int = 1024, quiet: bool = True,
     threshold: float = SHARED_THRESHOLD,
 ) -> CrossSeedResult:
-    """Every cross-seed metric for ``{seed: SAE}`` (at least two SAEs with the same ``d_in``)."""
+    """Every cross-seed metric for ``{seed: SAE}`` (at least two SAEs with the same ``d_in`` and width)."""
     if len(saes) < 2:
         raise TaskError(f"cross-seed needs at least 2 seeds, got {len(saes)}")
     d_ins = {s: sae.d_in for s, sae in saes.items()}
     if len(set(d_ins.values())) != 1:
         raise TaskError(f"all seeds must read the same activations; d_in differs: {d_ins}", field="sae.d_in")
+    widths = {s: sae.d_sae for s, sae in saes.items()}
+    if len(set(widths.values())) != 1:
+        raise TaskError(f"all seeds must have the same width, got {widths}; SAEs of different widths are compared by "
+                        "the stitching task", field="sae.width")
     seeds = sorted(saes)
     pairs: dict[tuple[int, int], PairResult] = {}
     for a, b in itertools.combinations(seeds, 2):
-        if saes[a].d_sae > saes[b].d_sae:  # the smaller dictionary is always side A of a stitch pair
-            a, b = b, a
         pairs[(a, b)] = compare_pair(a, saes[a], b, saes[b], device=device, threshold=threshold)
     act = None
     if activations is not None:
@@ -170,15 +172,13 @@ def compute_cross_seed(
 
     metrics: list[MetricValue] = []
     d = next(iter(d_ins.values()))
-    groups: dict[tuple[int, int], list[PairResult]] = {}
-    for pr in pairs.values():
-        groups.setdefault((pr.width_a, pr.width_b), []).append(pr)
-    equal_groups = sorted(w for w in groups if w[0] == w[1])
+    width = next(iter(widths.values()))
+    group = list(pairs.values())
     methods = sorted({p.decoder.method for p in pairs.values()} | {p.encoder.method for p in pairs.values()})
     uncertified = sum(1 for p in pairs.values() for mt in (p.decoder, p.encoder) if mt.certified is False)
     base_extra = {"matching": methods, "uncertified_matchings": uncertified, "threshold": threshold}
 
-    names_equal = {
+    names = {
         "decoder_mcc": "decoder_pw_mcc",
         "encoder_mcc": "encoder_pw_mcc",
         "shared_fraction": "shared_fraction",
@@ -187,42 +187,22 @@ def compute_cross_seed(
         "mean_max_cosine": "mean_max_cosine",
         "activation_correlation": "activation_correlation",
     }
-    names_stitch = {
-        "decoder_mcc": "stitch_decoder_mcc",
-        "encoder_mcc": "stitch_encoder_mcc",
-        "shared_fraction": "stitch_shared_fraction",
-        "shared_fraction_decoder": "stitch_shared_fraction_decoder",
-        "max_cosine_large_to_small": "stitch_max_cosine_large_to_small",
-        "max_cosine_small_to_large": "stitch_max_cosine_small_to_large",
-        "activation_correlation": "stitch_activation_correlation",
-    }
-    if not equal_groups:
-        metrics.append(MetricValue("decoder_pw_mcc", None, note="no two seeds share a width; see stitch_* metrics"))
-    for widths, group in sorted(groups.items()):
-        equal = widths[0] == widths[1]
-        if equal:
-            subset = "all" if len(equal_groups) == 1 else f"width={widths[0]}"
-            names = names_equal
-        else:
-            subset = f"widths={widths[0]}x{widths[1]}"
-            names = names_stitch
-        per_latent = [p.per_latent() for p in group]
-        extra = dict(base_extra, pairs=[p.label for p in group], widths=list(widths))
-        for key, name in names.items():
-            if key not in per_latent[0]:
-                continue
-            metrics.append(pair_summary(name, [pl[key] for pl in per_latent], seed=seed, subset=subset, extra=extra))
-            if equal and len(group) > 1:
-                for p, pl in zip(group, per_latent):
-                    v = pl[key]
-                    if np.isfinite(v).any():
-                        metrics.append(MetricValue(name, float(np.nanmean(v)), n=int(np.isfinite(v).sum()),
-                                                   subset=f"pair={p.label}", extra={"widths": list(widths)}))
-        chance, chance_std, trials = chance_baseline(widths[0], widths[1], d, seed=seed, device=device)
-        chance_name = "chance_mcc" if equal else "stitch_chance_mcc"
-        metrics.append(MetricValue(chance_name, chance, std=chance_std, n=trials, subset=subset,
-                                   extra={"method": f"benchmark.metrics.seed_pairs.chance_baseline, {trials} trial(s)",
-                                          "shape": [widths[0], widths[1], d]}))
+    per_latent = [p.per_latent() for p in group]
+    extra = dict(base_extra, pairs=[p.label for p in group], widths=[width, width])
+    for key, name in names.items():
+        if key not in per_latent[0]:
+            continue
+        metrics.append(pair_summary(name, [pl[key] for pl in per_latent], seed=seed, subset="all", extra=extra))
+        if len(group) > 1:
+            for p, pl in zip(group, per_latent):
+                v = pl[key]
+                if np.isfinite(v).any():
+                    metrics.append(MetricValue(name, float(np.nanmean(v)), n=int(np.isfinite(v).sum()),
+                                               subset=f"pair={p.label}", extra={"widths": [width, width]}))
+    chance, chance_std, trials = chance_baseline(width, width, d, seed=seed, device=device)
+    metrics.append(MetricValue("chance_mcc", chance, std=chance_std, n=trials, subset="all",
+                               extra={"method": f"benchmark.metrics.seed_pairs.chance_baseline, {trials} trial(s)",
+                                      "shape": [width, width, d]}))
 
     dead = [float((sae.decoder_directions().norm(dim=1) == 0).float().mean()) for sae in (saes[s] for s in seeds)]
     mean, std = mean_std(dead)
@@ -253,8 +233,8 @@ def compute_cross_seed(
 
 
 def cosine_histogram(pairs: dict[tuple[int, int], PairResult]) -> pd.DataFrame:
-    """Counts of decoder matched cosines in 0.05-wide bins, pooled over equal-width pairs."""
-    values = [p.decoder.cosines for p in pairs.values() if p.equal_width] or [p.decoder.cosines for p in pairs.values()]
+    """Counts of decoder matched cosines in 0.05-wide bins, pooled over seed pairs."""
+    values = [p.decoder.cosines for p in pairs.values()]
     pooled = np.clip(np.concatenate(values), -1.0, 1.0)
     counts, _ = np.histogram(pooled, bins=HIST_EDGES)
     return pd.DataFrame({"bin_low": HIST_EDGES[:-1], "bin_high": HIST_EDGES[1:], "count": counts.astype(np.int64)})
@@ -304,8 +284,6 @@ def consistency_by_frequency(pairs: dict[tuple[int, int], PairResult], act: Acti
     (both sides of every equal-width pair). The first bin holds latents that never fired."""
     freqs, cosines, shared = [], [], []
     for (a, b), p in pairs.items():
-        if not p.equal_width:
-            continue
         freqs += [act.firing_frequency[a], act.firing_frequency[b]]
         cosines += [p.decoder.cos_a, p.decoder.cos_b]
         shared += [p.shared_a, _shared_b(p)]
@@ -334,7 +312,7 @@ class CrossSeedTask(Task):
     config_class = CrossSeedConfig
     metadata = TaskMetadata(
         name="cross-seed",
-        version="2",
+        version="3",
         title="Cross-seed consistency",
         description=(
             "Do SAEs trained with different seeds learn the same latents? Decoder rows and encoder "
@@ -343,7 +321,8 @@ class CrossSeedTask(Task):
             "counts latents whose decoder and encoder both match the same partner with cosine > 0.7. "
             "Spread: std over seed pairs; CI: 95% bootstrap over latents. With activations for the "
             "submission's model and hook it also reports L0, the activation correlation of matched "
-            "latents and consistency by firing frequency. Unequal widths appear as stitch_* metrics."
+            "latents and consistency by firing frequency. Every seed has the submission's primary width (width "
+            "ladders are compared by the stitching task)."
         ),
         metrics=(
             defs.DECODER_PW_MCC.as_main(),
@@ -358,14 +337,6 @@ class CrossSeedTask(Task):
             defs.NEVER_FIRED_FRACTION,
             defs.DEAD_FRACTION,
             metric_spec("matched_cosine_by_frequency", "mean matched decoder cosine of latents in a firing-frequency bin (subset)", "higher", -1, 1),
-            metric_spec("stitch_decoder_mcc", "unequal widths: mean matched decoder cosine over the smaller SAE's latents", "higher", -1, 1),
-            metric_spec("stitch_encoder_mcc", "unequal widths: the same for encoder directions", "higher", -1, 1),
-            metric_spec("stitch_shared_fraction", "unequal widths: shared fraction of the smaller SAE's latents", "higher", 0, 1),
-            metric_spec("stitch_shared_fraction_decoder", "unequal widths: decoder-only shared fraction", "higher", 0, 1),
-            metric_spec("stitch_max_cosine_large_to_small", "unequal widths: mean best cosine of the larger SAE's latents with the smaller (low = novel latents, Leask et al.)", "none", -1, 1),
-            metric_spec("stitch_max_cosine_small_to_large", "unequal widths: mean best cosine of the smaller SAE's latents with the larger", "higher", -1, 1),
-            metric_spec("stitch_activation_correlation", "unequal widths: activation correlation of matched latents", "higher", -1, 1),
-            metric_spec("stitch_chance_mcc", "unequal widths: chance MCC for the same shapes", "none", -1, 1),
         ),
         accepts=("checkpoints", "recipe"),
         min_seeds=2,
@@ -395,7 +366,10 @@ class CrossSeedTask(Task):
         citation=join(SONG_2025, PAULO_BELROSE_2025),
         references=("https://arxiv.org/abs/2505.20254", "https://arxiv.org/abs/2501.16615"),
         superseded=("v1: dead_fraction and the chance trial policy lived in the task; the run seed was not part of the "
-                    "stored identity, so units of two seeds or a --limit preview could be served as each other",),
+                    "stored identity, so units of two seeds or a --limit preview could be served as each other",
+                    "v2: seeds of unequal widths were compared under stitch_* metric names; those moved to the stitching "
+                    "task (a width ladder, with the insertion test); cross-seed now refuses seeds of different widths "
+                    "and reports every metric over equal-width pairs only"),
     )
 
     def run(self, inputs: TaskInputs) -> TaskOutput:

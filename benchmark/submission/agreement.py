@@ -57,18 +57,22 @@ def declared_architecture(info: Any) -> str | None:
     return runs_as if runs_as in ARCHITECTURES else None
 
 
-def disagreements(info: Any, manifest, *, entry: str, where: str) -> list[CanonBenchError]:
+def disagreements(info: Any, manifest, *, entry: str, where: str, width: int | None = None) -> list[CanonBenchError]:
     """Every way the checkpoint ``info`` (of manifest entry ``entry``, found at ``where``) disagrees
-    with the manifest's ``[sae]`` table; one error per field, naming the manifest file and the field."""
+    with the manifest's ``[sae]`` table; one error per field, naming the manifest file and the field.
+    ``width``: the width a ladder entry declares (default ``sae.width``; a mismatch then names
+    ``<entry>.width``)."""
     sae = manifest.submission.sae
     path = Path(manifest.path)
     problems: list[CanonBenchError] = []
     d_sae = getattr(info, "d_sae", None)
     d_in = getattr(info, "d_in", None)
     k = getattr(info, "k", None)
-    if d_sae is not None and d_sae != sae.width:
-        problems.append(ManifestError(f"{entry} ({where}) has d_sae={d_sae} but the manifest says {sae.width}",
-                                      file=path, field="sae.width"))
+    declared = sae.width if width is None else width
+    if d_sae is not None and d_sae != declared:
+        blamed = "sae.width" if declared == sae.width else f"{entry}.width"
+        problems.append(ManifestError(f"{entry} ({where}) has d_sae={d_sae} but the manifest says {declared}",
+                                      file=path, field=blamed))
     if d_in is not None and sae.d_in is not None and d_in != sae.d_in:
         problems.append(ManifestError(f"{entry} ({where}) has d_in={d_in} but the manifest says {sae.d_in}",
                                       file=path, field="sae.d_in"))

@@ -29,20 +29,24 @@ IDENTITY_VERSION = 1
 
 
 def checkpoint_identity(manifest, *, cache_dir=None) -> list[dict[str, Any]]:
-    """One record per checkpoint of a ``kind = "checkpoints"`` manifest, in seed order."""
+    """One record per checkpoint of a ``kind = "checkpoints"`` manifest, in (seed, width) order. A
+    ladder checkpoint's record holds its ``width`` (records of primary-width checkpoints have none, so
+    manifests without a ladder keep their fingerprint)."""
     from benchmark.submission.sources import checkpoint_files, describe_files
 
+    sub = manifest.submission
     out = []
-    entries = list(enumerate(manifest.submission.checkpoints))
-    for index, spec in sorted(entries, key=lambda entry: entry[1].seed):  # index: the entry's place in the manifest
+    entries = list(enumerate(sub.checkpoints))  # index: the entry's place in the manifest
+    for index, spec in sorted(entries, key=lambda entry: (entry[1].seed, sub.checkpoint_width(entry[1]))):
+        rung = {} if spec.width is None else {"width": spec.width}
         if spec.local is None:
-            out.append({"seed": spec.seed, "repo": spec.repo, "revision": spec.revision, "path": spec.path})
+            out.append({"seed": spec.seed, **rung, "repo": spec.repo, "revision": spec.revision, "path": spec.path})
             continue
         target = manifest.resolve_local(spec.local, field=f"checkpoints[{index}].local", outside=spec.local_outside)
         if not target.exists() or not checkpoint_files(target):
             raise SourceError(f"no checkpoint files at {spec.local}", file=manifest.path, field=f"checkpoints[{index}].local")
         files = describe_files(target, cache_dir=cache_dir)
-        out.append({"seed": spec.seed, "local": spec.local,
+        out.append({"seed": spec.seed, **rung, "local": spec.local,
                     "files": {name: info["sha256"] for name, info in sorted(files.items())}})
     return out
 
@@ -101,7 +105,8 @@ def inputs_record(manifest, *, cache_dir=None) -> dict[str, Any]:
     else:
         from benchmark.training import TRAINER_VERSION
 
-        record["recipe"] = sub.recipe.model_dump(mode="json")
+        # a recipe without a width ladder keeps the fingerprint it had before ladders existed
+        record["recipe"] = sub.recipe.model_dump(mode="json", exclude={"widths"} if sub.recipe.widths is None else None)
         record["trainer_version"] = TRAINER_VERSION
     return record
 

@@ -3,6 +3,13 @@
 A manifest lives at ``submissions/<org>/<name>.toml`` and its ``name`` is ``<org>/<name>``. Two kinds:
 ``checkpoints`` (published SAEs pinned to Hub commits, or local folders for development) and
 ``recipe`` (an architecture and hyperparameters the benchmark trains itself).
+
+**Width ladders.** A submission may declare SAEs of several widths on the same model and hook (for
+the tasks that compare widths, e.g. stitching). Its *primary* width (``[sae] width`` or
+``recipe.width``) is the one every other task evaluates; the ladder adds more widths: a recipe lists
+them in ``recipe.widths`` (the primary width among them) and the benchmark trains the recipe at each,
+and a checkpoints manifest gives a ``width`` to each checkpoint of another width (a checkpoint without
+``width`` has the primary width). ``ladder_widths`` lists the widths, ``seeds`` the primary width's seeds.
 """
 
 from __future__ import annotations
@@ -192,9 +199,12 @@ class SAESpec(_Strict):
 
 
 class CheckpointSpec(_Strict):
-    """One seed's checkpoint: a pinned Hub location or a local folder (relative to the manifest)."""
+    """One seed's checkpoint: a pinned Hub location or a local folder (relative to the manifest).
+    ``width``: its number of latents when it is a rung of a width ladder other than the primary
+    width (``[sae] width``); None means the primary width."""
 
     seed: int = Field(ge=0, lt=2**63)
+    width: int | None = Field(default=None, gt=0, le=1 << 24)
     repo: str | None = None
     revision: str | None = None
     path: str = ""
@@ -327,10 +337,14 @@ class Hyperparameters(_Strict):
 
 
 class RecipeSpec(_Strict):
-    """An architecture and its training set-up, trained by the benchmark with each seed."""
+    """An architecture and its training set-up, trained by the benchmark with each seed.
+
+    ``widths``: a width ladder (at least two distinct widths, ``width`` among them); the recipe is
+    trained at every width with every seed, each width as its own recipe (:meth:`at_width`)."""
 
     architecture: Literal[ARCHITECTURES]  # type: ignore[valid-type]
     width: int = Field(gt=0, le=1 << 24)
+    widths: list[Annotated[int, Field(gt=0, le=1 << 24)]] | None = Field(default=None, min_length=2, max_length=16)
     seeds: list[int] = Field(min_length=1, max_length=64)
     trains_on: Literal["synthetic", "model"]
     presets: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list, max_length=64)
@@ -346,6 +360,27 @@ class RecipeSpec(_Strict):
         if any(s < 0 or s >= MAX_SEED for s in value):
             raise ValueError("seeds must be in [0, 2**63)")
         return value
+
+    @model_validator(mode="after")
+    def _ladder_holds_width(self) -> "RecipeSpec":
+        if self.widths is not None:
+            if len(set(self.widths)) != len(self.widths):
+                raise FieldValueError("widths", f"widths must be distinct, got {self.widths}")
+            if self.width not in self.widths:
+                raise FieldValueError("widths", f"widths {self.widths} must include the primary width {self.width}")
+        return self
+
+    @property
+    def ladder_widths(self) -> list[int]:
+        """The widths this recipe trains at, ascending (``[width]`` without a ladder)."""
+        return sorted(self.widths) if self.widths else [self.width]
+
+    def at_width(self, width: int) -> "RecipeSpec":
+        """This recipe at one width of its ladder, as a plain single-width recipe (its training cache
+        key is that of a recipe written with ``width`` alone)."""
+        if width not in self.ladder_widths:
+            raise ValueError(f"width {width} is not in the ladder {self.ladder_widths}")
+        return self.model_copy(update={"width": width, "widths": None})
 
 
 class _Common(_Strict):
@@ -375,10 +410,14 @@ class CheckpointsSubmission(_Common):
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> "CheckpointsSubmission":
-        seeds = [c.seed for c in self.checkpoints]
-        if len(set(seeds)) != len(seeds):
-            dupes = sorted({s for s in seeds if seeds.count(s) > 1})
-            raise FieldValueError("checkpoints", f"checkpoint seeds must be distinct; repeated: {dupes}")
+        for width in self.ladder_widths:
+            seeds = [c.seed for c in self.checkpoints_at(width)]
+            if len(set(seeds)) != len(seeds):
+                dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+                where = "" if width == self.sae.width else f" at width {width}"
+                raise FieldValueError("checkpoints", f"checkpoint seeds must be distinct{where}; repeated: {dupes}")
+        if not self.checkpoints_at(self.sae.width):
+            raise FieldValueError("checkpoints", f"no checkpoint has the primary width {self.sae.width} ([sae] width)")
         return self
 
     @model_validator(mode="after")
@@ -410,9 +449,23 @@ class CheckpointsSubmission(_Common):
         """Whether any checkpoint is pinned to a Hub commit."""
         return any(not c.is_local for c in self.checkpoints)
 
+    def checkpoint_width(self, spec: CheckpointSpec) -> int:
+        """The number of latents ``spec`` declares (its ``width``, else the primary width)."""
+        return self.sae.width if spec.width is None else spec.width
+
+    def checkpoints_at(self, width: int) -> list[CheckpointSpec]:
+        """The checkpoints of one width of the ladder."""
+        return [c for c in self.checkpoints if self.checkpoint_width(c) == width]
+
+    @property
+    def ladder_widths(self) -> list[int]:
+        """Every width the checkpoints declare, ascending (``[sae.width]`` without a ladder)."""
+        return sorted({self.checkpoint_width(c) for c in self.checkpoints})
+
     @property
     def seeds(self) -> list[int]:
-        return [c.seed for c in self.checkpoints]
+        """The seeds of the primary width (the SAEs every single-width task evaluates)."""
+        return [c.seed for c in self.checkpoints_at(self.sae.width)]
 
     @property
     def is_local(self) -> bool:
@@ -435,6 +488,10 @@ class RecipeSubmission(_Common):
     @property
     def seeds(self) -> list[int]:
         return list(self.recipe.seeds)
+
+    @property
+    def ladder_widths(self) -> list[int]:
+        return self.recipe.ladder_widths
 
     @property
     def is_local(self) -> bool:

@@ -692,13 +692,20 @@ def resolve_source(
     return resolve_local(ref, display=uri, cache_dir=cache_dir)
 
 
-def expected_size(manifest) -> Any:
-    """The sizes a manifest's checkpoints must declare (``sae.width``, ``sae.d_in``), for
-    :func:`benchmark.sae.checkpoints.load_sae` / ``inspect_checkpoint``'s ``expect``."""
+def expected_size(manifest, spec=None) -> Any:
+    """The sizes a manifest's checkpoint ``spec`` must declare (its ladder ``width``, else ``sae.width``;
+    ``sae.d_in``), for :func:`benchmark.sae.checkpoints.load_sae` / ``inspect_checkpoint``'s ``expect``.
+    Without ``spec``: the primary width's."""
     from benchmark.sae.checkpoints import ExpectedSize
 
-    sae = manifest.submission.sae
-    return ExpectedSize(d_sae=sae.width, d_in=sae.d_in, declared_in=f"the manifest {Path(manifest.path).name}")
+    sub = manifest.submission
+    sae = sub.sae
+    declared_in = f"the manifest {Path(manifest.path).name}"
+    if spec is not None and spec.width is not None:
+        index = next((i for i, c in enumerate(sub.checkpoints) if c is spec), None)
+        key = f"checkpoints[{index}].width" if index is not None else "checkpoints[].width"
+        return ExpectedSize(d_sae=spec.width, d_in=sae.d_in, declared_in=declared_in, width_field=key)
+    return ExpectedSize(d_sae=sae.width, d_in=sae.d_in, declared_in=declared_in)
 
 
 def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
@@ -737,6 +744,6 @@ def resolve_checkpoint(manifest, spec, *, cache_dir: Path | str | None = None,
         from benchmark.sae.checkpoints import inspect_checkpoint
 
         fmt = None if manifest.submission.sae.format == "auto" else manifest.submission.sae.format
-        resolved.expect = expected_size(manifest)
+        resolved.expect = expected_size(manifest, spec)
         resolved.info = inspect_checkpoint(resolved.path, fmt, expect=resolved.expect)
     return resolved

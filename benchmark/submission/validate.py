@@ -226,14 +226,14 @@ def _check_checkpoint_files(manifest: LoadedManifest, *, cache_dir, hub_cache) -
             problems.append(CheckpointError(f"{where}: cannot read checkpoint ({type(exc).__name__}: {exc})",
                                             file=manifest.path, field=entry))
             continue
-        problems.extend(_compare(info, manifest, entry, where))
+        problems.extend(_compare(info, manifest, entry, where, width=sub.checkpoint_width(spec)))
     return problems
 
 
-def _compare(info: Any, manifest: LoadedManifest, entry: str, where: str) -> list[CanonBenchError]:
+def _compare(info: Any, manifest: LoadedManifest, entry: str, where: str, *, width: int | None = None) -> list[CanonBenchError]:
     from benchmark.submission.agreement import disagreements
 
-    return disagreements(info, manifest, entry=entry, where=where)
+    return disagreements(info, manifest, entry=entry, where=where, width=width)
 
 
 def validate_paths(

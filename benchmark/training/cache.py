@@ -105,7 +105,9 @@ def training_key(recipe, data: TrainingData) -> tuple[str, dict[str, Any]]:
     fields = {
         "cache_version": CACHE_VERSION,
         "trainer_version": TRAINER_VERSION,
-        "recipe": recipe.model_dump(mode="json", exclude={"seeds", "presets"}),
+        # ``widths`` is left out: a ladder trains each width as its own recipe (RecipeSpec.at_width),
+        # so a rung shares its cache entry with the same recipe written at that width alone.
+        "recipe": recipe.model_dump(mode="json", exclude={"seeds", "presets", "widths"}),
         "data": data.identity,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24], fields
@@ -211,6 +213,26 @@ def _key_lock(root: Path | None):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def train_ladder(recipe, data: TrainingData, *, cache_dir: Path | str | None, device: str = "cpu", quiet: bool = False,
+                 file: Any = None, sae_metadata: dict[str, Any] | None = None,
+                 ) -> tuple[dict[int, dict[int, Any]], list[dict[str, Any]]]:
+    """``({width: {seed: SAE}}, records)``: :func:`train_or_load` of the recipe at every width of its
+    ladder (``recipe.widths``; just ``recipe.width`` without one). Each width is its own recipe
+    (:meth:`~benchmark.submission.manifest.RecipeSpec.at_width`) with its own cache entry, so the
+    primary width is the very SAE a single-width task loads. Records carry ``width``."""
+    from benchmark.training import check_recipe
+
+    check_recipe(recipe, file=file)  # the whole ladder is checked before any width trains
+    ladder: dict[int, dict[int, Any]] = {}
+    records: list[dict[str, Any]] = []
+    for width in recipe.ladder_widths:
+        saes, rung_records = train_or_load(recipe.at_width(width), data, cache_dir=cache_dir, device=device,
+                                           quiet=quiet, file=file, sae_metadata=sae_metadata)
+        ladder[width] = saes
+        records += [{**r, "width": width} for r in rung_records]
+    return ladder, records
+
+
 def _describe(data: TrainingData) -> str:
     ident = data.identity
     if "preset" in ident:
@@ -241,5 +263,5 @@ def _saved_log(folder: Path | None) -> dict[str, Any]:
     return (cfg.get("metadata") or {}).get("training", {})
 
 
-__all__ = ["CACHE_VERSION", "TrainingData", "activation_data", "epoch_batches", "organism_data", "train_or_load",
-           "training_key"]
+__all__ = ["CACHE_VERSION", "TrainingData", "activation_data", "epoch_batches", "organism_data", "train_ladder",
+           "train_or_load", "training_key"]

@@ -57,6 +57,9 @@ def check_recipe(recipe: RecipeSpec, *, file: Any = None) -> None:
         raise CanonBenchError(f"{recipe.architecture} needs k", file=file, field=f"{where}.k")
     if hp.k and hp.k > recipe.width:
         raise CanonBenchError(f"k={hp.k} exceeds width {recipe.width}", file=file, field=f"{where}.k")
+    if hp.k and recipe.widths and hp.k > min(recipe.widths):
+        raise CanonBenchError(f"k={hp.k} exceeds the ladder's narrowest width {min(recipe.widths)}", file=file,
+                              field="recipe.widths")
     if recipe.architecture == "matryoshka" and not hp.matryoshka_widths:
         raise CanonBenchError("matryoshka needs matryoshka_widths", file=file, field=f"{where}.matryoshka_widths")
 

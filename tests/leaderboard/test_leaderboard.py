@@ -487,3 +487,20 @@ def test_a_killed_builds_leftovers_are_removed_and_a_live_builds_are_kept(built,
     build_site(results_dir=built["results"], submissions_dir=built["submissions"], out_dir=out, build_date=DATE,
                tasks=fx.FIXTURE_TASKS)
     assert not any(f.exists() for f in stale) and live.exists()
+
+
+def test_metric_vs_slice_draws_each_submission_against_its_slice_numbers():
+    rows = pd.DataFrame([
+        {"submission": "o/a", "metric": "m", "subset": "width=256", "value": 0.5, "std": 0.01},
+        {"submission": "o/a", "metric": "m", "subset": "width=1024", "value": 0.6, "std": None},
+        {"submission": "o/a", "metric": "m", "subset": "width=512,seed=0", "value": 0.9, "std": None},  # a slice of a slice
+        {"submission": "o/a", "metric": "m", "subset": "all", "value": 0.6, "std": None},
+        {"submission": "o/b", "metric": "m", "subset": "width=512", "value": float("nan"), "std": None},
+        {"submission": "o/b", "metric": "other", "subset": "width=512", "value": 0.1, "std": None},
+    ])
+    figure = plots.metric_vs_slice(rows, metric="m", subset_prefix="width=", architectures={"o/a": "topk"},
+                                   figure_id="f", title="t", log2_x=True)
+    assert figure.svg is not None and "<polyline" in figure.svg and "topk: o/a" in figure.svg
+    assert figure.data[["submission", "width", "x", "m"]].values.tolist() == [["o/a", 256.0, 8.0, 0.5], ["o/a", 1024.0, 10.0, 0.6]]
+    empty = plots.metric_vs_slice(rows, metric="other", subset_prefix="layer=", architectures={}, figure_id="f", title="t")
+    assert empty.svg is None and "Plot omitted" in empty.note

@@ -124,8 +124,8 @@ def test_from_trained_saes_to_a_copied_citation(tab, researcher, tmp_path):
     rows = ResultStore(researcher["results"]).read()
     row = rows[(rows["submission"] == "lab/sparsify-topk") & (rows["metric"] == "decoder_pw_mcc") & (rows["subset"] == "all")].iloc[0]
     chance = rows[(rows["submission"] == "lab/sparsify-topk") & (rows["metric"] == "chance_mcc")].iloc[0]
-    assert copied.startswith("@misc{canonbench:lab-sparsify-topk:cross-seed:v2:")
-    for fragment in (f"run {row.run_id}", f"run spec {row.spec_hash}", "task cross-seed v2", "CanonBench 0.1.0",
+    assert copied.startswith("@misc{canonbench:lab-sparsify-topk:cross-seed:v3:")
+    for fragment in (f"run {row.run_id}", f"run spec {row.spec_hash}", "task cross-seed v3", "CanonBench 0.1.0",
                      "cannot be reproduced from the Hub", "A. Researcher and B. Researcher", "chance level (chance\\_mcc)"):
         assert fragment in copied, fragment
     assert f"code {row.git_sha}" in copied and not pd.isna(chance.value)

@@ -82,3 +82,67 @@ def test_load_manifests_refuses_duplicate_names(tmp_path):
     with pytest.raises(ManifestError) as info:
         load_manifests([tmp_path])
     assert info.value.field == "name" and info.value.file == str(tmp_path / "b.toml")
+
+
+LADDER_RECIPE = """kind = "recipe"
+name = "t/ladder"
+title = "t"
+authors = ["t"]
+license = "MIT"
+[recipe]
+architecture = "topk"
+width = 32
+widths = [32, 8, 16]
+seeds = [0, 1]
+trains_on = "synthetic"
+presets = ["song2025-toy"]
+[recipe.hyperparameters]
+k = 4
+"""
+
+
+def test_a_recipe_ladder_trains_each_width_as_its_own_recipe():
+    from benchmark.training.cache import TrainingData, training_key
+
+    recipe = parse_manifest(LADDER_RECIPE, "x.toml").submission.recipe
+    assert recipe.ladder_widths == [8, 16, 32]
+    rung = recipe.at_width(16)
+    assert rung.width == 16 and rung.widths is None and rung.ladder_widths == [16]
+    alone = parse_manifest(LADDER_RECIPE.replace("width = 32\nwidths = [32, 8, 16]", "width = 16"), "x.toml").submission.recipe
+    data = TrainingData(identity={"d": 1}, d_in=16, batches=lambda *a: None)
+    assert training_key(rung, data)[0] == training_key(alone, data)[0]  # a rung reuses the plain recipe's SAEs
+    assert training_key(recipe, data)[0] == training_key(recipe.at_width(32), data)[0]
+    with pytest.raises(ValueError, match="not in the ladder"):
+        recipe.at_width(64)
+    for bad, message in (("widths = [32, 8, 8]", "distinct"), ("widths = [8, 16]", "primary width"), ("widths = [32]", "at least 2")):
+        with pytest.raises(ManifestError) as err:
+            parse_manifest(LADDER_RECIPE.replace("widths = [32, 8, 16]", bad), "x.toml")
+        assert err.value.field == "recipe.widths" and message in str(err.value)
+
+
+def test_a_checkpoints_ladder_keeps_the_primary_width_for_other_tasks():
+    text = (ROOT / "docs" / "example-manifests" / "gpt2-topk-16k-seeds.toml").read_text()
+    text += '\n[[checkpoints]]\nseed = 0\nwidth = 8192\nrepo = "example-org/gpt2-small-topk-16k-seeds"\n' \
+            'revision = "9c41d2e7b05a3f86c1e2d4b7a9f0e3c5d8b6a142"\npath = "8k/seed_0"\n'
+    sub = parse_manifest(text, "x.toml").submission
+    assert sub.ladder_widths == [8192, 16384] and sub.seeds == [0, 1, 2]
+    assert [c.seed for c in sub.checkpoints_at(8192)] == [0] and len(sub.checkpoints_at(16384)) == 3
+    plain = parse_manifest((ROOT / "docs" / "example-manifests" / "gpt2-topk-16k-seeds.toml").read_text(), "x.toml").submission
+    assert plain.ladder_widths == [16384]
+
+
+def test_ladder_fingerprints_name_the_widths_and_plain_ones_do_not_change():
+    from benchmark.submission.identity import inputs_record
+
+    path = ROOT / "docs" / "example-manifests" / "gpt2-topk-16k-seeds.toml"
+    plain = inputs_record(load_manifest(path))
+    assert all("width" not in c for c in plain["checkpoints"])
+    ladder = parse_manifest(path.read_text() + '\n[[checkpoints]]\nseed = 0\nwidth = 8192\n'
+                            'repo = "example-org/gpt2-small-topk-16k-seeds"\n'
+                            'revision = "9c41d2e7b05a3f86c1e2d4b7a9f0e3c5d8b6a142"\npath = "8k/seed_0"\n', path)
+    records = inputs_record(ladder)["checkpoints"]
+    assert [(c["seed"], c.get("width")) for c in records] == [(0, 8192), (0, None), (1, None), (2, None)]  # by (seed, width)
+    recipe = parse_manifest(LADDER_RECIPE, "x.toml")
+    assert inputs_record(recipe)["recipe"]["widths"] == [32, 8, 16]
+    single = parse_manifest(LADDER_RECIPE.replace("widths = [32, 8, 16]\n", ""), "x.toml")
+    assert "widths" not in inputs_record(single)["recipe"]  # the fingerprint a recipe had before ladders existed

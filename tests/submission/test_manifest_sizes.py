@@ -87,3 +87,20 @@ def test_the_resolved_checkpoint_carries_the_bound_into_load_sae(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_sae(resolved)
     assert info.value.field == "d_sae"
+
+
+def test_a_ladder_rung_is_bounded_by_its_own_width(tmp_path):
+    """A checkpoint that declares a ladder ``width`` is checked against that width (not ``sae.width``),
+    and a file larger than its rung is refused naming the rung's field."""
+    fx.write_saelens(tmp_path / "ck", "standard", d_in=8, d_sae=32)
+    fx.write_saelens(tmp_path / "wide", "standard", d_in=8, d_sae=64)
+    path = write_manifest(tmp_path, width=32, d_in=8)
+    path.write_text(path.read_text() + '[[checkpoints]]\nseed = 0\nlocal = "wide"\nwidth = 64\n')
+    manifest = load_manifest(path)
+    rung = sources.resolve_checkpoint(manifest, manifest.submission.checkpoints[1])
+    assert rung.expect.d_sae == 64 and load_sae(rung).d_sae == 64
+    path.write_text(path.read_text().replace("width = 64", "width = 48"))
+    manifest = load_manifest(path)
+    with pytest.raises(CheckpointError) as info:
+        sources.resolve_checkpoint(manifest, manifest.submission.checkpoints[1])
+    assert info.value.field == "d_sae" and "checkpoints[1].width=48" in str(info.value)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from benchmark.errors import TaskError
 from benchmark.results import ResultStore, UnitProvenance, make_rows
 from benchmark.sae.model import SAE, SAEConfig
 from task_fixtures import task_inputs
@@ -170,20 +171,16 @@ def test_bootstrap_ci_contains_the_mean(random_saes):
     assert bootstrap_mean_of_means(values, seed=0, reps=2000) == (lo, hi)
 
 
-def test_unequal_widths_are_labelled_and_never_mixed():
+def test_unequal_widths_are_refused_and_left_to_stitching():
+    """v3: seeds of different widths are a width ladder, compared by the stitching task."""
     rng = np.random.default_rng(2)
     small = rng.normal(size=(8, 12))
-    large = np.concatenate([small + 0.1 * rng.normal(size=small.shape), rng.normal(size=(8, 12))])
-    large = large[rng.permutation(16)]
-    result = compute_cross_seed({0: make_sae(large), 1: make_sae(small)}, seed=0)
-    assert metric(result, "decoder_pw_mcc").value is None
-    stitch = metric(result, "stitch_decoder_mcc", "widths=8x16")
-    assert stitch.value == pytest.approx(scipy_mcc(small, large), abs=1e-6)
-    names = {(m.metric, m.subset) for m in result.metrics}
-    assert not any(n in ("encoder_pw_mcc", "shared_fraction", "mean_max_cosine") for n, _ in names)
-    assert ("stitch_chance_mcc", "widths=8x16") in names
-    sim = unit(small) @ unit(large).T
-    assert metric(result, "stitch_max_cosine_large_to_small", "widths=8x16").value == pytest.approx(sim.max(0).mean(), abs=1e-6)
+    large = rng.normal(size=(16, 12))
+    with pytest.raises(TaskError) as err:
+        compute_cross_seed({0: make_sae(large), 1: make_sae(small)}, seed=0)
+    assert err.value.field == "sae.width" and "stitching" in str(err.value)
+    names = {m.name for m in CrossSeedTask.metadata.metrics}
+    assert not any(n.startswith("stitch_") for n in names)
 
 
 class FakeProvider:

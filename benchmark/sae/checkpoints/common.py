@@ -283,10 +283,11 @@ class ExpectedSize:
     d_sae: int | None = None
     d_in: int | None = None
     declared_in: str = "the manifest"
+    width_field: str = "sae.width"  # where d_sae is declared (a ladder rung's checkpoints[i].width)
 
     def check(self, info: "CheckpointInfo") -> None:
         file = Path(info.path) / info.files[0] if info.files else Path(info.path)
-        for name, actual, wanted, key in (("d_sae", info.d_sae, self.d_sae, "sae.width"),
+        for name, actual, wanted, key in (("d_sae", info.d_sae, self.d_sae, self.width_field),
                                           ("d_in", info.d_in, self.d_in, "sae.d_in")):
             if wanted is not None and actual != wanted:
                 raise CheckpointError(f"declares {name}={actual} but {self.declared_in} says {key}={wanted}; "
