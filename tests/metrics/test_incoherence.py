@@ -198,3 +198,25 @@ def test_bad_settings_raise_one_line_errors():
         assert err.value.field == field
     with pytest.raises(CanonBenchError, match="NaN"):
         two_term_representations(np.full((3, 2), np.nan), tau=0.9)
+
+
+@pytest.mark.parametrize("candidates", CANDIDATES)
+def test_bound_on_rows_left_out_holds_for_every_row(candidates):
+    """c* (the (k+1)-th candidate |cosine| plus the pass's error bound) is ≥ the exact |cosine| of every
+    live row left out of a row's list: the certificate rests on it. With int8 candidates the bound is
+    needed (some left-out row beats the bare candidate value), so the test can fail."""
+    from benchmark.metrics.incoherence import _c_star
+
+    rng = np.random.default_rng(8)
+    U = unit(rng.standard_normal((400, 48)) + 0.8 * rng.standard_normal(48))  # anisotropic: many close values
+    U[13] = 0.0
+    unit64, live = unit_rows64(U)
+    nbrs, _, outside, err = top_abs_neighbours(unit64, unit64, live, 6, precision=candidates)
+    exact = np.abs(U @ U.T)
+    np.fill_diagonal(exact, -1.0)
+    exact[:, ~live] = -1.0
+    np.put_along_axis(exact, np.where(nbrs >= 0, nbrs, 0), -1.0, axis=1)
+    left_out_max = exact.max(1)[live]
+    assert (left_out_max <= _c_star(outside, err)[live] + 1e-12).all()
+    if candidates == "int8":
+        assert (left_out_max > outside[live]).any()
