@@ -52,6 +52,7 @@ from benchmark.metrics.stats import mean_std
 from benchmark.results import MetricValue
 from tasks import register_task
 from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, metric_spec
+from tasks.reliability import reliability_summaries
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,8 @@ class DescriptionLengthTask(Task):
                      note="Heights: bin count / total count of that submission (decoder only; the artifact also "
                           "holds the two baselines' counts)."),
         ),
+        # the task seed draws the token sample and both baselines: its noise is measurable
+        summaries=reliability_summaries(("incoherent_fraction", "mean_pair_cosine", "description_length")),
         citation=AYONRINDE_2024,
         references=("https://arxiv.org/abs/2410.11179",
                     "https://www.lesswrong.com/posts/G2oyFQFTE5eGEas6m/interpretability-as-compression-reconsidering-sae",
