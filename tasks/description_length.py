@@ -320,6 +320,7 @@ class DescriptionLengthTask(Task):
                      note="Heights: bin count / total count of that submission (decoder only; the artifact also "
                           "holds the two baselines' counts)."),
         ),
+        chance_metric="incoherent_fraction_random",
         # 65K latents at d=768: 1.3 GiB peak for the search, 0.9 GiB for the description length (perf/)
         resources=UnitResources(cpus=1.0, memory_gb=4.0, gpu=True),
         # the task seed draws the token sample and both baselines: its noise is measurable
