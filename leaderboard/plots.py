@@ -48,6 +48,7 @@ class Series:
     color: str | None = None
     marker: str | None = None
     dash: str | None = None  # an SVG stroke-dasharray for its line, e.g. "6 3"
+    markers: bool = True  # False: only the line (e.g. a front drawn over other series' points)
 
 
 @dataclass
@@ -205,6 +206,8 @@ def xy_chart(
         if s.connect and len(points) > 1:
             coords = " ".join(f"{_num(sx(p.x))},{_num(sy(p.y))}" for p in points)
             parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>')
+        if not s.markers:
+            continue
         for p in points:
             if p.y_err:
                 parts.append(f'<line x1="{_num(sx(p.x))}" y1="{_num(sy(p.y - p.y_err))}" x2="{_num(sx(p.x))}" y2="{_num(sy(p.y + p.y_err))}" stroke="{color}" class="errbar"/>')
@@ -219,7 +222,7 @@ def xy_chart(
         color, shape = _style(s, index)
         dash = f' stroke-dasharray="{_esc(s.dash)}"' if s.dash else ""
         y = top + 30 + 18 * index
-        if s.step:
+        if s.step or not s.markers:
             parts.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 12}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/>')
         else:
             if s.connect:
@@ -368,6 +371,69 @@ def metric_pair(
         series.append(Series(str(name), points))
     svg = xy_chart(series, x_label=x_metric, y_label=y_metric, x_range=x_range, y_range=y_range, diagonal=diagonal,
                    legend_title=subset_prefix.rstrip("=") or "slice")
+    return Figure(figure_id, title, svg, note=note, data=data)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], better: tuple[str, str]) -> list[int]:
+    """Indices of the points no other point beats on both axes (at least as good on both, strictly
+    better on one), sorted by x. ``better``: ("lower" | "higher") for x, then for y."""
+    sign = [1.0 if b == "higher" else -1.0 for b in better]
+    scored = [(sign[0] * x, sign[1] * y) for x, y in points]
+    front = [i for i, (a, b) in enumerate(scored)
+             if not any(c >= a and d >= b and (c > a or d > b) for c, d in scored)]
+    return sorted(front, key=lambda i: (points[i][0], points[i][1]))
+
+
+def metric_scatter(
+    rows: pd.DataFrame,
+    *,
+    x_metric: str,
+    y_metric: str,
+    architectures: dict[str, str],
+    figure_id: str,
+    title: str,
+    front: tuple[str, str] | None = None,
+    x_label: str = "",
+    y_label: str = "",
+    x_range: tuple[float | None, float | None] = (None, None),
+    y_range: tuple[float | None, float | None] = (None, None),
+    note: str = "",
+) -> Figure:
+    """``y_metric`` against ``x_metric`` (subset "all"), one point per submission, one series per
+    architecture; with ``front`` the Pareto front is drawn as a line (:func:`pareto_front`)."""
+    pick = rows[rows["metric"].isin([x_metric, y_metric]) & (rows["subset"].astype(str) == "all")]
+    records = []
+    for submission, group in pick.groupby("submission", sort=True):
+        by_metric = {r.metric: r for r in group.itertuples(index=False)}
+        if x_metric not in by_metric or y_metric not in by_metric:
+            continue
+        x, y = _value(by_metric[x_metric].value), _value(by_metric[y_metric].value)
+        if x is None or y is None:
+            continue
+        records.append({"submission": submission, "architecture": architectures.get(submission) or "unknown",
+                        x_metric: x, f"{x_metric}_std": _value(by_metric[x_metric].std),
+                        y_metric: y, f"{y_metric}_std": _value(by_metric[y_metric].std)})
+    if not records:
+        return Figure(figure_id, title, None, note=f"Plot omitted: no submission has both {y_metric} and {x_metric} "
+                                                   "stored (subset \u201call\u201d).")
+    data = pd.DataFrame(records).sort_values(["architecture", "submission"], kind="stable").reset_index(drop=True)
+    data["on_front"] = False
+    series = []
+    for arch, group in data.groupby("architecture", sort=True):
+        points = [
+            Point(x=r[x_metric], y=r[y_metric], x_err=r[f"{x_metric}_std"], y_err=r[f"{y_metric}_std"],
+                  label=f"{r['submission']} ({arch}): {x_metric} {format_number(r[x_metric])}, "
+                        f"{y_metric} {format_number(r[y_metric])}")
+            for r in group.to_dict("records")
+        ]
+        series.append(Series(str(arch), points))
+    if front is not None:
+        on = pareto_front(list(zip(data[x_metric], data[y_metric])), front)
+        data.loc[on, "on_front"] = True
+        series.append(Series("Pareto front", [Point(float(data.loc[i, x_metric]), float(data.loc[i, y_metric])) for i in on],
+                             connect=True, markers=False))
+    svg = xy_chart(series, x_label=x_label or x_metric, y_label=y_label or y_metric, x_range=x_range, y_range=y_range,
+                   legend_title="architecture")
     return Figure(figure_id, title, svg, note=note, data=data)
 
 
@@ -546,6 +612,10 @@ def figure_for(spec, *, rows: pd.DataFrame, artifacts: dict[str, pd.DataFrame], 
         return metric_pair(rows, x_metric=spec.x_metric, y_metric=spec.y_metric, subset_prefix=spec.subset_prefix or "",
                            figure_id=fid, title=spec.title, diagonal=spec.diagonal, x_range=spec.x_range,
                            y_range=spec.y_range, note=spec.note)
+    if spec.kind == "metric_scatter":
+        return metric_scatter(rows, x_metric=spec.x_metric, y_metric=spec.y_metric, architectures=architectures,
+                              figure_id=fid, title=spec.title, front=spec.front, x_label=spec.x_label,
+                              y_label=spec.y_label, x_range=spec.x_range, y_range=spec.y_range, note=spec.note)
     if spec.kind == "artifact_histogram":
         return artifact_histogram(artifacts, artifact=spec.artifact, x_low=spec.x_low, x_high=spec.x_high, y=spec.y,
                                   figure_id=fid, title=spec.title, x_label=spec.x_label, y_label=spec.y_label,

@@ -9,7 +9,7 @@ from tasks.base import MetricSpec, Task, TaskInputs, TaskMetadata, TaskOutput, U
 
 #: Modules that define and register tasks (``TASK_MODULES`` order is the leaderboard's column order).
 TASK_MODULES: tuple[str, ...] = ("tasks.synthetic", "tasks.cross_seed", "tasks.absorption", "tasks.explanations",
-                                 "tasks.stitching", "tasks.meta_sae")
+                                 "tasks.stitching", "tasks.meta_sae", "tasks.description_length")
 
 _REGISTRY: dict[str, type[Task]] = {}
 

@@ -51,6 +51,9 @@ class PlotSpec:
       architecture;
     * ``metric_pair``: ``y_metric`` against ``x_metric`` for every (submission, slice) whose subset
       starts with ``subset_prefix``, one series per slice, ``diagonal`` draws y = x;
+    * ``metric_scatter``: ``y_metric`` against ``x_metric`` (both subset "all"), one point per submission,
+      one series per architecture; ``front = (x better, y better)`` (each "lower" or "higher") also draws
+      the Pareto front, the submissions no other submission beats on both axes;
     * ``artifact_histogram``: the artifact's ``x_low``/``x_high``/``y`` bin counts as step lines
       (heights as shares of each submission's total), one line per submission;
     * ``artifact_curve``: the artifact's ``y`` at bin centres of ``x_low``/``x_high`` (or at ``x``),
@@ -60,7 +63,8 @@ class PlotSpec:
       with its architecture.
     """
 
-    kind: Literal["metric_vs_l0", "metric_pair", "artifact_histogram", "artifact_curve", "metric_vs_slice"]
+    kind: Literal["metric_vs_l0", "metric_pair", "metric_scatter", "artifact_histogram", "artifact_curve",
+                  "metric_vs_slice"]
     id: str
     title: str
     metric: str | None = None
@@ -69,6 +73,7 @@ class PlotSpec:
     subset_prefix: str | None = None
     diagonal: bool = False
     log2_x: bool = False
+    front: tuple[Literal["lower", "higher"], Literal["lower", "higher"]] | None = None
     artifact: str | None = None
     x: str | None = None
     x_low: str | None = None
@@ -179,6 +184,9 @@ class TaskMetadata:
             for metric in (plot.metric, plot.x_metric, plot.y_metric):
                 if metric and metric not in names:
                     raise ValueError(f"task {self.name!r} plot {plot.id!r} reads undeclared metric {metric!r}")
+            if plot.front is not None and (len(plot.front) != 2 or not set(plot.front) <= {"lower", "higher"}):
+                raise ValueError(f"task {self.name!r} plot {plot.id!r}: front must be two of 'lower'/'higher', "
+                                 f"got {plot.front!r}")
 
     @property
     def main_metric(self) -> MetricSpec:

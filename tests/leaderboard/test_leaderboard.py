@@ -7,6 +7,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -504,3 +505,47 @@ def test_metric_vs_slice_draws_each_submission_against_its_slice_numbers():
     assert figure.data[["submission", "width", "x", "m"]].values.tolist() == [["o/a", 256.0, 8.0, 0.5], ["o/a", 1024.0, 10.0, 0.6]]
     empty = plots.metric_vs_slice(rows, metric="other", subset_prefix="layer=", architectures={}, figure_id="f", title="t")
     assert empty.svg is None and "Plot omitted" in empty.note
+
+
+def _scatter_rows(points: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    rows = []
+    for sub, (x, y) in points.items():
+        rows += [{"submission": sub, "metric": "rate", "subset": "all", "value": x, "std": None},
+                 {"submission": sub, "metric": "fit", "subset": "all", "value": y, "std": 0.01},
+                 {"submission": sub, "metric": "rate", "subset": "seed=0", "value": -5.0, "std": None}]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pareto_front_matches_a_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    points = [tuple(p) for p in rng.integers(0, 6, size=(12, 2)).astype(float)]  # ties included
+    for better in (("lower", "higher"), ("higher", "higher"), ("lower", "lower")):
+        sx, sy = (1 if b == "higher" else -1 for b in better)
+        want = {i for i, (x, y) in enumerate(points)
+                if not any(sx * a >= sx * x and sy * b >= sy * y and (a, b) != (x, y) for a, b in points)}
+        assert set(plots.pareto_front(points, better)) == want
+
+
+def test_metric_scatter_colours_by_architecture_and_draws_the_front():
+    rows = _scatter_rows({"a/1": (10.0, 0.9), "a/2": (12.0, 0.8), "b/1": (8.0, 0.7), "b/2": (20.0, 0.95)})
+    arch = {"a/1": "topk", "a/2": "topk", "b/1": "standard", "b/2": "standard"}
+    figure = plots.metric_scatter(rows, x_metric="rate", y_metric="fit", architectures=arch, figure_id="f", title="t",
+                                  front=("lower", "higher"))
+    data = figure.data.set_index("submission")
+    assert data.loc[["b/1", "a/1", "b/2"], "on_front"].all() and not data.loc["a/2", "on_front"]
+    assert (data["rate"] > 0).all()  # per-seed rows are not points
+    assert figure.svg.count("<polyline") == 1 and "Pareto front" in figure.svg
+    assert "topk" in figure.svg and "standard" in figure.svg
+    empty = plots.metric_scatter(rows[rows.metric == "rate"], x_metric="rate", y_metric="fit", architectures=arch,
+                                 figure_id="f", title="t")
+    assert empty.svg is None and "Plot omitted" in empty.note
+
+
+def test_plot_spec_front_is_validated():
+    from tasks.base import MetricSpec, PlotSpec, TaskMetadata
+
+    metrics = (MetricSpec("a", "d", "higher", main=True), MetricSpec("b", "d", "lower"))
+    with pytest.raises(ValueError, match="front"):
+        TaskMetadata(name="x", version="1", title="t", description="d", metrics=metrics, accepts=("recipe",),
+                     plots=(PlotSpec("metric_scatter", "p", "p", x_metric="a", y_metric="b", front=("lower", "up")),))
