@@ -194,10 +194,14 @@ def boot_bridge(location: ModelLocation, *, device: str = "cpu", dtype: str = "f
     The bridge forces eager attention so it can expose attention patterns; the activation
     pipeline reads residual-stream hooks only, so by default attention is switched back to
     PyTorch's fused ``sdpa`` kernel (same numbers to ~1e-6, much faster on CPU). Pass
-    ``attention="eager"`` when attention-pattern hooks are needed.
+    ``attention="eager"`` when attention-pattern hooks are needed. Normalisation slots skip the
+    statistics they compute only for unattached ``hook_scale`` / ``hook_normalized`` points
+    (bit-identical outputs; see :mod:`benchmark.data.lean_bridge`).
     """
     import torch
     from transformer_lens.model_bridge import TransformerBridge
+
+    from benchmark.data.lean_bridge import skip_unhooked_norm_statistics
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     log.info("booting %s (%s) on %s in %s", location.name, location.path, device, dtype)
@@ -211,5 +215,7 @@ def boot_bridge(location: ModelLocation, *, device: str = "cpu", dtype: str = "f
             inner.set_attn_implementation(attention)
         except Exception as exc:  # older models without sdpa support keep eager attention
             log.debug("keeping eager attention for %s: %s", location.name, exc)
+    lean = skip_unhooked_norm_statistics(bridge)
+    log.debug("%s: %d normalisation slots skip unhooked statistics", location.name, lean)
     STATS["model_loads"] += 1
     return bridge

@@ -30,6 +30,12 @@ gradients (``_FastSAE``; equal to autograd through :meth:`BatchedSAE.losses`, ch
 with fused Adam; the rest use autograd on :class:`BatchedSAE`. TopK / BatchTopK keep every
 activation at or above the k-th (k·B-th) largest value, which differs from ``torch.topk``'s
 exactly-k only on exact ties. Small SAEs train on one CPU thread (see :func:`_thread_count`).
+Standard and TopK recipes with ``d_in`` a multiple of 16 may train on a fused C++ kernel built at run
+time (:mod:`~benchmark.training.fused_kernel`: one pass over the batch, everything in L1; TopK's
+backward touches only the k active latents); :mod:`~benchmark.training.kernel_choice` picks it, its
+thread count, or the torch path from a timed self-check on the real shapes, cached per process and
+recorded as ``log["kernel"]`` with the CPU's flags and a tiny fp32/bf16 matmul probe
+(:mod:`~benchmark.training.cpu_features`). The kernels agree to float32 rounding, not bit for bit.
 """
 
 

@@ -18,7 +18,8 @@ from benchmark.sae.model import SAE, SAEConfig
 log = logging.getLogger(__name__)
 
 #: Bumped whenever a change to this module changes what a recipe trains to (part of cache keys).
-TRAINER_VERSION = "2"  # 2: hand-written gradients, fused Adam, threshold-based TopK/BatchTopK masks
+TRAINER_VERSION = "3"  # 2: hand-written gradients, fused Adam, threshold-based TopK/BatchTopK masks;
+#                         3: standard/topk may train on the fused C++ kernel (log["kernel"] says which)
 TRAINABLE = ("standard", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 LOG_EVERY = 50
 #: One step's dense product (seeds × batch × d_in × width multiply-adds) below this trains on 1 thread.

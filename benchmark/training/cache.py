@@ -122,7 +122,7 @@ def train_or_load(recipe, data: TrainingData, *, cache_dir: Path | str | None, d
     saved before being returned. ``sae_metadata`` (e.g. model name and hook) is set on the SAEs'
     configs. Without ``cache_dir`` nothing is saved. Records: ``source="trained"``, ``seed``,
     ``training_key``, ``path``, ``trained_now``, ``files`` (bytes and sha256 of each file) and
-    ``training`` (the seed's part of the training log)."""
+    ``training`` (the seed's part of the training log, with the kernel that trained it)."""
     from benchmark.data.models import file_sha256
     from benchmark.sae.checkpoints import load_sae
     from benchmark.training import check_recipe
@@ -245,7 +245,10 @@ def _seed_log(train_log: dict[str, Any], seed: int) -> dict[str, Any]:
     if not train_log:
         return {}
     i = train_log["seeds"].index(seed)
-    out = {k: train_log[k] for k in ("steps", "wall_s", "device", "dtype", "trainer_version") if k in train_log}
+    # "kernel": which implementation computed the steps (torch path or fused C++ kernel, chosen at run
+    # time): equal to float32 rounding, not bit for bit, so a stored number must say which one it was
+    out = {k: train_log[k] for k in ("steps", "wall_s", "device", "dtype", "trainer_version", "path", "kernel")
+           if k in train_log}
     out["batched_seeds"] = train_log["seeds"]
     out["final"] = {name: values[i] for name, values in train_log.get("final", {}).items()}
     if "threshold" in train_log:

@@ -90,6 +90,8 @@ class _FastSAE:
             for tensor in self.params:
                 tensor.requires_grad_(True)  # leaves for torch.optim; gradients are set by hand
         self.module = module
+        self.kernel = None  # a FusedKernel chosen by benchmark.training.kernel_choice, else the torch path
+        self.kernel_threads = 1
         self._x_key: tuple | None = None
         self._x_DB = torch.empty(0)
         self._buffers: dict[tuple, torch.Tensor] = {}
@@ -129,12 +131,41 @@ class _FastSAE:
             g_b_dec.sub_(torch.bmm(g_bias.unsqueeze(1), self.enc).squeeze(1))
         self.enc.grad, self.b_enc.grad, self.b_dec.grad = g_enc, g_bias, g_b_dec
 
+    def use_kernel(self, kernel, threads: int = 1) -> None:
+        """Compute steps with the fused C++ ``kernel`` on ``threads`` threads (None: the torch path)."""
+        self.kernel, self.kernel_threads = kernel, threads
+
     @torch.no_grad()
     def step_grads(self, x: torch.Tensor, stats: bool) -> dict[str, torch.Tensor]:
         """Set ``.grad`` of every parameter for batch ``x [B, d_in]``; per-seed loss terms ``[S]`` when ``stats``."""
+        if self.kernel is not None:
+            return self._fused(x, stats)
+        return self.torch_step_grads(x, stats)
+
+    @torch.no_grad()
+    def torch_step_grads(self, x: torch.Tensor, stats: bool) -> dict[str, torch.Tensor]:
+        """:meth:`step_grads` on the torch path, whatever kernel is in use."""
         if self.sparse:
             return self._sparse_topk(x, stats)
         return self._dense(x, stats)
+
+    def _fused(self, x: torch.Tensor, stats: bool) -> dict[str, torch.Tensor]:
+        """One step on the fused C++ kernel (same maths as :meth:`_dense`, one pass over the batch)."""
+        B, D = x.shape
+        x = x.contiguous()
+        g_enc, g_bias, g_dec, g_b_dec, sums = self.kernel.step(
+            x, self._transposed(x), self.enc.detach(), self._effective_bias().detach().contiguous(), self.dec.detach(),
+            self.b_dec.detach(), l1_over_B=self.l1 / B, grad_scale=2.0 / (B * D), threads=self.kernel_threads)
+        out: dict[str, torch.Tensor] = {}
+        if stats:
+            sums_S3 = torch.from_numpy(sums).to(x.dtype)
+            out["mse"] = sums_S3[:, 0] / (B * D)
+            out["l0"] = sums_S3[:, 1] / B
+            if self.l1:
+                out["l1"] = sums_S3[:, 2] / B
+        self.dec.grad = g_dec
+        self._finish_encoder_grads(g_enc, g_bias, g_b_dec)
+        return self._with_total(out)
 
     def _buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A reusable work tensor (fresh multi-MB allocations page-fault every step)."""

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 #: Bumped whenever a change to this module changes what a recipe trains to (part of cache keys).
 from benchmark.training.batched import TRAINABLE, TRAINER_VERSION, BatchedSAE, TrainingResult, LOG_EVERY, SMALL_STEP_MACS
 from benchmark.training.fast_path import _FastSAE, uses_fast_path
+from benchmark.training.kernel_choice import choose_kernel
 
 # --- training loop --------------------------------------------------------------------------------
 def _lr_lambda(hp) -> Callable[[int], float]:
@@ -72,6 +73,8 @@ def train_batched(
     device: str = "cpu",
     quiet: bool = False,
     seeds: list[int] | None = None,
+    kernel_threads: int | None = None,
+    kernel: str | None = None,
 ) -> TrainingResult:
     """Train every seed of ``recipe`` (or ``seeds``) together; returns one SAE per seed.
 
@@ -80,6 +83,13 @@ def train_batched(
     ends first; the log says how many). Adam (β = 0.9, 0.999) at ``lr`` with the recipe's warm-up and
     decay; decoder rows renormalised after every step when ``normalise_decoder``. fp32 unless the
     recipe asks for ``bfloat16`` (autocast of the forward pass; parameters stay fp32).
+
+    Hand-written-gradient recipes train on the kernel a timed self-check picks for this machine
+    (:func:`benchmark.training.kernel_choice.choose_kernel`; recorded as ``log["kernel"]``).
+    ``kernel_threads`` fixes the fused kernel's thread count (e.g. 1 when recipes train side by side
+    in separate processes); None lets the self-check try 1 and the caller's torch thread count.
+    ``kernel`` restricts the self-check to ``"torch"`` or ``"fused"`` candidates (benchmarks, checks
+    that both give the same SAEs); None considers every candidate.
     """
     check_recipe(recipe)
     seeds = list(recipe.seeds if seeds is None else seeds)
@@ -88,7 +98,8 @@ def train_batched(
     dev = torch.device(device)
     previous_threads = torch.get_num_threads()
     try:
-        return _train(recipe, batches, d_in=d_in, dev=dev, quiet=quiet, seeds=seeds)
+        return _train(recipe, batches, d_in=d_in, dev=dev, quiet=quiet, seeds=seeds,
+                      max_threads=previous_threads, kernel_threads=kernel_threads, kernel=kernel)
     finally:
         if torch.get_num_threads() != previous_threads:
             torch.set_num_threads(previous_threads)
@@ -108,7 +119,8 @@ def _thread_count(dev: torch.device, n_seeds: int, batch_rows: int, d_in: int, w
     return 1 if macs < SMALL_STEP_MACS else torch.get_num_threads()
 
 
-def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: bool, seeds: list[int]) -> TrainingResult:
+def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: bool, seeds: list[int],
+           max_threads: int = 1, kernel_threads: int | None = None, kernel: str | None = None) -> TrainingResult:
     hp = recipe.hyperparameters
     model = BatchedSAE(recipe, d_in, seeds).to(dev)
     if hp.normalise_decoder:
@@ -121,6 +133,7 @@ def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: 
     track_dead = bool(hp.aux_k_coefficient and hp.dead_after_steps)
     steps_since_fired = torch.zeros(len(seeds), recipe.width, dtype=torch.long, device=dev)
     autocast = hp.dtype == "bfloat16"
+    kernel_record: dict[str, Any] = {"name": "torch" if fast is not None else "autograd"}
     started = time.perf_counter()
     last: dict[str, torch.Tensor] = {}
     done = 0
@@ -137,6 +150,10 @@ def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: 
             threads = _thread_count(dev, len(seeds), x.shape[0], d_in, recipe.width)
             if threads != torch.get_num_threads():
                 torch.set_num_threads(threads)  # train_batched restores the caller's setting
+            if fast is not None:
+                choice = choose_kernel(fast, x, max_threads=max_threads, threads=kernel_threads, only=kernel)
+                fast.use_kernel(choice.kernel, choice.threads)
+                kernel_record = {"name": choice.name, "threads": choice.threads, **choice.record}
         logging_step = step % LOG_EVERY == 0 or step + 1 == hp.steps
         for group in optimiser.param_groups:
             group["lr"] = hp.lr * lr_factor(step)
@@ -183,6 +200,7 @@ def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: 
         "dtype": hp.dtype,
         "threads": torch.get_num_threads(),
         "path": "analytic" if fast is not None else "autograd",
+        "kernel": kernel_record,
         "trainer_version": TRAINER_VERSION,
         "final": {name: [float(v) for v in values.float().cpu()] for name, values in last.items()},
     }

@@ -169,6 +169,74 @@ def test_hand_written_gradients_equal_autograd(case, chunk, monkeypatch):
         assert torch.allclose(mine["_batch_min"], terms["_batch_min"])
 
 
+FUSED_CASES = {  # the fused C++ kernel covers standard and topk with d_in a multiple of 16
+    "standard": dict(l1_coefficient=1e-2, init="tied", init_decoder_norm=0.1),
+    "standard-centred": dict(l1_coefficient=1e-2, apply_b_dec_to_input=True),
+    "topk": dict(k=3, l1_coefficient=1e-2, apply_b_dec_to_input=True),
+    "topk-no-l1": dict(k=5),
+    "topk-wide": dict(k=2, l1_coefficient=1e-2, width=70),  # width not a multiple of 16 or 32
+}
+
+
+def _fused_kernel(spec, sparse: bool):
+    from benchmark.training.fused_kernel import KernelShape, load_kernel
+
+    kernel = load_kernel(KernelShape(16, spec.width, spec.hyperparameters.k or 0, sparse))
+    if kernel is None:
+        pytest.skip("the fused kernel needs a C++ compiler")
+    return kernel
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("batch", [96, 101])  # 101: the last group of 16 samples is partial
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+def test_fused_kernel_gradients_equal_autograd(case, sparse, batch, threads):
+    """The fused C++ kernel's loss terms and gradients against autograd through BatchedSAE.losses."""
+    from benchmark.training.fast_path import _FastSAE
+
+    hp = dict(FUSED_CASES[case])
+    width = hp.pop("width", 24)
+    spec = recipe(case.split("-")[0], width=width, **hp)
+    if sparse and spec.architecture != "topk":
+        pytest.skip("the sparse backward is TopK's")
+    model = BatchedSAE(spec, 16, [3, 4, 5])
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        model.b_enc.copy_(0.1 * torch.randn(model.b_enc.shape, generator=gen))
+        model.b_dec.copy_(0.1 * torch.randn(model.b_dec.shape, generator=gen))
+    x = Organism("song2025-toy").samples(0, batch)
+    terms = model.losses(x, spec, None)
+    terms["total"].sum().backward()
+    fast = _FastSAE(model, spec)
+    fast.use_kernel(_fused_kernel(spec, sparse), threads)
+    mine = fast.step_grads(x, stats=True)
+    for name in ("mse", "l0", "total") + (("l1",) if "l1" in terms else ()):
+        assert torch.allclose(mine[name], terms[name].detach(), atol=1e-6, rtol=1e-5), name
+    pairs = [(fast.enc.grad.transpose(1, 2), model.W_enc.grad), (fast.dec.grad, model.W_dec.grad),
+             (fast.b_enc.grad, model.b_enc.grad), (fast.b_dec.grad, model.b_dec.grad)]
+    for i, (analytic, reference) in enumerate(pairs):
+        assert reference.abs().sum() > 0
+        assert torch.allclose(analytic, reference, atol=1e-6, rtol=1e-4), (i, (analytic - reference).abs().max())
+
+
+def test_fused_kernel_trains_to_the_torch_paths_saes():
+    """200 Adam steps on either path end at the same SAEs (float rounding apart)."""
+    organism = Organism("song2025-toy")
+    for architecture, hp in (("topk", dict(k=3, l1_coefficient=1e-2)), ("standard", dict(l1_coefficient=1e-2))):
+        spec = recipe(architecture, width=32, seeds=[0, 1], lr=1e-3, steps=200, batch_size=512,
+                      apply_b_dec_to_input=True, **hp)
+        batches = organism.batches(512, 200)
+        runs = {kernel: train_batched(spec, batches, d_in=16, quiet=True, kernel=kernel) for kernel in ("torch", "fused")}
+        if not runs["fused"].log["kernel"]["name"].startswith("fused"):
+            pytest.skip("the fused kernel is unavailable here")
+        assert runs["torch"].log["kernel"]["name"] == "torch"
+        for seed in (0, 1):
+            a, b = runs["torch"].saes[seed], runs["fused"].saes[seed]
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+                assert torch.allclose(getattr(a, name), getattr(b, name), atol=1e-4, rtol=1e-3), (architecture, name)
+
+
 def test_kth_largest_matches_topk():
     from benchmark.training.fast_path import kth_largest
 
