@@ -237,7 +237,9 @@ def test_sigkill_at_random_moments_then_rerun_loses_and_duplicates_nothing(tmp_p
         proc = _driver(args, **env)
         _wait_ready(proc)
         _wait_for(lambda: len(ResultStore(results).unit_files()) >= after_units, timeout=30)
-        _wait_for(lambda: any(results.rglob(".*.tmp")), timeout=2)
+        # A unit still to run will write; on a loaded machine its write may begin seconds later, so
+        # wait for it rather than kill between writes.
+        _wait_for(lambda: any(results.rglob(".*.tmp")), timeout=30)
         time.sleep(rng.uniform(0.0, 0.02))
         proc.kill()
         proc.communicate(timeout=30)
