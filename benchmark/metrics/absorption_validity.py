@@ -6,8 +6,7 @@ the concept's own ("main") latents. On a model the concept (a first letter), its
 learned probe) and the main latents (k-sparse probing) are estimated. On a synthetic organism with a
 hierarchy (``zipf-hierarchy``: a child fires only with its parent) all three are known, so:
 
-* :func:`projection_absorption` is the formula itself (the same computation as the absorption task's
-  per-letter kernel; a test holds the two equal until the task calls this one);
+* :func:`projection_absorption` is the formula itself (the absorption task's per-letter kernel calls it);
 * :func:`organism_absorption` applies it with the truth: concept = a hierarchy parent, inputs = held-out
   samples where the parent truly fires, direction = the parent's true dictionary row, main latent =
   the latent whose decoder row is closest to it. This is the *ground-truth absorption* of an SAE,
