@@ -643,3 +643,34 @@ def test_row_pass_reference_bound_holds(kind):
     np.testing.assert_allclose(res.value, np.take_along_axis(t, res.index, 1), atol=res.slack + 1e-12)
     if kind == "int8":
         assert (res.shift <= shift).all() and res.slack == 0.0  # rounded down onto the integer grid
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
+def test_threshold_pass_reference_bound_holds(kind):
+    """A threshold pass proves: every entry it neither returns nor knew has t ≤ ref + slack; rows
+    with more entries above the threshold than the cap keep their cap largest."""
+    from benchmark.metrics.matching import _passes
+
+    if not _verified(kind, 20):
+        pytest.skip(f"{kind} kernel unavailable")
+    rng = np.random.default_rng(18)
+    ua, ub = _units(rng.standard_normal((90, 20)), rng.standard_normal((130, 20)))
+    ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+    shift = rng.uniform(-0.5, 0.5, 130)
+    known = np.unique(rng.integers(0, 90 * 130, 900))
+    ptr = np.searchsorted(known, np.arange(91) * 130)
+    rows = np.sort(rng.choice(90, 40, replace=False))
+    threshold = rng.uniform(0.0, 0.9, 40)
+    threshold[:5] = -2.0  # every entry above: these rows hit the cap
+    res = _passes.threshold_pass(ops, rows, shift, threshold, 9, 16, ptr, known % 130)
+    kernel = ops.raw(slice(None)).double().numpy() * ops.scale
+    t = kernel[rows] - res.shift[None, :]
+    mask = np.ones_like(t, dtype=bool)
+    for p, r in enumerate(rows):
+        mask[p, known[(known // 130) == r] % 130] = False
+    np.testing.assert_allclose(res.t, t[res.row, res.col], atol=res.slack + 1e-12)
+    assert not (~mask[res.row, res.col]).any()  # known entries are never returned
+    mask[res.row, res.col] = False
+    assert (np.where(mask, t, -np.inf) <= res.ref[:, None] + res.slack).all()
+    assert np.bincount(res.row, minlength=40).max() <= 9
+    assert (np.bincount(res.row, minlength=40)[:5] == 9).all()

@@ -39,7 +39,7 @@ from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bip
 from benchmark.metrics.matching import _cosine as cz
 from benchmark.metrics.matching import _passes as ps
 from benchmark.metrics.matching._duals import Duals, apply_improvement, exchange_duals
-from benchmark.metrics.matching._kernels import KernelOperands, kernel_operands
+from benchmark.metrics.matching._kernels import U32, KernelOperands, kernel_operands
 
 logger = logging.getLogger(__name__)
 
@@ -495,29 +495,27 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
                      int(last.sum()), np.round(np.quantile(gap[last], [.05, .5, .95]), 3) if last.any() else None,
                      np.round(np.quantile(dv, [0, .01, .05, .5, .95]), 3), np.round(min_delta, 3))
 
-    # 3. row passes under the current duals
+    # 3. row passes under the current duals: entries within ``margin`` of violating become known
     if len(todo):
         ptr, idx = known.csr()
-        res = ps.row_pass(ops, todo, v, row_cap + 1, blk, ptr, idx, progress=progress)
+        # score ≥ cos − u − v where score = t + slack + err_i − u_i + (V_j − v_j), t = kernel − V_j
+        v_excess = 2 * ops.scale if ops.integer else 2 * U32 * (1.0 + float(np.abs(v).max()))
+        slack_est = 0.0 if ops.integer else 2 * U32 * (3.0 + float(err.max()) + 2 * float(np.abs(v).max()) + float(np.abs(u).max()))
+        thr = u[todo] - err[todo] - margin - v_excess - slack_est
+        res = ps.threshold_pass(ops, todo, v, thr, row_cap, blk, ptr, idx, progress=progress)
         stats.row_pass_rows += len(todo)
-        # cos − u − v ≤ t + slack + err_i − u_i + (V_j − v_j) for the listed entries (V = shift used)
         excess = max(0.0, float(np.max(res.shift - v)))
-        score = res.value + res.slack + excess + err[todo, None] - u[todo, None]
-        taken = (score[:, :-1] > -margin) & np.isfinite(res.value[:, :-1])
-        # the row's new reference: the largest value not taken
-        not_taken = np.where(taken, -np.inf, res.value[:, :-1]).max(axis=1)
-        last = np.maximum(not_taken, res.value[:, -1])
         refs.append(res.shift)
         ref_of_row[todo] = len(refs) - 1
-        w[todo] = last + res.slack + err[todo]
-        lr, lp = np.nonzero(taken)
-        if len(lr):
-            rows_t = todo[lr]
-            cols_t = res.index[lr, lp]
+        w[todo] = res.ref + res.slack + err[todo]
+        if len(res.row):
+            rows_t = todo[res.row]
+            cols_t = res.col
+            score = res.t + res.slack + excess + err[rows_t] - u[rows_t]
             keys = rows_t.astype(np.int64) * n + cols_t
-            known.add(keys, kval=res.value[lr, lp] + res.slack + res.shift[cols_t])  # ≥ kernel value
+            known.add(keys, kval=res.t + res.slack + res.shift[cols_t])  # ≥ kernel value
             idx_new = np.searchsorted(known.keys, keys)
-            maybe = score[lr, lp] > -near
+            maybe = score > -near
             known.ensure_exact(idx_new[maybe], a64, b64, stats)
             x = known.xval[idx_new]
             to_graph.append(keys[maybe & (x > u[rows_t] + v[cols_t] - near)])

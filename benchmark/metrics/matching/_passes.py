@@ -53,18 +53,21 @@ class _ColumnTop:
         self.integer = integer
         self.fed = False
 
-    def feed(self, block: torch.Tensor, row0: np.ndarray) -> None:
-        if not self.fed:  # first block: its column-wise top values start the lists
+    def feed(self, block: torch.Tensor, row0: np.ndarray, seed_rows: int = 256) -> None:
+        if not self.fed:  # the first rows' column-wise top values start the lists (and the thresholds)
             self.fed = True
-            k = min(self.cap, block.shape[0])
-            vals, idx = torch.topk(block, k, dim=0)
+            head = block[:seed_rows]
+            k = min(self.cap, head.shape[0])
+            vals, idx = torch.topk(head, k, dim=0)
             self.vals[:, :k] = vals.T.cpu().numpy().astype(np.float64)
             self.rows[:, :k] = row0[idx.T.cpu().numpy()]
             if self.integer:
                 self.vals[:, :k][self.vals[:, :k] == INT32_MIN] = -np.inf
             if k == self.cap:
                 self.theta = vals[-1].clone()
-            return
+            if head.shape[0] == block.shape[0]:
+                return
+            block, row0 = block[seed_rows:], row0[seed_rows:]
         r, c = (block > self.theta[None, :]).nonzero(as_tuple=True)
         if not len(r):
             return
@@ -269,3 +272,87 @@ def argmax_cols(ops: KernelOperands, cols: np.ndarray, block: int) -> np.ndarray
             sel = torch.from_numpy(np.asarray(cols[start : start + block])).to(dev)
             out[start : start + len(sel)] = ops.raw_t(sel).argmax(dim=1).cpu().numpy()
     return out
+
+
+@dataclass
+class ThresholdPass:
+    """Entries of listed rows with t_ij = kernel − shift_j above a per-row threshold (known excluded).
+
+    What it proves: for every listed row, every unknown entry not returned has t ≤ ``ref[p] + slack``."""
+
+    row: np.ndarray  # position in the listed rows of each returned entry
+    col: np.ndarray
+    t: np.ndarray  # fp64 t values of the returned entries
+    ref: np.ndarray  # [len(rows)] bound on the t of the entries not returned
+    shift: np.ndarray
+    slack: float
+
+
+def threshold_pass(
+    ops: KernelOperands,
+    rows: np.ndarray,
+    shift: np.ndarray,
+    threshold: np.ndarray,
+    cap: int,
+    block_rows: int,
+    known_ptr: np.ndarray | None = None,
+    known_idx: np.ndarray | None = None,
+    progress: bool = False,
+) -> ThresholdPass:
+    """Entries with t_ij > threshold_i (at most ``cap`` per row: rows with more keep their ``cap``
+    largest) for the listed rows. One comparison per entry instead of a top-k."""
+    from tqdm.auto import tqdm
+
+    dev = ops.b.device
+    n = ops.b.shape[0]
+    rows = np.asarray(rows, dtype=np.int64)
+    cap = min(cap, n)
+    shift_used, shift_t, integer = _shift_for(ops, shift, dev)
+    if integer:
+        thr_used = np.floor(threshold / ops.scale)
+        thr_t = torch.from_numpy(np.clip(thr_used, INT32_MIN + 1, 2**31 - 1).astype(np.int32)).to(dev)
+        thr_used = thr_used * ops.scale
+        slack = 0.0
+    else:
+        thr_used = threshold.astype(np.float32).astype(np.float64)
+        thr_t = torch.from_numpy(threshold.astype(np.float32)).to(dev)
+        # |t| ≤ max|kernel| + max|shift|, kernel ≤ 1 + max row_err; one fp32 rounding of t, one of the threshold
+        t_bound = 1.0 + float(ops.row_err.max()) + float(np.abs(shift_used).max()) + float(np.abs(thr_used).max())
+        slack = 2 * U32 * t_bound + 1e-12
+    ref = thr_used.copy()
+    out_r, out_c, out_t = [], [], []
+    fill = INT32_MIN if integer else -torch.inf
+    with exact_matmul():
+        for start in tqdm(range(0, len(rows), block_rows), desc="kernel rows", disable=not progress, leave=False):
+            sel = rows[start : start + block_rows]
+            block = _block_values(ops, ops.raw(torch.from_numpy(sel).to(dev)), integer)
+            block -= shift_t
+            if known_ptr is not None:
+                lr, kc = _known_positions(known_ptr, known_idx, sel)
+                if len(lr):
+                    block[torch.from_numpy(lr).to(dev), torch.from_numpy(kc).to(dev)] = fill
+            mask = block > thr_t[start : start + len(sel), None]
+            counts = mask.sum(dim=1).cpu().numpy()
+            over = np.flatnonzero(counts > cap)
+            if len(over):
+                over_t = torch.from_numpy(over).to(dev)
+                vals, idx = torch.topk(block[over_t], cap + 1, dim=1)
+                mask[over_t] = False
+                v = vals.cpu().numpy().astype(np.float64)
+                if integer:
+                    v = np.where(v == INT32_MIN, -np.inf, v * ops.scale)
+                ref[start + over] = v[:, -1]
+                out_r.append(np.repeat(start + over, cap))
+                out_c.append(idx[:, :cap].cpu().numpy().ravel())
+                out_t.append(v[:, :cap].ravel())
+            r, c = mask.nonzero(as_tuple=True)
+            if len(r):
+                t = block[r, c].cpu().numpy().astype(np.float64)
+                out_r.append(start + r.cpu().numpy())
+                out_c.append(c.cpu().numpy())
+                out_t.append(t * ops.scale if integer else t)
+            del block, mask
+    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dtype=dt))
+    t_all = cat(out_t, np.float64)
+    keep = np.isfinite(t_all)
+    return ThresholdPass(cat(out_r, np.int64)[keep], cat(out_c, np.int64)[keep], t_all[keep], ref, shift_used, slack)
