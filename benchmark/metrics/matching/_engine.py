@@ -38,7 +38,7 @@ from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bip
 
 from benchmark.metrics.matching import _cosine as cz
 from benchmark.metrics.matching import _passes as ps
-from benchmark.metrics.matching._duals import Duals, apply_improvement, exchange_duals
+from benchmark.metrics.matching._duals import RELAX_TOL, Duals, apply_improvement, exchange_duals
 from benchmark.metrics.matching._kernels import U32, KernelOperands, kernel_operands
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class SolveStats:
     rounds: int = 0
     solves: int = 0  # sparse LAPJV solves
     completions: int = 0  # graphs completed because they had no full matching
-    improvements: int = 0  # improving cycles/paths applied after a solve (rounding)
+    improvements: int = 0  # improving cycles/paths applied (after a solve's rounding, or a repair)
+    repairs: int = 0  # dual updates after violating entries joined the graph, without a new solve
     graph_edges: int = 0
     known_entries: int = 0  # graph + pool (entries whose value is known)
     exact_entries: int = 0  # fp64 cosines computed
@@ -285,13 +286,15 @@ def solve_certified(
     margin: float = 0.05,
     near: float = 0.02,
     seed: int = 0,
+    repair_max: int = 64,
 ) -> RawSolution:
     """Exact assignment of all rows of ``a64`` (live unit rows, m ≤ n) to rows of ``b64``.
 
     k: columns per row from the candidate pass; price_sample: rows of the price subproblem (0: no
     prices); col_k: rows per column taken from the candidate pass (relative to the rows' best values); row_cap / margin: a
     row pass keeps up to row_cap entries within ``margin`` of violating the duals; near: known
-    entries within ``near`` of violating are put into the graph."""
+    entries within ``near`` of violating are put into the graph; up to ``repair_max`` (or m/200)
+    violating entries are absorbed by updating the duals instead of solving again."""
     m, n = a64.shape[0], b64.shape[0]
     stats = SolveStats()
     rng = np.random.default_rng(seed)
@@ -344,6 +347,7 @@ def solve_certified(
         stats.timings[key] = 0.0
     row_col = u = v = None
     row_value = None
+    duals: Duals | None = None
     need_solve = True
     for rnd in range(max_rounds):
         stats.rounds = rnd + 1
@@ -358,33 +362,74 @@ def solve_certified(
                     raise RuntimeError("matching graph has no full matching after completion")
             stats.timings["solve"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            duals = _graph_duals(known, row_col, n, stats, refs[0] if v is None else v)
+            found = _graph_duals(known, row_col, n, stats, refs[0] if v is None else v)
             stats.timings["duals"] += time.perf_counter() - clock
-            if duals is None:
+            if found is None:
                 logger.warning("could not obtain duals for the sparse solution; giving up certification")
                 break
-            row_col, u, v = duals
-            pos = np.searchsorted(known.keys, np.arange(m, dtype=np.int64) * n + row_col)
-            row_value = known.xval[pos]
+            row_col, duals = found
+            u, v = duals.row, duals.col
+            row_value = known.xval[np.searchsorted(known.keys, np.arange(m, dtype=np.int64) * n + row_col)]
             need_solve = False
 
         clock = time.perf_counter()
-        added = _certify_round(known, a64, b64, ops, u, v, refs, ref_of_row, w, stats, blk, blk_c, row_cap,
-                               margin, near, progress)
+        promoted = _certify_round(known, a64, b64, ops, u, v, refs, ref_of_row, w, stats, blk, blk_c, row_cap,
+                                  margin, near, progress)
         stats.timings["certificate"] += time.perf_counter() - clock
         stats.graph_edges = int(known.graph.sum())
         stats.known_entries = len(known.keys)
         stats.fine_checked_rows = stats.row_pass_rows
-        if added is None:  # every row proven, nothing added: certified
+        if promoted is None:  # every row proven, nothing added: certified
             return RawSolution(row_col, True, "sparse-certified", stats, u, v, row_value)
-        need_solve = added > 0
+        if not len(promoted):
+            continue
+        # entries that violate the duals change them; few of them are repaired without a new solve
+        pr, pc = promoted // n, promoted % n
+        x = known.xval[np.searchsorted(known.keys, promoted)]
+        violating = x > u[pr] + v[pc] + RELAX_TOL
+        if not violating.any():
+            continue  # the duals stay feasible on the larger graph: same assignment, same proof
+        if violating.sum() > max(repair_max, m // 200):
+            need_solve = True  # many changes: a new sparse solve is cheaper than chains of exchanges
+            continue
+        clock = time.perf_counter()
+        found = _repair_duals(known, row_col, row_value, duals, np.unique(pr[violating]), n, stats, v)
+        stats.timings["duals"] += time.perf_counter() - clock
+        if found is None:
+            need_solve = True
+            continue
+        row_col, duals = found
+        u, v = duals.row, duals.col
+        row_value = known.xval[np.searchsorted(known.keys, np.arange(m, dtype=np.int64) * n + row_col)]
     logger.warning("matching not certified after %d rounds", max_rounds)
     return RawSolution(row_col, False, "sparse-uncertified", stats, row_value=row_value)
 
 
+def _repair_duals(known: _Known, row_col, row_value, duals: Duals, changed_rows, n: int, stats: SolveStats,
+                  v_prev: np.ndarray, attempts: int = 8):
+    """Duals after entries that violate the current ones joined the graph, without a new solve:
+    shortest paths continued from the current duals (only the changed rows start); improving
+    exchanges, if they show up, are applied and the duals recomputed. None: solve again."""
+    g = np.flatnonzero(known.graph)
+    rows, cols, vals = known.keys[g] // n, known.keys[g] % n, known.xval[g]
+    result = exchange_duals(row_col, row_value, n, rows, cols, vals, warm=duals, warm_rows=changed_rows)
+    stats.bf_iterations += result.iterations
+    if isinstance(result, Duals):
+        stats.repairs += 1
+        return row_col, result
+    better = apply_improvement(row_col, result)
+    if better is None:
+        return None
+    stats.improvements += 1
+    found = _graph_duals(known, better, n, stats, v_prev, attempts=attempts)
+    if found is not None:
+        stats.repairs += 1
+    return found
+
+
 def _graph_duals(known: _Known, row_col: np.ndarray, n: int, stats: SolveStats, start: np.ndarray | None,
                  attempts: int = 200):
-    """(σ, u, v) with LP duals feasible on every graph entry; applies improving exchanges if the
+    """(σ, duals) with LP duals feasible on every graph entry; applies improving exchanges if the
     solver's answer was not optimal on its own graph (rounding).
 
     ``start``: column duals to stay close to (the previous round's, or the candidate pass's prices):
@@ -413,7 +458,7 @@ def _graph_duals(known: _Known, row_col: np.ndarray, n: int, stats: SolveStats, 
             result = exchange_duals(row_col, value, n, rows, cols, vals)
             stats.bf_iterations += result.iterations
         if isinstance(result, Duals):
-            return row_col, result.row, result.col
+            return row_col, result
         better = apply_improvement(row_col, result)
         if better is None:
             return None
@@ -424,9 +469,9 @@ def _graph_duals(known: _Known, row_col: np.ndarray, n: int, stats: SolveStats, 
 
 def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref_of_row, w, stats: SolveStats,
                    blk: int, blk_c: int, row_cap: int, margin: float, near: float, progress: bool,
-                   pool_first: bool = True) -> int | None:
+                   pool_first: bool = True) -> np.ndarray | None:
     """One certificate round under duals (u, v). Returns None when every entry is proven and nothing
-    was added, else the number of entries put into the graph (0: only known entries grew)."""
+    was added, else the keys of the entries put into the graph (empty: only known entries grew)."""
     m, n = len(u), len(v)
     err = ops.row_err
     to_graph = []
@@ -450,7 +495,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
         known.graph[promote] = True
         if len(promote):
             logger.debug("round: %d pool entries to the graph; solving again before any pass", len(promote))
-            return len(promote)
+            return known.keys[promote]
 
     # 2. which rows hold by their reference bound; outlier columns checked directly
     gap = u - w
@@ -536,4 +581,4 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
         still = todo
     if len(promote) == 0 and len(still) == 0:
         return None
-    return len(promote)
+    return known.keys[promote]
