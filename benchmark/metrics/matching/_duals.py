@@ -130,11 +130,10 @@ def exchange_duals(
             break
         y[improved] = best[improved]
         is_improved[improved] = True
-        # predecessors of improved columns (a row achieving the minimum)
+        # predecessors of improved columns (a row achieving the minimum; any one of them on ties)
         hit = best[cand_cols] == cand
         hit &= is_improved[cand_cols]
-        hit_cols, first = np.unique(cand_cols[hit], return_index=True)
-        pred[hit_cols] = e_rows[sel][hit][first]
+        pred[cand_cols[hit]] = e_rows[sel][hit]
         if dense_best is not None:
             # argmin only for the columns that improved through the dense block (few)
             from_dense = np.flatnonzero((dense_best <= best[dense_cols]) & is_improved[dense_cols])
@@ -142,8 +141,8 @@ def exchange_duals(
                 arg = through[:, from_dense].argmin(axis=0)
                 pred[dense_cols[from_dense]] = dense_rows[local[arg]]
         is_improved[improved] = False
-        changed_rows = col_to_row[improved]
-        changed_rows = np.unique(changed_rows[changed_rows >= 0])
+        changed_rows = col_to_row[improved]  # distinct: σ is one-to-one, improved columns are distinct
+        changed_rows = np.sort(changed_rows[changed_rows >= 0])
         if it % check_every == 0 or it > n_cols + 1:
             cyc = _cycle_columns(pred, row_col)
             if len(cyc) or it > n_cols + 1:

@@ -78,25 +78,30 @@ class _ColumnTop:
             self.merge()
 
     def merge(self) -> None:
+        """Fold the buffer into the lists of the columns it touches (the others are unchanged)."""
         if not self.buf:
             return
-        cols = np.concatenate([np.repeat(np.arange(self.n), self.cap)] + [b[0] for b in self.buf])
-        vals = np.concatenate([self.vals.ravel()] + [b[1] for b in self.buf])
-        rows = np.concatenate([self.rows.ravel()] + [b[2] for b in self.buf])
+        cols = np.concatenate([b[0] for b in self.buf])
+        vals = np.concatenate([b[1] for b in self.buf])
+        rows = np.concatenate([b[2] for b in self.buf])
         self.buf, self.buffered = [], 0
+        touched = np.unique(cols)
+        cols = np.concatenate([np.repeat(touched, self.cap), cols])
+        vals = np.concatenate([self.vals[touched].ravel(), vals])
+        rows = np.concatenate([self.rows[touched].ravel(), rows])
         order = np.lexsort((-vals, cols))
         cols, vals, rows = cols[order], vals[order], rows[order]
-        starts = np.searchsorted(cols, np.arange(self.n))
-        rank = np.arange(len(cols)) - starts[cols]
+        starts = np.searchsorted(cols, touched)
+        rank = np.arange(len(cols)) - np.repeat(starts, np.diff(np.append(starts, len(cols))))
         keep = rank < self.cap
         self.vals[cols[keep], rank[keep]] = vals[keep]
         self.rows[cols[keep], rank[keep]] = rows[keep]
-        theta = self.vals[:, -1]
+        theta = self.vals[touched, -1]
         if self.integer:
-            theta = np.where(np.isfinite(theta), theta, INT32_MIN).astype(np.int32)
+            theta = torch.from_numpy(np.where(np.isfinite(theta), theta, INT32_MIN).astype(np.int32))
         else:
-            theta = theta.astype(np.float32)
-        self.theta = torch.from_numpy(theta).to(self.theta.device)
+            theta = torch.from_numpy(theta.astype(np.float32))
+        self.theta[torch.from_numpy(touched).to(self.theta.device)] = theta.to(self.theta.device)
 
 
 def _shift_for(ops: KernelOperands, shift: np.ndarray, device: torch.device):
@@ -331,13 +336,13 @@ def threshold_pass(
                 lr, kc = _known_positions(known_ptr, known_idx, sel)
                 if len(lr):
                     block[torch.from_numpy(lr).to(dev), torch.from_numpy(kc).to(dev)] = fill
-            mask = block > thr_t[start : start + len(sel), None]
-            counts = mask.sum(dim=1).cpu().numpy()
+            r, c = (block > thr_t[start : start + len(sel), None]).nonzero(as_tuple=True)
+            r_np = r.cpu().numpy()
+            counts = np.bincount(r_np, minlength=len(sel))
             over = np.flatnonzero(counts > cap)
-            if len(over):
+            if len(over):  # more entries than the cap: keep the cap largest, the next one bounds the rest
                 over_t = torch.from_numpy(over).to(dev)
                 vals, idx = torch.topk(block[over_t], cap + 1, dim=1)
-                mask[over_t] = False
                 v = vals.cpu().numpy().astype(np.float64)
                 if integer:
                     v = np.where(v == INT32_MIN, -np.inf, v * ops.scale)
@@ -345,13 +350,15 @@ def threshold_pass(
                 out_r.append(np.repeat(start + over, cap))
                 out_c.append(idx[:, :cap].cpu().numpy().ravel())
                 out_t.append(v[:, :cap].ravel())
-            r, c = mask.nonzero(as_tuple=True)
+                keep = torch.from_numpy(counts[r_np] <= cap).to(dev)
+                r, c = r[keep], c[keep]
+                r_np = r.cpu().numpy()
             if len(r):
                 t = block[r, c].cpu().numpy().astype(np.float64)
-                out_r.append(start + r.cpu().numpy())
+                out_r.append(start + r_np)
                 out_c.append(c.cpu().numpy())
                 out_t.append(t * ops.scale if integer else t)
-            del block, mask
+            del block
     cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dtype=dt))
     t_all = cat(out_t, np.float64)
     keep = np.isfinite(t_all)
