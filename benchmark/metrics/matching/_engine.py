@@ -291,10 +291,11 @@ def solve_certified(
     """Exact assignment of all rows of ``a64`` (live unit rows, m ≤ n) to rows of ``b64``.
 
     k: columns per row from the candidate pass; price_sample: rows of the price subproblem (0: no
-    prices); col_k: rows per column taken from the candidate pass (relative to the rows' best values); row_cap / margin: a
-    row pass keeps up to row_cap entries within ``margin`` of violating the duals; near: known
-    entries within ``near`` of violating are put into the graph; up to ``repair_max`` (or m/200)
-    violating entries are absorbed by updating the duals instead of solving again."""
+    prices); col_k: columns chosen by fewer than col_k rows get their col_k best rows relative to
+    the rows' best values (a column pass); row_cap / margin: a row pass keeps up to row_cap entries
+    within ``margin`` of violating the duals; near: known entries within ``near`` of violating are
+    put into the graph; up to ``repair_max`` (or m/200) violating entries are absorbed by updating
+    the duals instead of solving again."""
     m, n = a64.shape[0], b64.shape[0]
     stats = SolveStats()
     rng = np.random.default_rng(seed)
@@ -320,7 +321,7 @@ def solve_certified(
     # --- candidate pass ---------------------------------------------------------------------------
     clock = time.perf_counter()
     k = max(1, min(k, n))
-    first = ps.row_pass(ops, None, vhat, k + 1, blk, progress=progress, col_cap=col_k if k < n else 0)
+    first = ps.row_pass(ops, None, vhat, k + 1, blk, progress=progress)
     stats.timings["candidates"] = time.perf_counter() - clock
     clock = time.perf_counter()
     known = _Known(m, n)
@@ -334,13 +335,17 @@ def solve_certified(
     refs: list[np.ndarray] = [first.shift]
     ref_of_row = np.zeros(m, dtype=np.int64)
     w = (first.value[:, k] + first.slack + err) if k < n else np.full(m, -np.inf)
-    # each column's best rows relative to the rows' best values (row potentials û_i)
+    # row potentials û_i (each row's best value at the estimated prices)
     row_pot = first.value[:, 0]
-    if first.col_rows is not None:
-        ok = first.col_rows >= 0
-        keys = (first.col_rows.astype(np.int64) * n + np.arange(n)[:, None])[ok]
-        keys, vals = _exact(np.setdiff1d(keys, known.keys), a64, b64, stats)
-        known.add(keys, xval=vals, graph=True)
+    if col_k and k < n:
+        # columns few rows chose (over-priced by the estimate): their best rows, by a column pass
+        low = np.flatnonzero(np.bincount(top_cols.ravel(), minlength=n) < col_k)
+        if len(low):
+            colp = ps.column_pass(ops, low, row_pot, col_k, blk_c)
+            stats.column_pass_cols += len(low)
+            keys = (colp.index.astype(np.int64) * n + low[:, None])[np.isfinite(colp.value)]
+            keys, vals = _exact(np.setdiff1d(keys, known.keys), a64, b64, stats)
+            known.add(keys, xval=vals, graph=True)
     stats.timings["exact_values"] = time.perf_counter() - clock
 
     for key in ("solve", "duals", "certificate"):

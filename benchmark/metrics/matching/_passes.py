@@ -33,75 +33,6 @@ class PassResult:
     value: np.ndarray  # [r, cap] fp64, t values (kernel − shift), descending; −inf where fewer exist
     shift: np.ndarray  # the shift actually used (fp64; exact multiples of scale for int8)
     slack: float  # rounding slack of t (0 for int8)
-    col_rows: np.ndarray | None = None  # [n, col_cap] rows with the largest t_ij − t_i,max per column (−1: none)
-
-
-class _ColumnTop:
-    """Per column, the ``cap`` rows with the largest values seen so far, fed block by block.
-
-    Entries pass to the buffer only when they beat the column's current cap-th value (one
-    comparison per entry); the buffer is merged into the per-column lists when it grows large."""
-
-    def __init__(self, n: int, cap: int, device: torch.device, integer: bool):
-        self.n, self.cap = n, cap
-        self.rows = np.full((n, cap), -1, dtype=np.int64)
-        self.vals = np.full((n, cap), -np.inf)
-        lowest = INT32_MIN if integer else -torch.inf
-        self.theta = torch.full((n,), lowest, dtype=torch.int32 if integer else torch.float32, device=device)
-        self.buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.buffered = 0
-        self.integer = integer
-        self.fed = False
-
-    def feed(self, block: torch.Tensor, row0: np.ndarray, seed_rows: int = 256) -> None:
-        if not self.fed:  # the first rows' column-wise top values start the lists (and the thresholds)
-            self.fed = True
-            head = block[:seed_rows]
-            k = min(self.cap, head.shape[0])
-            vals, idx = torch.topk(head, k, dim=0)
-            self.vals[:, :k] = vals.T.cpu().numpy().astype(np.float64)
-            self.rows[:, :k] = row0[idx.T.cpu().numpy()]
-            if self.integer:
-                self.vals[:, :k][self.vals[:, :k] == INT32_MIN] = -np.inf
-            if k == self.cap:
-                self.theta = vals[-1].clone()
-            if head.shape[0] == block.shape[0]:
-                return
-            block, row0 = block[seed_rows:], row0[seed_rows:]
-        r, c = (block > self.theta[None, :]).nonzero(as_tuple=True)
-        if not len(r):
-            return
-        vals = block[r, c].cpu().numpy().astype(np.float64)
-        self.buf.append((c.cpu().numpy(), vals, row0[r.cpu().numpy()]))
-        self.buffered += len(vals)
-        if self.buffered >= self.n * self.cap:
-            self.merge()
-
-    def merge(self) -> None:
-        """Fold the buffer into the lists of the columns it touches (the others are unchanged)."""
-        if not self.buf:
-            return
-        cols = np.concatenate([b[0] for b in self.buf])
-        vals = np.concatenate([b[1] for b in self.buf])
-        rows = np.concatenate([b[2] for b in self.buf])
-        self.buf, self.buffered = [], 0
-        touched = np.unique(cols)
-        cols = np.concatenate([np.repeat(touched, self.cap), cols])
-        vals = np.concatenate([self.vals[touched].ravel(), vals])
-        rows = np.concatenate([self.rows[touched].ravel(), rows])
-        order = np.lexsort((-vals, cols))
-        cols, vals, rows = cols[order], vals[order], rows[order]
-        starts = np.searchsorted(cols, touched)
-        rank = np.arange(len(cols)) - np.repeat(starts, np.diff(np.append(starts, len(cols))))
-        keep = rank < self.cap
-        self.vals[cols[keep], rank[keep]] = vals[keep]
-        self.rows[cols[keep], rank[keep]] = rows[keep]
-        theta = self.vals[touched, -1]
-        if self.integer:
-            theta = torch.from_numpy(np.where(np.isfinite(theta), theta, INT32_MIN).astype(np.int32))
-        else:
-            theta = torch.from_numpy(theta.astype(np.float32))
-        self.theta[torch.from_numpy(touched).to(self.theta.device)] = theta.to(self.theta.device)
 
 
 def _shift_for(ops: KernelOperands, shift: np.ndarray, device: torch.device):
@@ -144,12 +75,9 @@ def row_pass(
     known_ptr: np.ndarray | None = None,
     known_idx: np.ndarray | None = None,
     progress: bool = False,
-    col_cap: int = 0,
 ) -> PassResult:
     """Top-``cap`` columns of t_ij = kernel(i, j) − shift_j per listed row (all rows when None),
-    known entries (CSR ``known_ptr``/``known_idx`` over all rows) excluded. With ``col_cap``, also
-    the ``col_cap`` rows of each column with the largest t_ij − max_j' t_ij' (a heuristic choice:
-    no bound is attached to it)."""
+    known entries (CSR ``known_ptr``/``known_idx`` over all rows) excluded."""
     from tqdm.auto import tqdm
 
     dev = ops.b.device
@@ -161,7 +89,6 @@ def row_pass(
     value = np.empty((len(rows_all), cap), dtype=np.float64)
     t_max = 0.0
     contiguous = rows is None
-    col_top = _ColumnTop(n, min(col_cap, len(rows_all)), dev, integer) if col_cap else None
     with exact_matmul():
         for start in tqdm(range(0, len(rows_all), block_rows), desc="kernel rows", disable=not progress, leave=False):
             sel = rows_all[start : start + block_rows]
@@ -174,9 +101,6 @@ def row_pass(
                     fill = INT32_MIN if integer else -torch.inf
                     block[torch.from_numpy(lr).to(dev), torch.from_numpy(kc).to(dev)] = fill
             vals, idx = torch.topk(block, cap, dim=1)
-            if col_top is not None:
-                block -= vals[:, :1]
-                col_top.feed(block, sel)
             del block
             v = vals.cpu().numpy().astype(np.float64)
             if integer:
@@ -188,11 +112,7 @@ def row_pass(
             value[start : start + len(sel)] = v
             index[start : start + len(sel)] = idx.cpu().numpy()
     slack = 0.0 if integer else 2 * U32 * (t_max + (float(np.abs(shift_used).max()) if len(shift_used) else 0.0)) + 1e-12
-    col_rows = None
-    if col_top is not None:
-        col_top.merge()
-        col_rows = col_top.rows
-    return PassResult(index, value, shift_used, slack, col_rows)
+    return PassResult(index, value, shift_used, slack)
 
 
 def column_pass(
