@@ -126,11 +126,11 @@ def _gib(x: float) -> str:
     return f"{x / 2**30:.2f}"
 
 
-SPLIT = ("kernel_setup", "prices", "candidates", "exact_values", "solve", "duals", "certificate")
+SPLIT = ("kernel_setup", "prices", "candidates", "exact_values", "column_candidates", "solve", "duals", "certificate")
 
 
 def sweep_table(rows: list[tuple[dict, dict | None]]) -> str:
-    lines = ["| unshared | exact matcher s | kernel | prices / candidates / exact / solve / duals / certificate s "
+    lines = ["| unshared | exact matcher s | kernel | prices / candidates / exact / column cand. / solve / duals / certificate s "
              "| row passes (rows) | solves (+repairs) | peak GiB | scipy dense s (LSA) | peak GiB | speed-up | "
              "memory ratio | |Δ MCC| | MCC | certified | load 1-min (before→after) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -51,6 +51,7 @@ class SolveStats:
     completions: int = 0  # graphs completed because they had no full matching
     improvements: int = 0  # improving cycles/paths applied (after a solve's rounding, or a repair)
     repairs: int = 0  # dual updates after violating entries joined the graph, without a new solve
+    warm_duals: int = 0  # solves whose duals were started from the previous ones (fewer rows unproven)
     graph_edges: int = 0
     known_entries: int = 0  # graph + pool (entries whose value is known)
     exact_entries: int = 0  # fp64 cosines computed
@@ -282,17 +283,21 @@ def solve_certified(
     candidates: str = "auto",
     price_sample: int = 1024,
     col_k: int = 8,
-    row_cap: int = 64,
-    margin: float = 0.05,
+    col_min: int = 8,
+    col_degree: str = "graph",
+    graph_band: float = 0.2,
+    row_cap: int = 256,
+    margin: float = 0.15,
     near: float = 0.02,
     seed: int = 0,
     repair_max: int = 64,
 ) -> RawSolution:
     """Exact assignment of all rows of ``a64`` (live unit rows, m ≤ n) to rows of ``b64``.
 
-    k: columns per row from the candidate pass; price_sample: rows of the price subproblem (0: no
-    prices); col_k: columns chosen by fewer than col_k rows get their col_k best rows relative to
-    the rows' best values (a column pass); row_cap / margin: a row pass keeps up to row_cap entries
+    k: columns per row from the candidate pass (those within ``graph_band`` of the row's best go into
+    the graph, the others are only known); price_sample: rows of the price subproblem (0: no
+    prices); col_k / col_min: columns among fewer than col_min rows' candidates get their col_k best rows
+    relative to the rows' best values (a column pass); row_cap / margin: a row pass keeps up to row_cap entries
     within ``margin`` of violating the duals; near: known entries within ``near`` of violating are
     put into the graph; up to ``repair_max`` (or m/200) violating entries are absorbed by updating
     the duals instead of solving again."""
@@ -327,26 +332,33 @@ def solve_certified(
     known = _Known(m, n)
     top_cols = first.index[:, :k]
     top_keys = np.repeat(np.arange(m, dtype=np.int64), k) * n + top_cols.ravel()
-    order = np.argsort(top_keys)
-    top_exact = np.empty(len(top_keys))
-    _, top_exact[order] = _exact(top_keys[order], a64, b64, stats)
-    known.add(top_keys, (first.value[:, :k] + first.slack + first.shift[top_cols]).ravel(), top_exact, graph=True)
+    top_kval = (first.value[:, :k] + first.slack + first.shift[top_cols]).ravel()  # ≥ kernel value
+    # into the graph (exact values): the row's best candidate and those within graph_band of it; the
+    # others only become known (kernel values, exact when they matter), which the row's bound needs
+    in_graph = (first.value[:, :k] >= first.value[:, :1] - graph_band).ravel()
+    keys_g, exact_g = _exact(top_keys[in_graph], a64, b64, stats)
+    known.add(keys_g, xval=exact_g, graph=True)
+    known.add(top_keys[~in_graph], kval=top_kval[~in_graph])
+    known.kval[np.searchsorted(known.keys, top_keys)] = top_kval
     # references: cos_ij ≤ w_i + refs[ref_of_row[i]][j] for every entry (i, j) not known
     refs: list[np.ndarray] = [first.shift]
     ref_of_row = np.zeros(m, dtype=np.int64)
     w = (first.value[:, k] + first.slack + err) if k < n else np.full(m, -np.inf)
     # row potentials û_i (each row's best value at the estimated prices)
     row_pot = first.value[:, 0]
+    stats.timings["exact_values"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     if col_k and k < n:
         # columns few rows chose (over-priced by the estimate): their best rows, by a column pass
-        low = np.flatnonzero(np.bincount(top_cols.ravel(), minlength=n) < col_k)
+        chosen = known.keys[known.graph] % n if col_degree == "graph" else top_cols.ravel()
+        low = np.flatnonzero(np.bincount(chosen, minlength=n) < col_min)
         if len(low):
             colp = ps.column_pass(ops, low, row_pot, col_k, blk_c)
             stats.column_pass_cols += len(low)
             keys = (colp.index.astype(np.int64) * n + low[:, None])[np.isfinite(colp.value)]
             keys, vals = _exact(np.setdiff1d(keys, known.keys), a64, b64, stats)
             known.add(keys, xval=vals, graph=True)
-    stats.timings["exact_values"] = time.perf_counter() - clock
+    stats.timings["column_candidates"] = time.perf_counter() - clock
 
     for key in ("solve", "duals", "certificate"):
         stats.timings[key] = 0.0
@@ -367,7 +379,8 @@ def solve_certified(
                     raise RuntimeError("matching graph has no full matching after completion")
             stats.timings["solve"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            found = _graph_duals(known, row_col, n, stats, refs[0] if v is None else v)
+            found = _graph_duals(known, row_col, n, stats, refs[0] if v is None else v,
+                                 lambda uu, vv: _unproven_rows(uu, vv, refs, ref_of_row, w))
             stats.timings["duals"] += time.perf_counter() - clock
             if found is None:
                 logger.warning("could not obtain duals for the sparse solution; giving up certification")
@@ -433,38 +446,37 @@ def _repair_duals(known: _Known, row_col, row_value, duals: Duals, changed_rows,
 
 
 def _graph_duals(known: _Known, row_col: np.ndarray, n: int, stats: SolveStats, start: np.ndarray | None,
-                 attempts: int = 200):
+                 score=None, attempts: int = 200):
     """(σ, duals) with LP duals feasible on every graph entry; applies improving exchanges if the
     solver's answer was not optimal on its own graph (rounding).
 
-    ``start``: column duals to stay close to (the previous round's, or the candidate pass's prices):
-    the duals returned are then the smallest feasible v ≥ start (shifted to v ≥ 0, 0 on unmatched
-    columns), so rows certified under the earlier duals stay certified unless their own dual fell.
-    Cold (minimal) duals are the fallback."""
+    Two candidates: cold duals (the smallest v, shortest paths from 0) and, given ``start`` (the
+    previous round's duals), the smallest feasible v ≥ start (shifted to v ≥ 0, 0 on unmatched
+    columns), under which rows certified earlier stay certified unless their own column's price
+    rose. Neither is better in general (warm duals drift upwards over rounds on clean pairs, cold
+    ones move every price), so ``score(u, v)`` (rows left unproven) picks one."""
     g = np.flatnonzero(known.graph)
     rows, cols, vals = known.keys[g] // n, known.keys[g] % n, known.xval[g]
     m = len(row_col)
     for _ in range(attempts):
         pos = np.searchsorted(known.keys, np.arange(m, dtype=np.int64) * n + row_col)
         value = known.xval[pos]
-        result = None
-        if start is not None:
+        cold = exchange_duals(row_col, value, n, rows, cols, vals)
+        stats.bf_iterations += cold.iterations
+        if isinstance(cold, Duals):
+            if start is None or score is None:
+                return row_col, cold
             init = start - float(start.min())
             unmatched = np.ones(n, dtype=bool)
             unmatched[row_col] = False
             init[unmatched] = 0.0
-            result = exchange_duals(row_col, value, n, rows, cols, vals, start_col=init)
-            stats.bf_iterations += result.iterations
-            if not isinstance(result, Duals):
-                logger.debug("warm duals failed (%s, %d columns, path ends %s); cold duals", type(result).__name__,
-                             len(result.columns), None if result.path_ends is None else len(result.path_ends))
-                result = None
-        if result is None:
-            result = exchange_duals(row_col, value, n, rows, cols, vals)
-            stats.bf_iterations += result.iterations
-        if isinstance(result, Duals):
-            return row_col, result
-        better = apply_improvement(row_col, result)
+            warm = exchange_duals(row_col, value, n, rows, cols, vals, start_col=init)
+            stats.bf_iterations += warm.iterations
+            if isinstance(warm, Duals) and score(warm.row, warm.col) < score(cold.row, cold.col):
+                stats.warm_duals += 1
+                return row_col, warm
+            return row_col, cold
+        better = apply_improvement(row_col, cold)
         if better is None:
             return None
         stats.improvements += 1
@@ -472,9 +484,15 @@ def _graph_duals(known: _Known, row_col: np.ndarray, n: int, stats: SolveStats, 
     return None
 
 
+def _unproven_rows(u, v, refs, ref_of_row, w) -> int:
+    """Rows whose reference bound does not hold under (u, v) (outlier columns not excluded)."""
+    min_delta = np.array([float(np.min(v - ref)) for ref in refs])
+    return int(np.count_nonzero(u - w + min_delta[ref_of_row] < 0))
+
+
 def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref_of_row, w, stats: SolveStats,
                    blk: int, blk_c: int, row_cap: int, margin: float, near: float, progress: bool,
-                   pool_first: bool = True) -> np.ndarray | None:
+                   pool_first: bool = True, col_cap: int = 1024) -> np.ndarray | None:
     """One certificate round under duals (u, v). Returns None when every entry is proven and nothing
     was added, else the keys of the entries put into the graph (empty: only known entries grew)."""
     m, n = len(u), len(v)
@@ -508,27 +526,21 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
     outliers = _choose_outlier_columns(v, refs, ref_of_row, gap, m, n, max_cols) if m else np.empty(0, np.int64)
     if len(outliers):
         ptr, idx = known.csc()
-        # rows whose entry in these columns may violate: kernel(i, j) − (u_i − err_i) > v_j
+        # every row i whose entry in these columns may violate: kernel(i, j) − (u_i − err_i) > v_j
         shift = u - err
-        colp = ps.column_pass(ops, outliers, shift, 64 + 1, blk_c, ptr, idx)
+        colp = ps.threshold_pass(ops.transposed(), outliers, shift, v[outliers], col_cap, blk_c, ptr, idx)
         stats.column_pass_cols += len(outliers)
-        # cos_ij ≤ kernel + err_i ≤ t_ij + slack + shift_used_i + err_i = t_ij + slack + excess_i + u_i
-        excess = np.maximum(colp.shift - shift, 0.0)
-        over = colp.value[:, -1] + colp.slack + excess.max() > v[outliers]  # beyond the cap: not cleared
-        hit_rows = colp.index[:, :-1]
-        hit = (colp.value[:, :-1] + colp.slack + excess[hit_rows] > v[outliers, None]) & np.isfinite(colp.value[:, :-1])
-        lc, pos_ = np.nonzero(hit)
-        rows_hit = hit_rows[lc, pos_]
-        cols_hit = outliers[lc]
-        if len(rows_hit):
+        # rows not returned: kernel ≤ shift_used_i + ref_j + slack ≤ u_i − err_i + v_j when ref_j + slack ≤ v_j
+        cleared = colp.ref + colp.slack <= v[outliers]
+        if len(colp.row):
+            rows_hit, cols_hit = colp.col, outliers[colp.row]
             keys = rows_hit.astype(np.int64) * n + cols_hit
-            kv = colp.value[:, :-1][lc, pos_] + colp.slack + colp.shift[rows_hit]  # ≥ kernel value
-            known.add(keys, kval=kv)
+            known.add(keys, kval=colp.t + colp.slack + colp.shift[rows_hit])  # ≥ kernel value
             idx_new = np.searchsorted(known.keys, keys)
             known.ensure_exact(idx_new, a64, b64, stats)
             x = known.xval[idx_new]
             to_graph.append(keys[x > u[rows_hit] + v[cols_hit] - near])
-        outliers = outliers[~over]
+        outliers = outliers[cleared]
     inside = np.ones(n, dtype=bool)
     inside[outliers] = False
     min_delta = np.array([float(np.min(v[inside] - ref[inside])) if inside.any() else 0.0 for ref in refs])

@@ -288,6 +288,12 @@ class KernelOperands:
     def integer(self) -> bool:
         return self.kind == "int8"
 
+    def transposed(self) -> "KernelOperands":
+        """The same kernel with the roles of rows and columns swapped (row_err then only serves
+        the fp32 rounding estimates of the passes, which use its maximum)."""
+        return KernelOperands(self.kind, self.b, self.a, self.scale, np.full(self.b.shape[0], float(self.row_err.max())),
+                              self.choice)
+
 
 def _quantize_int8(unit64: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, float, np.ndarray]:
     """Symmetric int8 codes of unit rows with ONE scale for the whole dictionary (so raw int32 products
