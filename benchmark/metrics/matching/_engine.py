@@ -166,16 +166,20 @@ def _exact(keys: np.ndarray, a64: torch.Tensor, b64: torch.Tensor, stats: SolveS
     return keys, cz.entry_cosines64(a64, b64, keys)
 
 
-def _sample_prices(a64, b64, ops: KernelOperands, sample: int, rng: np.random.Generator, block: int) -> np.ndarray | None:
-    """Column prices from the exact optimum of a sampled subproblem, c-transformed over every column:
+def _sample_prices(a64, b64, ops: KernelOperands, sample: int, ratio: int, dense_max: int, rounds: int,
+                   rng: np.random.Generator, block: int, device: torch.device) -> np.ndarray | None:
+    """Column prices from the optimum of a sampled subproblem, c-transformed over every column:
     v̂_j = max over sampled rows i of (kernel(i, j) − u_i).
 
     The sample keeps the problem's pairing: half of its rows and columns are random, the other half
     are the best partners (largest kernel value) of the random columns and rows. A uniform sample
     would lose nearly every shared pair (a row's partner is sampled with probability s/n), so its
-    prices would describe a problem with no shared latents."""
+    prices would describe a problem with no shared latents. The sample holds about max(sample,
+    m/ratio) rows: prices from a fixed-size sample get worse as the problem grows (at 65K rows a
+    1K sample left 11M violating entries after the first solve). Samples above ``dense_max`` rows
+    are solved by this engine itself (its duals after ``rounds`` rounds; certified or not)."""
     m, n = a64.shape[0], b64.shape[0]
-    half_r = min(sample, m) // 2
+    half_r = min(max(sample, m // ratio), m) // 2
     half_c = min(n, int(round(half_r * n / m)))
     if half_r < 8 or half_r * 8 > m:
         return None
@@ -188,16 +192,25 @@ def _sample_prices(a64, b64, ops: KernelOperands, sample: int, rng: np.random.Ge
     if len(rows) > len(cols):  # every sampled row must be matched
         extra = rng.permutation(np.setdiff1d(np.arange(n), cols))[: len(rows) - len(cols)]
         cols = np.sort(np.concatenate([cols, extra]))
-    sub = cz.dense_cosines64(a64[torch.from_numpy(rows)], b64[torch.from_numpy(cols)])
-    r, c = linear_sum_assignment(sub, maximize=True)
-    sigma = np.empty(len(rows), dtype=np.int64)
-    sigma[r] = c
-    empty = np.empty(0, dtype=np.int64)
-    duals = exchange_duals(sigma, sub[np.arange(len(rows)), sigma], len(cols), empty, empty, np.empty(0),
-                           np.arange(len(rows)), np.arange(len(cols)), sub)
-    if not isinstance(duals, Duals):
-        return None
-    return ps.max_over_rows(ops, rows, duals.row, block)
+    sub_a, sub_b = a64[torch.from_numpy(rows)], b64[torch.from_numpy(cols)]
+    if len(rows) <= dense_max:
+        sub = cz.dense_cosines64(sub_a, sub_b)
+        r, c = linear_sum_assignment(sub, maximize=True)
+        sigma = np.empty(len(rows), dtype=np.int64)
+        sigma[r] = c
+        empty = np.empty(0, dtype=np.int64)
+        duals = exchange_duals(sigma, sub[np.arange(len(rows)), sigma], len(cols), empty, empty, np.empty(0),
+                               np.arange(len(rows)), np.arange(len(cols)), sub)
+        if not isinstance(duals, Duals):
+            return None
+        row_dual = duals.row
+    else:
+        raw = solve_certified(sub_a, sub_b, device=device, max_rounds=rounds, candidates=ops.kind,
+                              price_sample=sample, seed=int(rng.integers(2**31)), quiet=True)
+        if raw.row_dual is None:
+            return None
+        row_dual = raw.row_dual
+    return ps.max_over_rows(ops, rows, row_dual, block)
 
 
 def _solve_graph(known: _Known, m: int, n: int, stats: SolveStats) -> tuple[np.ndarray, bool]:
@@ -282,6 +295,9 @@ def solve_certified(
     progress: bool = False,
     candidates: str = "auto",
     price_sample: int = 1024,
+    price_ratio: int = 8,
+    price_dense_max: int = 2048,
+    price_rounds: int = 3,
     col_k: int = 8,
     col_min: int = 8,
     col_degree: str = "graph",
@@ -291,6 +307,7 @@ def solve_certified(
     near: float = 0.02,
     seed: int = 0,
     repair_max: int = 64,
+    quiet: bool = False,
 ) -> RawSolution:
     """Exact assignment of all rows of ``a64`` (live unit rows, m ≤ n) to rows of ``b64``.
 
@@ -317,8 +334,9 @@ def solve_certified(
     stats.timings["kernel_setup"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    vhat = _sample_prices(a64, b64, ops, price_sample, rng, blk_c) if price_sample else None
-    stats.price_sample = 0 if vhat is None else min(price_sample, m)  # about: rows sampled
+    vhat = (_sample_prices(a64, b64, ops, price_sample, price_ratio, price_dense_max, price_rounds, rng, blk_c, device)
+            if price_sample else None)
+    stats.price_sample = 0 if vhat is None else min(max(price_sample, m // price_ratio), m)  # about: rows sampled
     if vhat is None:
         vhat = np.zeros(n)
     stats.timings["prices"] = time.perf_counter() - clock
@@ -419,8 +437,9 @@ def solve_certified(
         row_col, duals = found
         u, v = duals.row, duals.col
         row_value = known.xval[np.searchsorted(known.keys, np.arange(m, dtype=np.int64) * n + row_col)]
-    logger.warning("matching not certified after %d rounds", max_rounds)
-    return RawSolution(row_col, False, "sparse-uncertified", stats, row_value=row_value)
+    logger.log(logging.DEBUG if quiet else logging.WARNING, "matching not certified after %d rounds", max_rounds)
+    # the last duals are returned too (feasible on the graph only: no proof), for price estimates
+    return RawSolution(row_col, False, "sparse-uncertified", stats, u, v, row_value)
 
 
 def _repair_duals(known: _Known, row_col, row_value, duals: Duals, changed_rows, n: int, stats: SolveStats,
