@@ -300,8 +300,8 @@ def solve_certified(
     price_rounds: int = 3,
     col_k: int = 8,
     col_min: int = 8,
-    col_degree: str = "graph",
-    graph_band: float = 0.2,
+    col_degree: str = "candidates",
+    graph_band: float = 2.0,
     row_cap: int = 256,
     margin: float = 0.15,
     near: float = 0.02,
@@ -344,7 +344,7 @@ def solve_certified(
     # --- candidate pass ---------------------------------------------------------------------------
     clock = time.perf_counter()
     k = max(1, min(k, n))
-    first = ps.row_pass(ops, None, vhat, k + 1, blk, progress=progress)
+    first = ps.row_pass(ops, None, vhat, k + 1, blk, progress=progress, raw_top2=True)
     stats.timings["candidates"] = time.perf_counter() - clock
     clock = time.perf_counter()
     known = _Known(m, n)
@@ -358,10 +358,17 @@ def solve_certified(
     known.add(keys_g, xval=exact_g, graph=True)
     known.add(top_keys[~in_graph], kval=top_kval[~in_graph])
     known.kval[np.searchsorted(known.keys, top_keys)] = top_kval
-    # references: cos_ij ≤ w_i + refs[ref_of_row[i]][j] for every entry (i, j) not known
+    # each row's best column by raw kernel value joins the graph too: the estimated prices only add
+    # candidates, they can never hide a clean partner
+    raw_keys = np.arange(m, dtype=np.int64) * n + first.raw_col
+    raw_keys, raw_exact = _exact(np.setdiff1d(raw_keys, known.keys[known.graph]), a64, b64, stats)
+    known.add(raw_keys, xval=raw_exact, graph=True)
+    # references: cos_ij ≤ w_i + refs[ref_of_row[i]][j] for every entry (i, j) not known; rows still
+    # on the candidate pass's reference also have cos_ij ≤ raw_w_i (+ 0·v) for every j but their best
     refs: list[np.ndarray] = [first.shift]
     ref_of_row = np.zeros(m, dtype=np.int64)
     w = (first.value[:, k] + first.slack + err) if k < n else np.full(m, -np.inf)
+    raw_w = first.raw_val[:, 1] + err
     # row potentials û_i (each row's best value at the estimated prices)
     row_pot = first.value[:, 0]
     stats.timings["exact_values"] = time.perf_counter() - clock
@@ -398,7 +405,7 @@ def solve_certified(
             stats.timings["solve"] += time.perf_counter() - clock
             clock = time.perf_counter()
             found = _graph_duals(known, row_col, n, stats, refs[0] if v is None else v,
-                                 lambda uu, vv: _unproven_rows(uu, vv, refs, ref_of_row, w))
+                                 lambda uu, vv: _unproven_rows(uu, vv, refs, ref_of_row, w, raw_w))
             stats.timings["duals"] += time.perf_counter() - clock
             if found is None:
                 logger.warning("could not obtain duals for the sparse solution; giving up certification")
@@ -410,7 +417,7 @@ def solve_certified(
 
         clock = time.perf_counter()
         promoted = _certify_round(known, a64, b64, ops, u, v, refs, ref_of_row, w, stats, blk, blk_c, row_cap,
-                                  margin, near, progress)
+                                  margin, near, progress, raw_w=raw_w)
         stats.timings["certificate"] += time.perf_counter() - clock
         stats.graph_edges = int(known.graph.sum())
         stats.known_entries = len(known.keys)
@@ -503,15 +510,36 @@ def _graph_duals(known: _Known, row_col: np.ndarray, n: int, stats: SolveStats, 
     return None
 
 
-def _unproven_rows(u, v, refs, ref_of_row, w) -> int:
+def _worst_per_row(keys: np.ndarray, known: _Known, u: np.ndarray, v: np.ndarray, cap: int) -> np.ndarray:
+    """At most ``cap`` of the keys per row: those with the largest exact c − u − v. After a poor
+    first solve a row may have hundreds of violating entries; a few per row are enough to move the
+    duals, the rest stay known (and are checked again each round) without bloating the graph."""
+    if not len(keys):
+        return keys
+    keys = np.unique(keys)
+    n = known.n
+    rows, cols = keys // n, keys % n
+    excess = known.xval[np.searchsorted(known.keys, keys)] - u[rows] - v[cols]
+    order = np.lexsort((-excess, rows))
+    rows_o = rows[order]
+    starts = np.searchsorted(rows_o, rows_o, side="left")
+    rank = np.arange(len(rows_o)) - starts
+    return np.sort(keys[order][rank < cap])
+
+
+def _unproven_rows(u, v, refs, ref_of_row, w, raw_w=None) -> int:
     """Rows whose reference bound does not hold under (u, v) (outlier columns not excluded)."""
     min_delta = np.array([float(np.min(v - ref)) for ref in refs])
-    return int(np.count_nonzero(u - w + min_delta[ref_of_row] < 0))
+    proven = u - w + min_delta[ref_of_row] >= 0
+    if raw_w is not None:
+        proven |= (ref_of_row == 0) & (u - raw_w + float(v.min()) >= 0)
+    return int(np.count_nonzero(~proven))
 
 
 def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref_of_row, w, stats: SolveStats,
                    blk: int, blk_c: int, row_cap: int, margin: float, near: float, progress: bool,
-                   pool_first: bool = True, col_cap: int = 1024) -> np.ndarray | None:
+                   pool_first: bool = True, col_cap: int = 1024, promote_cap: int = 16,
+                   raw_w: np.ndarray | None = None) -> np.ndarray | None:
     """One certificate round under duals (u, v). Returns None when every entry is proven and nothing
     was added, else the keys of the entries put into the graph (empty: only known entries grew)."""
     m, n = len(u), len(v)
@@ -532,7 +560,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
 
     if pool_first and to_graph and len(to_graph[0]):
         # the assignment is not optimal on the known entries yet: solve again before any pass
-        promote = np.searchsorted(known.keys, to_graph[0])
+        promote = np.searchsorted(known.keys, _worst_per_row(to_graph[0], known, u, v, promote_cap))
         promote = promote[~known.graph[promote]]
         known.graph[promote] = True
         if len(promote):
@@ -564,6 +592,10 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
     inside[outliers] = False
     min_delta = np.array([float(np.min(v[inside] - ref[inside])) if inside.any() else 0.0 for ref in refs])
     proven = gap + min_delta[ref_of_row] >= 0
+    if raw_w is not None:
+        # rows on the candidate pass's reference: also proven by their raw second-best bound (v ≥ 0)
+        first_ref = ref_of_row == 0
+        proven |= first_ref & (u - raw_w + float(v.min()) >= 0)
     todo = np.flatnonzero(~proven)
     if logger.isEnabledFor(logging.DEBUG) and len(refs) == 1:
         logger.debug("  first reference: gap q05/25/50/75/95 %s, v - V0 q0/01/05/50/95 %s, min_delta %s, outliers %d",
@@ -601,7 +633,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             x = known.xval[idx_new]
             to_graph.append(keys[maybe & (x > u[rows_t] + v[cols_t] - near)])
     promote = np.unique(np.concatenate(to_graph)) if to_graph else np.empty(0, dtype=np.int64)
-    promote = np.searchsorted(known.keys, promote)
+    promote = np.searchsorted(known.keys, _worst_per_row(promote, known, u, v, promote_cap))
     promote = promote[~known.graph[promote]]
     known.graph[promote] = True
     if logger.isEnabledFor(logging.DEBUG):

@@ -33,6 +33,8 @@ class PassResult:
     value: np.ndarray  # [r, cap] fp64, t values (kernel − shift), descending; −inf where fewer exist
     shift: np.ndarray  # the shift actually used (fp64; exact multiples of scale for int8)
     slack: float  # rounding slack of t (0 for int8)
+    raw_col: np.ndarray | None = None  # [r] column of each row's largest kernel value (no shift)
+    raw_val: np.ndarray | None = None  # [r, 2] the two largest kernel values of each row (no shift)
 
 
 def _shift_for(ops: KernelOperands, shift: np.ndarray, device: torch.device):
@@ -75,9 +77,13 @@ def row_pass(
     known_ptr: np.ndarray | None = None,
     known_idx: np.ndarray | None = None,
     progress: bool = False,
+    raw_top2: bool = False,
 ) -> PassResult:
     """Top-``cap`` columns of t_ij = kernel(i, j) − shift_j per listed row (all rows when None),
-    known entries (CSR ``known_ptr``/``known_idx`` over all rows) excluded."""
+    known entries (CSR ``known_ptr``/``known_idx`` over all rows) excluded. With ``raw_top2``, also
+    each row's two largest kernel values before the shift and the column of the largest (an argmax
+    and a masked max: a cheap second bound, cos_ij ≤ second + row_err_i for every other column,
+    that does not depend on the shift being any good)."""
     from tqdm.auto import tqdm
 
     dev = ops.b.device
@@ -89,11 +95,25 @@ def row_pass(
     value = np.empty((len(rows_all), cap), dtype=np.float64)
     t_max = 0.0
     contiguous = rows is None
+    raw_col = np.empty(len(rows_all), dtype=np.int64) if raw_top2 else None
+    raw_val = np.empty((len(rows_all), 2)) if raw_top2 else None
     with exact_matmul():
         for start in tqdm(range(0, len(rows_all), block_rows), desc="kernel rows", disable=not progress, leave=False):
             sel = rows_all[start : start + block_rows]
             take = slice(int(sel[0]), int(sel[-1]) + 1) if contiguous else torch.from_numpy(sel).to(dev)
             block = _block_values(ops, ops.raw(take), integer)
+            if raw_top2:
+                rr = torch.arange(len(sel), device=dev)
+                best = block.argmax(dim=1)
+                top = block[rr, best].clone()
+                block[rr, best] = INT32_MIN if integer else -torch.inf
+                second = block.amax(dim=1) if n > 1 else torch.full_like(top, INT32_MIN if integer else -torch.inf)
+                block[rr, best] = top
+                pair = torch.stack([top, second], dim=1).cpu().numpy().astype(np.float64)
+                if integer:
+                    pair = np.where(pair == INT32_MIN, -np.inf, pair * ops.scale)
+                raw_val[start : start + len(sel)] = pair
+                raw_col[start : start + len(sel)] = best.cpu().numpy()
             block -= shift_t
             if known_ptr is not None:
                 lr, kc = _known_positions(known_ptr, known_idx, sel)
@@ -112,7 +132,7 @@ def row_pass(
             value[start : start + len(sel)] = v
             index[start : start + len(sel)] = idx.cpu().numpy()
     slack = 0.0 if integer else 2 * U32 * (t_max + (float(np.abs(shift_used).max()) if len(shift_used) else 0.0)) + 1e-12
-    return PassResult(index, value, shift_used, slack)
+    return PassResult(index, value, shift_used, slack, raw_col, raw_val)
 
 
 def column_pass(
