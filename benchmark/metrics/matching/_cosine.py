@@ -140,3 +140,33 @@ def row_max_cosines(
     rows = np.repeat(np.arange(m), top)
     vals = edge_cosines64(a64, b64, rows, cand.ravel()).reshape(m, top)
     return vals.max(axis=1)
+
+
+# --- the candidate-pass API other metrics use (incoherence), on top of ``_kernels`` ----------------
+# Kept so that metrics outside the matcher need not follow its internals; the kernel choice, the
+# self-checks and the error bounds are ``_kernels``' (one implementation).
+
+from benchmark.metrics.matching import _kernels  # noqa: E402  (after the helpers above; no cycle)
+
+CANDIDATE_PRECISIONS = _kernels.CANDIDATE_PRECISIONS
+fp32_cosine_error_bound = _kernels.fp32_cosine_error_bound
+exact_fp32_matmul = _kernels.exact_matmul
+
+
+def int8_matmul_is_exact(device: str = "cpu") -> bool:
+    """Whether ``torch._int_mm`` on ``device`` passes the int8 self-check (exact int32 sums)."""
+    return _kernels.kernel_verified("int8", device, 1024)
+
+
+def candidate_operands(a64: torch.Tensor, b64: torch.Tensor, device: torch.device,
+                       precision: str = "auto") -> _kernels.KernelOperands:
+    """Kernel operands for ``a64 @ b64.T`` (fp64 unit rows) with their rigorous per-row error bound
+    ``row_err``; ``precision`` is "auto" (chosen at run time) or a forced kind (see ``_kernels``)."""
+    return _kernels.kernel_operands(a64, b64, device, precision)
+
+
+def candidate_block(ops: _kernels.KernelOperands, rows: slice | torch.Tensor) -> torch.Tensor:
+    """Raw kernel values of ``ops.a[rows]`` against every column: int32 or fp32 (bf16 widened, which is
+    exact), to be multiplied by ``ops.scale``."""
+    raw = ops.raw(rows)
+    return raw if raw.dtype in (torch.int32, torch.float32) else raw.to(torch.float32)
