@@ -162,6 +162,9 @@ class UnitProvenance:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     data_hash: str | None = None
     setup_s: float = 0.0
+    # what the task reported about HOW it computed (e.g. the matching kernels chosen at run time):
+    # no column of its own, stored in every row's ``extra`` under "provenance"
+    computation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def unit_key(self) -> str:
@@ -211,11 +214,12 @@ def make_rows(
     }
     rows = []
     for m in metrics:
+        extra = {**m.extra, "provenance": provenance.computation} if provenance.computation else m.extra
         rows.append({
             **shared,
             "metric": m.metric, "subset": m.subset, "value": m.value, "std": m.std, "ci_low": m.ci_low,
             "ci_high": m.ci_high, "n": m.n, "direction": directions.get(m.metric, "none"), "note": m.note,
-            "extra": json.dumps(m.extra, sort_keys=True, default=_json_default),
+            "extra": json.dumps(extra, sort_keys=True, default=_json_default),
         })
     return to_table_frame(pd.DataFrame(rows, columns=list(COLUMNS)))
 

@@ -285,7 +285,9 @@ class TaskOutput:
     metrics: list[MetricValue]
     artifacts: dict[str, pd.DataFrame] = field(default_factory=dict)
     data_hash: str | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)  # e.g. model revision, kernels used
+    # model fields (model, model_revision, hook, ...) override the manifest's; "checkpoints" replaces the
+    # SAE records; any other key (e.g. matching_kernels) is stored in every row's extra["provenance"]
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 class Task:

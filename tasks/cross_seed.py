@@ -141,6 +141,7 @@ class CrossSeedResult:
     histogram: pd.DataFrame
     by_frequency: pd.DataFrame | None = None
     matching_methods: list[str] = field(default_factory=list)
+    matching_kernels: list[str] = field(default_factory=list)  # kernels of the exact matcher ("dense": no kernel)
 
 
 def compute_cross_seed(
@@ -229,6 +230,7 @@ def compute_cross_seed(
     return CrossSeedResult(
         metrics=metrics, pairs=pairs, latents=latent_table(pairs, act), histogram=cosine_histogram(pairs),
         by_frequency=by_freq, matching_methods=methods,
+        matching_kernels=sorted({m.kernel or "dense" for p in pairs.values() for m in (p.decoder, p.encoder)}),
     )
 
 
@@ -385,4 +387,5 @@ class CrossSeedTask(Task):
             artifacts["consistency_by_frequency"] = result.by_frequency
         provider = inputs.activations
         data_hash = (str(getattr(provider, "key", "")) or None) if provider is not None else None
-        return TaskOutput(metrics=result.metrics, artifacts=artifacts, data_hash=data_hash)
+        return TaskOutput(metrics=result.metrics, artifacts=artifacts, data_hash=data_hash,
+                          provenance={"matching_kernels": result.matching_kernels})

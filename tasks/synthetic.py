@@ -103,6 +103,7 @@ def evaluate_preset(saes: dict[int, Any], organism, *, device: str = "cpu", eval
         best = row_max_cosines(truth, decoders[s], device=device)
         stats = reconstruction_stats(saes[s], x_eval, device=device)
         per_seed.append({"preset": preset, "seed": s, "gt_mcc": match.value, "certified": match.certified,
+                         "matching_kernel": match.kernel or "dense",
                          "gt_mean_max_cosine": float(best.mean()),
                          "gt_recovered_fraction": float((best > recovered_threshold).mean()), **stats})
         matched = np.full(organism.n_features, np.nan)
@@ -129,9 +130,12 @@ def evaluate_preset(saes: dict[int, Any], organism, *, device: str = "cpu", eval
     pair_rows = []
     for a, b in itertools.combinations(seeds, 2):
         pair = compare_pair(a, saes[a], b, saes[b], device=device)
+        kernels = sorted({m.kernel or "dense" for m in (pair.decoder, pair.encoder)})
         pair_rows.append({"preset": preset, "seed_a": a, "seed_b": b, "decoder_pw_mcc": pair.decoder.mcc,
-                          "encoder_mcc": pair.encoder.mcc, "shared_fraction": float(pair.shared_a.mean())})
-    pairs = pd.DataFrame(pair_rows, columns=["preset", "seed_a", "seed_b", "decoder_pw_mcc", "encoder_mcc", "shared_fraction"])
+                          "encoder_mcc": pair.encoder.mcc, "shared_fraction": float(pair.shared_a.mean()),
+                          "matching_kernel": ",".join(kernels)})
+    pairs = pd.DataFrame(pair_rows, columns=["preset", "seed_a", "seed_b", "decoder_pw_mcc", "encoder_mcc", "shared_fraction",
+                                             "matching_kernel"])
     if len(pairs):
         for name in ("decoder_pw_mcc", "shared_fraction"):
             mean, std = mean_std(pairs[name])
@@ -171,10 +175,11 @@ class SyntheticTask(Task):
         artifacts=(
             ArtifactSpec("per_seed", "one row per (preset, seed): GT-MCC, certification, max-cosine recovery, L0, "
                          "explained variance, never-fired fraction",
-                         ("preset", "seed", "gt_mcc", "certified", "gt_mean_max_cosine", "gt_recovered_fraction", "l0",
-                          "explained_variance", "never_fired_fraction")),
+                         ("preset", "seed", "gt_mcc", "certified", "matching_kernel", "gt_mean_max_cosine",
+                          "gt_recovered_fraction", "l0", "explained_variance", "never_fired_fraction")),
             ArtifactSpec("pairs", "one row per (preset, seed pair): decoder and encoder MCC and shared fraction",
-                         ("preset", "seed_a", "seed_b", "decoder_pw_mcc", "encoder_mcc", "shared_fraction")),
+                         ("preset", "seed_a", "seed_b", "decoder_pw_mcc", "encoder_mcc", "shared_fraction",
+                          "matching_kernel")),
             ArtifactSpec("features", "one row per (preset, seed, true feature): matched and best cosine, firing probability",
                          ("preset", "seed", "feature", "matched_cosine", "best_cosine", "firing_probability")),
         ),
@@ -246,6 +251,10 @@ class SyntheticTask(Task):
         }
         if records:
             provenance["checkpoints"] = records
+        # kernels the exact matcher chose at run time (self-check and timing on this machine)
+        kernels = {k for table in artifacts.get("per_seed", []) + artifacts.get("pairs", [])
+                   for cell in table["matching_kernel"] for k in str(cell).split(",")}
+        provenance["matching_kernels"] = sorted(kernels)
         data_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()[:16]
         return TaskOutput(metrics=metrics, artifacts={k: pd.concat(v, ignore_index=True) for k, v in artifacts.items()},
                           data_hash=data_hash, provenance=provenance)

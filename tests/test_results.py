@@ -131,3 +131,16 @@ def test_stale_inputs_are_superseded_only_after_the_new_unit_is_stored(tmp_path)
     assert moved == ["a" * 16 + "-" + "1" * 16]
     assert store.read()["value"].tolist() == [2.0]
     assert list((tmp_path / "superseded" / "run-2").rglob("*.parquet"))
+
+
+def test_task_reported_provenance_reaches_every_row():
+    """Keys a task reports beyond the model fields (e.g. the matching kernels) are kept in each
+    row's extra; rows of a unit without them keep their extra unchanged."""
+    from dataclasses import replace
+
+    prov = replace(_prov(), computation={"matching_kernels": ["int8"]})
+    rows = make_rows([MetricValue("a", 1.0, extra={"k": 2}), MetricValue("b", 2.0)], prov, {}, timestamp="t", runtime_s=0.0)
+    assert [json.loads(e) for e in rows.extra] == [{"k": 2, "provenance": {"matching_kernels": ["int8"]}},
+                                                   {"provenance": {"matching_kernels": ["int8"]}}]
+    plain = make_rows([MetricValue("a", 1.0, extra={"k": 2})], _prov(), {}, timestamp="t", runtime_s=0.0)
+    assert json.loads(plain.extra.iloc[0]) == {"k": 2}

@@ -81,13 +81,17 @@ def compute_unit(unit: PlannedUnit, sub_inputs: SubmissionInputs, settings: RunS
         raise TaskError(f"task {meta.name} v{meta.version} returned no metric values (got {type(output).__name__})")
     fields = model_fields(manifest)
     extra_prov = dict(output.provenance)
+    checkpoints = extra_prov.pop("checkpoints", None)
+    # model fields the task knows better (synthetic organisms) override the manifest's; any other key
+    # (kernels chosen at run time, ...) is kept with the rows instead of being dropped
+    computation = {k: v for k, v in extra_prov.items() if k not in fields}
     provenance = UnitProvenance(
         run_id=run_id, submission=manifest.name, submission_kind=manifest.submission.kind,
         local=bool(manifest.submission.is_local), task=meta.name, task_version=meta.version,
         benchmark_version=BENCHMARK_VERSION, git_sha=git_sha(),
         device=settings.device, dtype=spec.dtype, spec=spec.canonical(), spec_hash=spec.hash,
         inputs=unit.inputs_record, inputs_hash=unit.inputs_hash, seeds=list(manifest.submission.seeds),
-        checkpoints=extra_prov.pop("checkpoints", None) or records, data_hash=output.data_hash, setup_s=setup_s,
+        checkpoints=checkpoints or records, data_hash=output.data_hash, setup_s=setup_s, computation=computation,
         **{**fields, **{k: v for k, v in extra_prov.items() if k in fields}},
     )
     rows = make_rows(

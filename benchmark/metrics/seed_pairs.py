@@ -47,6 +47,7 @@ class PairMatch:
     cos_b: np.ndarray
     method: str = ""
     certified: bool | None = None
+    kernel: str = ""  # kernel of the exact matcher's passes ("int8", "bf16", "fp32"; "" for a dense solve)
 
     @property
     def cosines(self) -> np.ndarray:
@@ -67,14 +68,14 @@ def match_rows(a: torch.Tensor, b: torch.Tensor, *, device: str = "cpu") -> Pair
     rows_a = np.asarray(res.rows_a, dtype=np.int64)
     rows_b = np.asarray(res.rows_b, dtype=np.int64)
     cos = np.asarray(res.cosines, dtype=np.float64)
-    method, certified = str(res.method), res.certified
+    method, certified, kernel = str(res.method), res.certified, str(res.kernel)
     partner_a = np.full(m, -1, dtype=np.int64)
     partner_b = np.full(n, -1, dtype=np.int64)
     cos_a = np.full(m, np.nan)
     cos_b = np.full(n, np.nan)
     partner_a[rows_a], cos_a[rows_a] = rows_b, cos
     partner_b[rows_b], cos_b[rows_b] = rows_a, cos
-    return PairMatch(partner_a, cos_a, partner_b, cos_b, method=method, certified=certified)
+    return PairMatch(partner_a, cos_a, partner_b, cos_b, method=method, certified=certified, kernel=kernel)
 
 
 def max_cosines(a: torch.Tensor, b: torch.Tensor, *, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:

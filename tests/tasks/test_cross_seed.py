@@ -294,3 +294,41 @@ def test_runner_passes_optional_activations_and_survives_their_failure(tmp_path)
     rows = ResultStore(tmp_path / "r2").read()
     l0 = rows[rows.metric == "l0"]
     assert len(l0) == 1 and rows[rows.metric == "l0"]["data_hash"].iloc[0] == FakeProvider.key
+
+
+def test_matching_kernel_is_recorded_in_the_stored_rows(tmp_path, monkeypatch):
+    """The kernel the exact matcher used reaches every stored row (extra["provenance"]): "dense"
+    for a small pair, the forced kernel when the sparse matcher runs."""
+    import json
+
+    from benchmark.metrics import matching
+    from benchmark.metrics.matching import _kernels
+    from benchmark.runner import run_benchmark
+    from benchmark.sae.checkpoints.native import save_native
+    from benchmark.submission.manifest import load_manifest
+
+    rng = np.random.default_rng(9)
+    base = rng.normal(size=(40, 6))
+    lines = []
+    for s in (0, 1):
+        save_native(make_sae(base + 0.1 * rng.normal(size=base.shape)), tmp_path / f"seed{s}")
+        lines.append(f'[[checkpoints]]\nseed = {s}\nlocal = "seed{s}"\n')
+    manifest_path = tmp_path / "sub.toml"
+    manifest_path.write_text(
+        'name = "test/xs"\nkind = "checkpoints"\ntitle = "t"\nauthors = ["a"]\nlicense = "MIT"\n'
+        '[model]\nname = "m"\nhook = "blocks.0.hook_resid_post"\nlocal = "model"\n'
+        '[sae]\narchitecture = "standard"\nwidth = 40\nd_in = 6\nformat = "native"\n' + "\n".join(lines)
+    )
+    manifest = load_manifest(manifest_path)
+
+    def kernels_stored(results):
+        summary = run_benchmark([manifest], ["cross-seed"], results_dir=tmp_path / results, cache_dir=tmp_path / "c",
+                                quiet=True, skip_activations=True)
+        assert [o.status for o in summary.outcomes] == ["done"], summary.render()
+        rows = ResultStore(tmp_path / results).read()
+        return {json.dumps(json.loads(extra)["provenance"], sort_keys=True) for extra in rows.extra}
+
+    assert kernels_stored("dense") == {json.dumps({"matching_kernels": ["dense"]})}
+    monkeypatch.setattr(matching, "DENSE_MAX_ENTRIES", 0)  # every pair through the sparse matcher
+    monkeypatch.setenv(_kernels.ENV_VAR, "fp32")
+    assert kernels_stored("sparse") == {json.dumps({"matching_kernels": ["fp32"]})}

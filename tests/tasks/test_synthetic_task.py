@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -231,6 +232,8 @@ def test_end_to_end_recipe(tmp_path):
     assert len(main) == 1 and main.iloc[0]["n"] == 2 and main.iloc[0]["model"] == "synthetic:song2025-toy"
     assert set(frame[frame.subset.str.contains("seed=")].subset) == {"preset=song2025-toy,seed=1", "preset=song2025-toy,seed=2"}
     assert frame["data_hash"].notna().all()
+    # the toy preset is small enough for the dense solve: no kernel pass ran
+    assert {json.dumps(json.loads(e)["provenance"]) for e in frame.extra} == {'{"matching_kernels": ["dense"]}'}
     again = run_benchmark([load_manifest(path)], ["synthetic"], results_dir=tmp_path / "results", cache_dir=tmp_path / "cache", quiet=True)
     assert again.outcomes[0].status == "cached"
 

@@ -24,6 +24,7 @@ import torch
 from benchmark.errors import CanonBenchError
 from benchmark.metrics.matching import _cosine as cz
 from benchmark.metrics.matching._engine import solve_certified, solve_dense
+from benchmark.metrics.matching._kernels import CANDIDATE_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ class Matching:
     dead_b: int
     seconds: float
     details: dict = field(default_factory=dict, repr=False)
+    # kernel of the cheap passes ("int8", "bf16", "fp32"; "" for the dense method) and the
+    # self-check timings that chose it (seconds per probe matmul and kind), for provenance
+    kernel: str = ""
+    kernel_timings: dict = field(default_factory=dict, repr=False)
 
     @property
     def total(self) -> float:
@@ -83,27 +88,29 @@ def match_dictionaries(
     *,
     device: str | torch.device = "cpu",
     method: str = "auto",
-    k: int = 1,
-    fix_margin: float = 0.2,
+    k: int = 16,
+    fix_margin: float | None = None,
     max_rounds: int = 100,
     block_rows: int | None = None,
     progress: bool = False,
     candidates: str = "auto",
+    price_sample: int = 1024,
 ) -> Matching:
     """Optimal signed-cosine matching between the rows of ``a`` [m, d] and ``b`` [n, d].
 
-    device: where the fp32 cosine blocks are computed ("cpu", "cuda", a torch.device); exact fp64
-    work stays on the CPU. method: "auto" (dense below ~1M entries, else sparse), "dense" (fp64 cost
-    matrix + scipy ``linear_sum_assignment``; memory O(m·n)) or "sparse" (top-k candidates, residual
-    solve, dual certificate; memory O((m + n)·d + m·k)). k: entries per row whose exact value is kept
-    from the first pass (the (k+1)-th largest cosine bounds the rest of the row; more entries are
-    added as the certificate needs them). fix_margin: a mutual best pair is fixed tentatively when
-    it beats the row's runner-up by this much (a heuristic only: wrong guesses are detected and undone).
-    max_rounds: certificate rounds before giving up (then ``certified`` is False). candidates:
-    arithmetic of the sparse method's first pass over all m·n cosines: "int8" (one int8 code per
-    entry, exact int32 sums, ~2× fp32 on AVX-512 VNNI CPUs; a rigorous per-row quantisation bound,
-    rows it cannot prove are rechecked in fp32), "fp32", or "auto" (int8 on CPUs where it is verified
-    exact and its bound is below 0.05, else fp32). The result is exact either way.
+    device: where the kernel passes run ("cpu", "cuda", a torch.device); exact fp64 work and the
+    sparse solves stay on the CPU. method: "auto" (dense below ~1M entries, else sparse), "dense"
+    (fp64 cost matrix + scipy ``linear_sum_assignment``; memory O(m·n)) or "sparse" (candidate
+    graph, sparse LAPJV, dual certificate; memory O((m + n)·d + known entries)). k: columns per row
+    taken from the candidate pass, ranked at estimated prices (more are added as the certificate
+    needs them). price_sample: rows of the random subproblem solved densely to estimate column
+    prices (0: none). max_rounds: certificate rounds before giving up (then ``certified`` is False).
+    candidates: kernel of the passes over all m·n cosines: "int8" (exact int32 sums of int8 codes),
+    "bf16" (fp32 accumulation, verified), "fp32", or "auto" (the fastest kernel that passes its
+    self-check on this machine; see ``_kernels``). Every kernel carries a rigorous per-row error
+    bound, so the result is exact either way; ``Matching.kernel`` records the one used.
+    fix_margin: no longer used (the sparse solver needs no tentatively fixed pairs); accepted so
+    that older callers keep working.
     """
     start = time.perf_counter()
     a64 = cz.as_float_rows(a, "a")
@@ -114,8 +121,8 @@ def match_dictionaries(
         raise CanonBenchError(f"unknown method {method!r} (auto, dense, sparse)", field="method")
     if k < 1:
         raise CanonBenchError(f"k must be >= 1, got {k}", field="k")
-    if candidates not in cz.CANDIDATE_PRECISIONS:
-        raise CanonBenchError(f"unknown candidates {candidates!r} {cz.CANDIDATE_PRECISIONS}", field="candidates")
+    if candidates not in CANDIDATE_PRECISIONS:
+        raise CanonBenchError(f"unknown candidates {candidates!r} {CANDIDATE_PRECISIONS}", field="candidates")
     dev = cz.resolve_device(device)
     unit_a, live_a = cz.unit_rows64(a64, "a")
     unit_b, live_b = cz.unit_rows64(b64, "b")
@@ -134,6 +141,7 @@ def match_dictionaries(
     details: dict = {}
     certified = True
     used_method = "dense"
+    kernel, kernel_timings = "", {}
     if len(live_rows):
         small_live = small if len(live_rows) == m else small[torch.from_numpy(live_rows)]
         if method == "dense" or (method == "auto" and len(live_rows) * n <= DENSE_MAX_ENTRIES):
@@ -141,10 +149,10 @@ def match_dictionaries(
         else:
             raw = solve_certified(
                 small_live, large, device=dev, k=k, max_rounds=max_rounds, block_rows=block_rows,
-                near_margin=0.02, add_per_row=max(16, 2 * k), fix_margin=fix_margin, progress=progress,
-                candidates=candidates,
+                progress=progress, candidates=candidates, price_sample=price_sample,
             )
             details.update(vars(raw.stats))
+            kernel, kernel_timings = raw.stats.candidates, dict(raw.stats.kernel_timings)
         certified, used_method = raw.certified, raw.method
         row_col[live_rows] = raw.row_col
         cosines[live_rows] = raw.row_value
@@ -169,6 +177,8 @@ def match_dictionaries(
         dead_b=int((~live_b).sum()),
         seconds=time.perf_counter() - start,
         details=details,
+        kernel=kernel,
+        kernel_timings=kernel_timings,
     )
 
 

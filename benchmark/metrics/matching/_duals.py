@@ -38,6 +38,8 @@ class NegativeCycle:
 
     columns: np.ndarray  # columns on the negative cycles / improving paths found
     iterations: int
+    pred: np.ndarray | None = None  # shortest-path predecessor row of each column when it was found
+    path_ends: np.ndarray | None = None  # unmatched columns reached at negative distance (improving paths)
 
 
 def _cycle_columns(pred_row: np.ndarray, row_col: np.ndarray) -> np.ndarray:
@@ -68,6 +70,7 @@ def exchange_duals(
     check_every: int = 16,
     warm: "Duals | None" = None,
     warm_rows: np.ndarray | None = None,
+    start_col: np.ndarray | None = None,
 ) -> Duals | NegativeCycle:
     """Bellman-Ford (vectorised, frontier-driven) on the exchange graph of an assignment.
 
@@ -77,10 +80,17 @@ def exchange_duals(
     columns of a negative cycle (the assignment is not optimal on the known entries).
     ``warm``: the result of an earlier call with the same assignment and fewer known entries; only
     ``warm_rows`` (rows that gained entries) then start the search.
+    ``start_col``: column duals to start from (≥ 0, 0 on unmatched columns; any assignment): the
+    result is then the smallest feasible v ≥ start_col, so duals move only where the constraints
+    force them (certificates made under earlier duals stay valid where nothing changed). It can
+    fail (an unmatched column forced above 0) where cold duals would not: retry without it.
     """
     m = len(row_col)
     if warm is not None:
         y, pred = -warm.col, warm.pred.copy()
+    elif start_col is not None:
+        y = -np.asarray(start_col, dtype=np.float64).copy()
+        pred = np.full(n_cols, -1, dtype=np.int64)
     else:
         y = np.zeros(n_cols)
         pred = np.full(n_cols, -1, dtype=np.int64)
@@ -120,11 +130,10 @@ def exchange_duals(
             break
         y[improved] = best[improved]
         is_improved[improved] = True
-        # predecessors of improved columns (a row achieving the minimum)
+        # predecessors of improved columns (a row achieving the minimum; any one of them on ties)
         hit = best[cand_cols] == cand
         hit &= is_improved[cand_cols]
-        hit_cols, first = np.unique(cand_cols[hit], return_index=True)
-        pred[hit_cols] = e_rows[sel][hit][first]
+        pred[cand_cols[hit]] = e_rows[sel][hit]
         if dense_best is not None:
             # argmin only for the columns that improved through the dense block (few)
             from_dense = np.flatnonzero((dense_best <= best[dense_cols]) & is_improved[dense_cols])
@@ -132,18 +141,18 @@ def exchange_duals(
                 arg = through[:, from_dense].argmin(axis=0)
                 pred[dense_cols[from_dense]] = dense_rows[local[arg]]
         is_improved[improved] = False
-        changed_rows = col_to_row[improved]
-        changed_rows = np.unique(changed_rows[changed_rows >= 0])
+        changed_rows = col_to_row[improved]  # distinct: σ is one-to-one, improved columns are distinct
+        changed_rows = np.sort(changed_rows[changed_rows >= 0])
         if it % check_every == 0 or it > n_cols + 1:
             cyc = _cycle_columns(pred, row_col)
             if len(cyc) or it > n_cols + 1:
-                return NegativeCycle(cyc, it)
+                return NegativeCycle(cyc, it, pred)
     # A negative distance at an unmatched column is an improving alternating path ending there.
     unmatched = np.ones(n_cols, dtype=bool)
     unmatched[row_col] = False
     bad = np.flatnonzero(unmatched & (y < -RELAX_TOL))
     if len(bad):
-        return NegativeCycle(_path_columns(bad, pred, row_col), it)
+        return NegativeCycle(_path_columns(bad, pred, row_col), it, pred, bad[np.argsort(y[bad])])
     v = -y
     u = row_value - v[row_col]
     return Duals(u, v, it, pred)
@@ -159,3 +168,53 @@ def _path_columns(ends: np.ndarray, pred_row: np.ndarray, row_col: np.ndarray) -
         nxt = row_col[rows[rows >= 0]]
         frontier = np.unique(nxt[~seen[nxt]])
     return np.flatnonzero(seen)
+
+
+def apply_improvement(row_col: np.ndarray, found: NegativeCycle) -> np.ndarray | None:
+    """The assignment after the exchanges ``found`` proves improving: every negative cycle of the
+    predecessor graph (column j is taken by row pred[j], which leaves column σ(pred[j])), else the
+    improving paths into unmatched columns, most negative first, as long as they share no column.
+    None when nothing can be applied."""
+    if found.pred is None:
+        return None
+    pred = found.pred
+    new = row_col.copy()
+    changed = False
+    done = np.zeros(len(pred), dtype=bool)
+    for c0 in found.columns if found.path_ends is None else []:
+        if done[c0]:
+            continue
+        # walk back from c0 until a column repeats: that column lies on a cycle
+        seen, j = set(), int(c0)
+        while j not in seen and pred[j] >= 0 and not done[j]:
+            seen.add(j)
+            j = int(row_col[pred[j]])
+        if pred[j] < 0 or done[j] or j not in seen:
+            continue
+        start = j
+        while True:
+            r = int(pred[j])
+            done[j] = True
+            new[r] = j
+            j = int(row_col[r])
+            if j == start:
+                break
+        changed = True
+    for end in (found.path_ends if found.path_ends is not None else []):
+        path, j = [], int(end)
+        while pred[j] >= 0 and not done[j] and len(path) <= len(row_col):
+            r = int(pred[j])
+            path.append((r, j))
+            j = int(row_col[r])
+        if pred[j] >= 0 or done[j] or len(path) > len(row_col):
+            continue  # blocked by an applied path, or not a simple path
+        cols = [c for _, c in path] + [j]
+        if len(set(cols)) != len(cols):
+            continue
+        for r, c in path:
+            new[r] = c
+        done[cols] = True
+        changed = True
+    if not changed or len(np.unique(new)) != len(new):
+        return None
+    return new

@@ -1,20 +1,27 @@
 """Exact maximum-weight matching of dictionary rows without the full cosine matrix.
 
 Route (rows = the smaller dictionary; every live row is matched):
-1. One blocked candidate pass (int8 codes with exact int32 sums, or fp32) keeps each row's top-(k+1)
-   candidate values and each column's maximum; every candidate value is within a rigorous per-row
-   bound of the exact cosine.
-2. Mutual best pairs beating the row's runner-up by ``fix_margin`` are fixed tentatively; the other
-   rows × unused columns form the residual block, computed exactly in fp64 and solved on its top
-   entries with sparse LAPJV (repaired by pricing when that guess is proven wrong, densely as a
-   last resort).
-3. Bellman-Ford on the exchange graph of all exactly known entries gives LP duals (u, v ≥ 0), or an
-   improving cycle/path; fixed pairs on it are released and step 2 repeats.
-4. Certificate over every other entry: the duals are lifted along fixed pairs (still optimal), then
-   row i is proven when u_i + min v over the columns it does not know ≥ its (k+1)-th candidate
-   value + the candidate error bound. Other rows get their full row recomputed in fp32 blocks and every
-   possibly violated entry is added with its exact fp64 value, then back to step 3. Weak duality
-   turns a clean certificate into a proof: no assignment of the dense problem beats this one.
+1. Prices. A random s × s' sample of the problem is solved densely (exact fp64, scipy); its row duals,
+   c-transformed over every column (one kernel pass of the s sampled rows), estimate column prices
+   v̂. Real decoder dictionaries are anisotropic: some columns have high cosines with many rows, and
+   the optimum uses entries far down a row's raw ranking (rank ~1000 of 8K measured); at estimated
+   prices the useful entries are near the top. Prices are a heuristic: they never affect exactness.
+2. Candidate pass (the chosen kernel: int8, bf16 or fp32, see ``_kernels``): per row, the k columns
+   with the largest ``kernel − v̂_j`` become known exactly (fp64); the (k+1)-th value bounds the rest
+   of the row rigorously. Columns that few rows chose get their best rows by ``kernel − û_i`` too.
+3. The known entries in the graph are solved with scipy's sparse LAPJV
+   (``min_weight_full_bipartite_matching``); when the graph has no full matching it is completed
+   (maximum matching + unmatched rows paired with unmatched columns) and solved again.
+4. LP duals of that assignment: shortest paths on its exchange graph (``_duals``); an improving
+   cycle, if rounding ever produced one, is applied and the duals recomputed.
+5. Certificate over every entry. A row holds a reference bound ``cos_ij ≤ w_i + V_r[j]`` for all its
+   unknown entries (from the candidate pass, or from a later row pass under that round's duals).
+   It is proven when u_i − w_i + min_j (v_j − V_r[j]) ≥ 0; the few columns where v fell far below V_r
+   are checked directly by a column pass instead of spoiling the minimum. Unproven rows get a row
+   pass under the current duals: its top entries by ``kernel + err_i − u_i − v_j`` become known
+   (exactly when they may matter) and the rest gets a new reference bound. Entries that violate, or
+   nearly violate, the duals go into the graph and step 3 repeats. Weak duality turns a round with
+   nothing added into a proof: no assignment of the dense problem beats this one.
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 import scipy.sparse as sp
+import torch
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
 from benchmark.metrics.matching import _cosine as cz
-from benchmark.metrics.matching._duals import Duals, exchange_duals
+from benchmark.metrics.matching import _passes as ps
+from benchmark.metrics.matching._duals import RELAX_TOL, Duals, apply_improvement, exchange_duals
+from benchmark.metrics.matching._kernels import U32, KernelOperands, kernel_operands
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +47,23 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SolveStats:
     rounds: int = 0
-    released_pairs: int = 0
-    residual_rows: int = 0
-    known_entries: int = 0
-    fine_checked_rows: int = 0
+    solves: int = 0  # sparse LAPJV solves
+    completions: int = 0  # graphs completed because they had no full matching
+    improvements: int = 0  # improving cycles/paths applied (after a solve's rounding, or a repair)
+    repairs: int = 0  # dual updates after violating entries joined the graph, without a new solve
+    warm_duals: int = 0  # solves whose duals were started from the previous ones (fewer rows unproven)
+    graph_edges: int = 0
+    known_entries: int = 0  # graph + pool (entries whose value is known)
+    exact_entries: int = 0  # fp64 cosines computed
+    row_pass_rows: int = 0  # rows priced against every column after the candidate pass
+    column_pass_cols: int = 0  # columns priced against every row
+    fine_checked_rows: int = 0  # alias of row_pass_rows, kept for older readers
     bf_iterations: int = 0
-    residual_retries: int = 0  # residual solves redone after a proven-suboptimal guess
-    candidates: str = ""  # precision of the candidate pass: "int8" or "fp32"
-    candidate_error: float = 0.0  # largest rigorous bound on |candidate value − cosine|
+    price_sample: int = 0  # rows in the price sample (0: no prices)
+    candidates: str = ""  # kernel of the passes: "int8", "bf16" or "fp32"
+    candidate_error: float = 0.0  # largest rigorous bound on |kernel value − cosine|
+    kernel_reason: str = ""
+    kernel_timings: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
 
@@ -70,32 +88,47 @@ def solve_dense(a64: torch.Tensor, b64: torch.Tensor) -> RawSolution:
     return RawSolution(row_col, True, "dense", SolveStats(), row_value=row_value)
 
 
-class _KnownEntries:
-    """Exactly known (fp64) entries outside the residual block, deduplicated, grouped per row."""
+class _Known:
+    """Entries whose value is known: the graph (exact fp64 values, solved) and the pool (kernel values,
+    fp64 computed on demand). Keys are row·n + col, kept sorted."""
 
     def __init__(self, m: int, n: int):
         self.m, self.n = m, n
         self.keys = np.empty(0, dtype=np.int64)
-        self.vals = np.empty(0)
+        self.kval = np.empty(0)  # kernel value (nan: not computed)
+        self.xval = np.empty(0)  # exact fp64 value (nan: not computed)
+        self.graph = np.empty(0, dtype=bool)
+        self._csr = None
+        self._csc = None
 
-    def add(self, rows: np.ndarray, cols: np.ndarray, a64: torch.Tensor, b64: torch.Tensor,
-            vals: np.ndarray | None = None) -> np.ndarray:
-        """Add entries (exact values computed unless given); returns the rows that gained entries."""
-        keys = rows.astype(np.int64) * self.n + cols
+    def add(self, keys: np.ndarray, kval: np.ndarray | None = None, xval: np.ndarray | None = None,
+            graph: bool = False) -> int:
+        keys = np.asarray(keys, dtype=np.int64)
         keys, first = np.unique(keys, return_index=True)
-        new = ~np.isin(keys, self.keys, assume_unique=True)
-        keys = keys[new]
-        if not len(keys):
-            return np.empty(0, dtype=np.int64)
-        if vals is None:
-            vals = cz.edge_cosines64(a64, b64, keys // self.n, keys % self.n)
-        else:
-            vals = vals[first][new]
-        merged = np.concatenate([self.keys, keys])
+        kv = np.full(len(keys), np.nan) if kval is None else np.asarray(kval, dtype=np.float64)[first]
+        xv = np.full(len(keys), np.nan) if xval is None else np.asarray(xval, dtype=np.float64)[first]
+        pos = np.searchsorted(self.keys, keys)
+        present = (pos < len(self.keys)) & (self.keys[np.minimum(pos, len(self.keys) - 1)] == keys) if len(self.keys) else np.zeros(len(keys), bool)
+        # entries already known: merge values, maybe promote to the graph
+        if present.any():
+            p = pos[present]
+            fill = np.isnan(self.xval[p]) & ~np.isnan(xv[present])
+            self.xval[p[fill]] = xv[present][fill]
+            fill = np.isnan(self.kval[p]) & ~np.isnan(kv[present])
+            self.kval[p[fill]] = kv[present][fill]
+            if graph:
+                self.graph[p] = True
+        new = ~present
+        if not new.any():
+            return 0
+        merged = np.concatenate([self.keys, keys[new]])
         order = np.argsort(merged, kind="stable")
         self.keys = merged[order]
-        self.vals = np.concatenate([self.vals, vals])[order]
-        return np.unique(keys // self.n)
+        self.kval = np.concatenate([self.kval, kv[new]])[order]
+        self.xval = np.concatenate([self.xval, xv[new]])[order]
+        self.graph = np.concatenate([self.graph, np.full(int(new.sum()), graph)])[order]
+        self._csr = self._csc = None
+        return int(new.sum())
 
     @property
     def rows(self) -> np.ndarray:
@@ -105,10 +138,150 @@ class _KnownEntries:
     def cols(self) -> np.ndarray:
         return self.keys % self.n
 
-    def cols_of(self, rows: np.ndarray) -> list[np.ndarray]:
-        starts = np.searchsorted(self.keys, rows.astype(np.int64) * self.n)
-        ends = np.searchsorted(self.keys, (rows.astype(np.int64) + 1) * self.n)
-        return [self.keys[s:e] % self.n for s, e in zip(starts, ends)]
+    def csr(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._csr is None:
+            ptr = np.searchsorted(self.keys, np.arange(self.m + 1, dtype=np.int64) * self.n)
+            self._csr = (ptr, self.cols)
+        return self._csr
+
+    def csc(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._csc is None:
+            cols = self.cols
+            order = np.argsort(cols, kind="stable")
+            ptr = np.searchsorted(cols[order], np.arange(self.n + 1))
+            self._csc = (ptr, self.rows[order])
+        return self._csc
+
+    def ensure_exact(self, idx: np.ndarray, a64: torch.Tensor, b64: torch.Tensor, stats: SolveStats) -> None:
+        todo = np.unique(idx[np.isnan(self.xval[idx])])
+        if len(todo):
+            self.xval[todo] = cz.entry_cosines64(a64, b64, self.keys[todo])
+            stats.exact_entries += len(todo)
+
+
+def _exact(keys: np.ndarray, a64: torch.Tensor, b64: torch.Tensor, stats: SolveStats) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique keys, their exact fp64 cosines)."""
+    keys = np.unique(keys)
+    stats.exact_entries += len(keys)
+    return keys, cz.entry_cosines64(a64, b64, keys)
+
+
+def _sample_prices(a64, b64, ops: KernelOperands, sample: int, ratio: int, dense_max: int, rounds: int,
+                   rng: np.random.Generator, block: int, device: torch.device) -> np.ndarray | None:
+    """Column prices from the optimum of a sampled subproblem, c-transformed over every column:
+    v̂_j = max over sampled rows i of (kernel(i, j) − u_i).
+
+    The sample keeps the problem's pairing: half of its rows and columns are random, the other half
+    are the best partners (largest kernel value) of the random columns and rows. A uniform sample
+    would lose nearly every shared pair (a row's partner is sampled with probability s/n), so its
+    prices would describe a problem with no shared latents. The sample holds about max(sample,
+    m/ratio) rows: prices from a fixed-size sample get worse as the problem grows (at 65K rows a
+    1K sample left 11M violating entries after the first solve). Samples above ``dense_max`` rows
+    are solved by this engine itself (its duals after ``rounds`` rounds; certified or not)."""
+    m, n = a64.shape[0], b64.shape[0]
+    half_r = min(max(sample, m // ratio), m) // 2
+    half_c = min(n, int(round(half_r * n / m)))
+    if half_r < 8 or half_r * 8 > m:
+        return None
+    rand_rows = rng.choice(m, half_r, replace=False)
+    rand_cols = rng.choice(n, half_c, replace=False)
+    best_cols = ps.argmax_rows(ops, rand_rows, block)
+    best_rows = ps.argmax_cols(ops, rand_cols, block)
+    rows = np.unique(np.concatenate([rand_rows, best_rows]))
+    cols = np.unique(np.concatenate([rand_cols, best_cols]))
+    if len(rows) > len(cols):  # every sampled row must be matched
+        extra = rng.permutation(np.setdiff1d(np.arange(n), cols))[: len(rows) - len(cols)]
+        cols = np.sort(np.concatenate([cols, extra]))
+    sub_a, sub_b = a64[torch.from_numpy(rows)], b64[torch.from_numpy(cols)]
+    if len(rows) <= dense_max:
+        sub = cz.dense_cosines64(sub_a, sub_b)
+        r, c = linear_sum_assignment(sub, maximize=True)
+        sigma = np.empty(len(rows), dtype=np.int64)
+        sigma[r] = c
+        empty = np.empty(0, dtype=np.int64)
+        duals = exchange_duals(sigma, sub[np.arange(len(rows)), sigma], len(cols), empty, empty, np.empty(0),
+                               np.arange(len(rows)), np.arange(len(cols)), sub)
+        if not isinstance(duals, Duals):
+            return None
+        row_dual = duals.row
+    else:
+        raw = solve_certified(sub_a, sub_b, device=device, max_rounds=rounds, candidates=ops.kind,
+                              price_sample=sample, seed=int(rng.integers(2**31)), quiet=True)
+        if raw.row_dual is None:
+            return None
+        row_dual = raw.row_dual
+    return ps.max_over_rows(ops, rows, row_dual, block)
+
+
+def _solve_graph(known: _Known, m: int, n: int, stats: SolveStats) -> tuple[np.ndarray, bool]:
+    """Optimal assignment of every row on the graph's entries (sparse LAPJV). Returns (σ, completed):
+    completed is True when the graph had no full matching and pairing edges must be added first."""
+    g = np.flatnonzero(known.graph)
+    rows, cols, vals = known.keys[g] // n, known.keys[g] % n, known.xval[g]
+    # weights shifted to [1, 3]: positive, so no stored entry is an explicit zero
+    graph = sp.csr_matrix((2.0 - vals, (rows, cols)), shape=(m, n))
+    stats.solves += 1
+    try:
+        r, c = min_weight_full_bipartite_matching(graph)
+    except ValueError:
+        return np.empty(0, dtype=np.int64), True
+    row_col = np.empty(m, dtype=np.int64)
+    row_col[r] = c
+    return row_col, False
+
+
+def _free_rows_cols(known: _Known, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns left unmatched by a maximum matching of the graph's pattern."""
+    g = np.flatnonzero(known.graph)
+    pattern = sp.csr_matrix((np.ones(len(g)), (known.keys[g] // n, known.keys[g] % n)), shape=(m, n))
+    match = maximum_bipartite_matching(pattern, perm_type="column")
+    used = np.zeros(n, dtype=bool)
+    used[match[match >= 0]] = True
+    return np.flatnonzero(match < 0), np.flatnonzero(~used)
+
+
+def _complete(known: _Known, a64, b64, ops: KernelOperands, row_pot: np.ndarray, per_col: int, blk_c: int,
+              rng: np.random.Generator, stats: SolveStats, tries: int = 3) -> None:
+    """Give the graph a full matching: columns a maximum matching leaves free get their best rows
+    at the row potentials (a column pass), repeated a few times; the rows still free are then paired
+    with free columns (edges that exist, so a full matching does too)."""
+    m, n = known.m, known.n
+    for attempt in range(tries + 1):
+        free_rows, free_cols = _free_rows_cols(known, m, n)
+        if not len(free_rows):
+            return
+        if attempt == tries:
+            keys = free_rows.astype(np.int64) * n + rng.permutation(free_cols)[: len(free_rows)]
+        else:
+            ptr, idx = known.csc()
+            colp = ps.column_pass(ops, free_cols, row_pot, per_col * 2**attempt, blk_c, ptr, idx)
+            stats.column_pass_cols += len(free_cols)
+            keys = (colp.index.astype(np.int64) * n + free_cols[:, None])[np.isfinite(colp.value)]
+        keys, vals = _exact(keys, a64, b64, stats)
+        known.add(keys, xval=vals, graph=True)
+
+
+def _choose_outlier_columns(v: np.ndarray, refs: list[np.ndarray], ref_of_row: np.ndarray, gap: np.ndarray,
+                            m: int, n: int, max_cols: int) -> np.ndarray:
+    """Columns to check directly (a column pass) instead of letting them set min_j (v_j − V_r[j]).
+
+    For each reference r, excluding its p lowest columns costs p·m (column pass) and leaves
+    #{rows of r with gap_i + Δ_(p) < 0}·n of row passes; p is chosen over 0, 1, 2, 4, … ≤ max_cols."""
+    out = []
+    for r in np.unique(ref_of_row):
+        mine = gap[ref_of_row == r]
+        delta = v - refs[r]
+        order = np.argsort(delta, kind="stable")
+        d_sorted = delta[order]
+        best_p, best_cost = 0, np.inf
+        p = 0
+        while p <= min(max_cols, n - 1):
+            cost = p * m + np.count_nonzero(mine + d_sorted[p] < 0) * n
+            if cost < best_cost:
+                best_p, best_cost = p, cost
+            p = 1 if p == 0 else 2 * p
+        out.append(order[:best_p])
+    return np.unique(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
 
 
 def solve_certified(
@@ -116,287 +289,364 @@ def solve_certified(
     b64: torch.Tensor,
     *,
     device: torch.device,
-    k: int,
-    max_rounds: int,
-    block_rows: int | None,
-    near_margin: float,
-    add_per_row: int,
-    fix_margin: float,
-    progress: bool,
+    k: int = 16,
+    max_rounds: int = 100,
+    block_rows: int | None = None,
+    progress: bool = False,
     candidates: str = "auto",
+    price_sample: int = 1024,
+    price_ratio: int = 8,
+    price_dense_max: int = 2048,
+    price_rounds: int = 3,
+    col_k: int = 8,
+    col_min: int = 8,
+    col_degree: str = "candidates",
+    graph_band: float = 2.0,
+    row_cap: int = 256,
+    margin: float = 0.15,
+    near: float = 0.02,
+    seed: int = 0,
+    repair_max: int = 64,
+    quiet: bool = False,
 ) -> RawSolution:
-    """Exact assignment of all rows of ``a64`` (live unit rows, m ≤ n) to rows of ``b64``."""
+    """Exact assignment of all rows of ``a64`` (live unit rows, m ≤ n) to rows of ``b64``.
+
+    k: columns per row from the candidate pass (those within ``graph_band`` of the row's best go into
+    the graph, the others are only known); price_sample: rows of the price subproblem (0: no
+    prices); col_k / col_min: columns among fewer than col_min rows' candidates get their col_k best rows
+    relative to the rows' best values (a column pass); row_cap / margin: a row pass keeps up to row_cap entries
+    within ``margin`` of violating the duals; near: known entries within ``near`` of violating are
+    put into the graph; up to ``repair_max`` (or m/200) violating entries are absorbed by updating
+    the duals instead of solving again."""
     m, n = a64.shape[0], b64.shape[0]
     stats = SolveStats()
+    rng = np.random.default_rng(seed)
     clock = time.perf_counter()
-    ops = cz.candidate_operands(a64, b64, device, candidates)
+    ops = kernel_operands(a64, b64, device, candidates)
+    err = ops.row_err
     stats.candidates = ops.kind
-    # fine checks always run in fp32 (tight bound); with int8 candidates the fp32 copies are made
-    # only if some row needs one
-    fp32_rows: list[torch.Tensor] = [ops.a, ops.b] if ops.kind == "fp32" else []
-    err = cz.fp32_cosine_error_bound(a64.shape[1])
-    # fp32 comparisons of scores against fp64 duals round once more (|u|,|v| ≤ 4)
-    err_cmp = err + 4e-6
+    stats.candidate_error = float(err.max())
+    if ops.choice is not None:
+        stats.kernel_reason = ops.choice.reason
+        stats.kernel_timings = dict(ops.choice.timings)
     blk = block_rows or cz.block_rows_for(n)
-    # the k largest entries of each row become known; the (k+1)-th bounds the rest of the row
-    cand = cz.candidate_pass(ops, k, blk, progress)
-    stats.candidate_error = float(ops.row_err.max())
-    row_err = ops.row_err
-    del ops
-    stats.timings["candidates"] = time.perf_counter() - clock
-    k = min(k, n)
-    if k < n:
-        row_bound = cand.top_vals[:, k] + row_err
-    else:
-        row_bound = np.full(m, -np.inf)
+    blk_c = block_rows or cz.block_rows_for(m)
+    stats.timings["kernel_setup"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    known = _KnownEntries(m, n)
-    top_cols = np.ascontiguousarray(cand.top_cols[:, :k])
-    top64 = cz.row_topk_cosines64(a64, b64, top_cols)
-    known.add(np.repeat(np.arange(m), k), top_cols.ravel(), a64, b64, top64.ravel())
+    vhat = (_sample_prices(a64, b64, ops, price_sample, price_ratio, price_dense_max, price_rounds, rng, blk_c, device)
+            if price_sample else None)
+    stats.price_sample = 0 if vhat is None else min(max(price_sample, m // price_ratio), m)  # about: rows sampled
+    if vhat is None:
+        vhat = np.zeros(n)
+    stats.timings["prices"] = time.perf_counter() - clock
+
+    # --- candidate pass ---------------------------------------------------------------------------
+    clock = time.perf_counter()
+    k = max(1, min(k, n))
+    first = ps.row_pass(ops, None, vhat, k + 1, blk, progress=progress, raw_top2=True)
+    stats.timings["candidates"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    known = _Known(m, n)
+    top_cols = first.index[:, :k]
+    top_keys = np.repeat(np.arange(m, dtype=np.int64), k) * n + top_cols.ravel()
+    top_kval = (first.value[:, :k] + first.slack + first.shift[top_cols]).ravel()  # ≥ kernel value
+    # into the graph (exact values): the row's best candidate and those within graph_band of it; the
+    # others only become known (kernel values, exact when they matter), which the row's bound needs
+    in_graph = (first.value[:, :k] >= first.value[:, :1] - graph_band).ravel()
+    keys_g, exact_g = _exact(top_keys[in_graph], a64, b64, stats)
+    known.add(keys_g, xval=exact_g, graph=True)
+    known.add(top_keys[~in_graph], kval=top_kval[~in_graph])
+    known.kval[np.searchsorted(known.keys, top_keys)] = top_kval
+    # each row's best column by raw kernel value joins the graph too: the estimated prices only add
+    # candidates, they can never hide a clean partner
+    raw_keys = np.arange(m, dtype=np.int64) * n + first.raw_col
+    raw_keys, raw_exact = _exact(np.setdiff1d(raw_keys, known.keys[known.graph]), a64, b64, stats)
+    known.add(raw_keys, xval=raw_exact, graph=True)
+    # references: cos_ij ≤ w_i + refs[ref_of_row[i]][j] for every entry (i, j) not known; rows still
+    # on the candidate pass's reference also have cos_ij ≤ raw_w_i (+ 0·v) for every j but their best
+    refs: list[np.ndarray] = [first.shift]
+    ref_of_row = np.zeros(m, dtype=np.int64)
+    w = (first.value[:, k] + first.slack + err) if k < n else np.full(m, -np.inf)
+    raw_w = first.raw_val[:, 1] + err
+    # row potentials û_i (each row's best value at the estimated prices)
+    row_pot = first.value[:, 0]
     stats.timings["exact_values"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    if col_k and k < n:
+        # columns few rows chose (over-priced by the estimate): their best rows, by a column pass
+        chosen = known.keys[known.graph] % n if col_degree == "graph" else top_cols.ravel()
+        low = np.flatnonzero(np.bincount(chosen, minlength=n) < col_min)
+        if len(low):
+            colp = ps.column_pass(ops, low, row_pot, col_k, blk_c)
+            stats.column_pass_cols += len(low)
+            keys = (colp.index.astype(np.int64) * n + low[:, None])[np.isfinite(colp.value)]
+            keys, vals = _exact(np.setdiff1d(keys, known.keys), a64, b64, stats)
+            known.add(keys, xval=vals, graph=True)
+    stats.timings["column_candidates"] = time.perf_counter() - clock
 
-    # Tentatively fix mutual best pairs that beat the row's runner-up by fix_margin (one row per
-    # column on exact ties); any wrong guess shows up as a negative cycle and is released.
-    best_col = cand.top_cols[:, 0]
-    fixed = cand.top_vals[:, 0] >= cand.col_max[best_col]
-    if cand.top_vals.shape[1] > 1:
-        fixed &= cand.top_vals[:, 0] - cand.top_vals[:, 1] >= fix_margin
-    claimed, first = np.unique(best_col[fixed], return_index=True)
-    keep = np.zeros(m, dtype=bool)
-    keep[np.flatnonzero(fixed)[first]] = True
-    fixed = keep
-    fixed_col = np.where(fixed, best_col, -1)
-    warm: Duals | None = None
-    warm_rows = np.empty(0, dtype=np.int64)
-
-    row_col = None
-    residual_key = None
-    # how the residual block is solved: "sparse" (top-k guess), then "priced" (guess repaired by
-    # pricing) when the guess was proven suboptimal, then "dense" if even that failed
-    residual_mode = "sparse"
-    resolve = False  # re-solve the same residual block in the next round
-    res_rows = res_cols = res_vals = None
-    # per-row memory of a fine check: u at that time, round, slack δ ≥ 0 left on the unknown entries
-    checked_u = np.full(m, np.nan)
-    checked_round = np.full(m, -1, dtype=np.int64)
-    checked_slack = np.full(m, -np.inf)
-    col_dual_history: list[np.ndarray] = []
+    for key in ("solve", "duals", "certificate"):
+        stats.timings[key] = 0.0
+    row_col = u = v = None
+    row_value = None
     duals: Duals | None = None
+    need_solve = True
     for rnd in range(max_rounds):
         stats.rounds = rnd + 1
-        clock = time.perf_counter()
-        key = fixed.tobytes()
-        if key != residual_key or resolve:
-            if key != residual_key:
-                residual_key = key
-                used = np.zeros(n, dtype=bool)
-                used[fixed_col[fixed]] = True
-                res_vals = _residual_block(a64, b64, np.flatnonzero(~fixed), np.flatnonzero(~used),
-                                           res_rows, res_cols, res_vals)
-                res_rows, res_cols = np.flatnonzero(~fixed), np.flatnonzero(~used)
-            resolve = False
-            row_col = fixed_col.copy()
-            # fixed rows are matched to their top-1 column, whose exact value is known
-            row_value = np.where(fixed, top64[:, 0], np.nan)
-            if len(res_rows):
-                r_loc, c_loc, top_r, top_c = _solve_residual(res_vals, residual_mode)
-                row_col[res_rows[r_loc]] = res_cols[c_loc]
-                row_value[res_rows[r_loc]] = res_vals[r_loc, c_loc]
-            stats.residual_rows = len(res_rows)
-            warm = None
-            if len(res_rows) and len(top_r):
-                # cheap pre-pass on the block's top entries; the full block then only corrects it
-                pre = exchange_duals(
-                    row_col, row_value, n,
-                    np.concatenate([known.rows, res_rows[top_r]]), np.concatenate([known.cols, res_cols[top_c]]),
-                    np.concatenate([known.vals, res_vals[top_r, top_c]]),
-                )
-                if isinstance(pre, Duals):
-                    warm, warm_rows = pre, res_rows
-        stats.timings["residual"] = stats.timings.get("residual", 0.0) + time.perf_counter() - clock
+        if need_solve:
+            clock = time.perf_counter()
+            row_col, incomplete = _solve_graph(known, m, n, stats)
+            if incomplete:
+                stats.completions += 1
+                _complete(known, a64, b64, ops, row_pot, max(col_k, 4), blk_c, rng, stats)
+                row_col, incomplete = _solve_graph(known, m, n, stats)
+                if incomplete:  # cannot happen: the completion contains a full matching
+                    raise RuntimeError("matching graph has no full matching after completion")
+            stats.timings["solve"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            found = _graph_duals(known, row_col, n, stats, refs[0] if v is None else v,
+                                 lambda uu, vv: _unproven_rows(uu, vv, refs, ref_of_row, w, raw_w))
+            stats.timings["duals"] += time.perf_counter() - clock
+            if found is None:
+                logger.warning("could not obtain duals for the sparse solution; giving up certification")
+                break
+            row_col, duals = found
+            u, v = duals.row, duals.col
+            row_value = known.xval[np.searchsorted(known.keys, np.arange(m, dtype=np.int64) * n + row_col)]
+            need_solve = False
 
         clock = time.perf_counter()
-        result = exchange_duals(
-            row_col, row_value, n, known.rows, known.cols, known.vals, res_rows, res_cols, res_vals,
-            warm=warm, warm_rows=warm_rows,
-        )
-        stats.timings["duals"] = stats.timings.get("duals", 0.0) + time.perf_counter() - clock
-        stats.bf_iterations += result.iterations
-        if not isinstance(result, Duals):
-            col_to_row = np.full(n, -1, dtype=np.int64)
-            col_to_row[row_col] = np.arange(m)
-            on_cycle = col_to_row[result.columns]
-            release = on_cycle[(on_cycle >= 0)]
-            release = release[fixed[release]]
-            if not len(release) and residual_mode != "dense":
-                # the residual solve missed an entry of the residual block: repair it, or solve densely
-                residual_mode = "priced" if residual_mode == "sparse" else "dense"
-                resolve = True
-                stats.residual_retries += 1
-                continue
-            if not len(release):  # cannot happen in exact arithmetic: the dense residual solve is exact
-                logger.warning("negative cycle without fixed pairs; releasing every fixed pair")
-                release = np.flatnonzero(fixed)
-            fixed[release] = False
-            fixed_col[release] = -1
-            stats.released_pairs += len(release)
-            logger.debug("round %d: released %d fixed pairs on negative cycles", rnd, len(release))
-            continue
-        duals = warm = result
-        clock = time.perf_counter()
-        u, v = _lift_fixed_pairs(duals.row, duals.col, row_col, fixed, row_bound, known)
-        col_dual_history.append(v)
-        # Row i is proven when u_i + min v over the columns it does not know ≥ its row bound.
-        proven = u + v.min() >= row_bound
-        outside = np.ones(n, dtype=bool)
-        outside[res_cols] = False
-        if outside.any():
-            proven |= ~fixed & (u + v[outside].min() >= row_bound)
-        else:
-            proven |= ~fixed
-        had = checked_round >= 0
-        if had.any():
-            # an earlier fine check left slack δ_i on every unknown entry of row i under the duals of
-            # its round; it still holds when u_i + v_j did not drop by more than δ_i anywhere
-            drop = np.full(m, np.inf)
-            for r_id in np.unique(checked_round[had]):
-                rows_r = np.flatnonzero(checked_round == r_id)
-                min_dv = float(np.min(v - col_dual_history[r_id]))
-                drop[rows_r] = (u[rows_r] - checked_u[rows_r]) + min_dv
-            proven |= had & (drop >= -checked_slack)
-        todo = np.flatnonzero(~proven)
-        stats.fine_checked_rows += len(todo)
-        added = 0
-        warm_rows = np.empty(0, dtype=np.int64)
-        if len(todo):
-            residual_row = ~fixed
-            residual_mask = np.zeros(n, dtype=bool)
-            residual_mask[res_cols] = True
-            if not fp32_rows:
-                fp32_rows = [a64.to(device=device, dtype=torch.float32), b64.to(device=device, dtype=torch.float32)]
-            r_idx, c_idx, score = cz.worst_unknown_entries(
-                *fp32_rows, todo, u, v, known.cols_of(todo), residual_row, residual_mask,
-                err_cmp, add_per_row, max(64, blk // 2),
-            )
-            take = score > -near_margin
-            warm_rows = known.add(r_idx[take], c_idx[take], a64, b64)
-            added = int(take.sum())
-            # slack left on the rest: −(largest score not taken), or −(smallest taken) if all were taken
-            per_row = score.reshape(len(todo), -1)
-            took = take.reshape(len(todo), -1)
-            left = np.where(took, -np.inf, per_row).max(axis=1)
-            all_taken = took.all(axis=1)
-            left = np.where(all_taken, per_row.min(axis=1), left)
-            checked_u[todo] = u[todo]
-            checked_round[todo] = len(col_dual_history) - 1
-            checked_slack[todo] = -left
-        stats.timings["certificate"] = stats.timings.get("certificate", 0.0) + time.perf_counter() - clock
+        promoted = _certify_round(known, a64, b64, ops, u, v, refs, ref_of_row, w, stats, blk, blk_c, row_cap,
+                                  margin, near, progress, raw_w=raw_w)
+        stats.timings["certificate"] += time.perf_counter() - clock
+        stats.graph_edges = int(known.graph.sum())
         stats.known_entries = len(known.keys)
-        logger.debug("round %d: %d rows fine-checked, %d entries added", rnd, len(todo), added)
-        if len(todo) == 0 or (added == 0 and bool(np.all(checked_slack[todo] >= 0))):
+        stats.fine_checked_rows = stats.row_pass_rows
+        if promoted is None:  # every row proven, nothing added: certified
             return RawSolution(row_col, True, "sparse-certified", stats, u, v, row_value)
-    logger.warning("matching not certified after %d rounds", max_rounds)
-    return RawSolution(row_col, False, "sparse-uncertified", stats, row_value=row_value)
+        if not len(promoted):
+            continue
+        # entries that violate the duals change them; few of them are repaired without a new solve
+        pr, pc = promoted // n, promoted % n
+        x = known.xval[np.searchsorted(known.keys, promoted)]
+        violating = x > u[pr] + v[pc] + RELAX_TOL
+        if not violating.any():
+            continue  # the duals stay feasible on the larger graph: same assignment, same proof
+        if violating.sum() > max(repair_max, m // 200):
+            need_solve = True  # many changes: a new sparse solve is cheaper than chains of exchanges
+            continue
+        clock = time.perf_counter()
+        found = _repair_duals(known, row_col, row_value, duals, np.unique(pr[violating]), n, stats, v)
+        stats.timings["duals"] += time.perf_counter() - clock
+        if found is None:
+            need_solve = True
+            continue
+        row_col, duals = found
+        u, v = duals.row, duals.col
+        row_value = known.xval[np.searchsorted(known.keys, np.arange(m, dtype=np.int64) * n + row_col)]
+    logger.log(logging.DEBUG if quiet else logging.WARNING, "matching not certified after %d rounds", max_rounds)
+    # the last duals are returned too (feasible on the graph only: no proof), for price estimates
+    return RawSolution(row_col, False, "sparse-uncertified", stats, u, v, row_value)
 
 
-def _lift_fixed_pairs(
-    u: np.ndarray, v: np.ndarray, row_col: np.ndarray, fixed: np.ndarray, row_bound: np.ndarray,
-    known: _KnownEntries,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Move dual value from each fixed row to its column, as far as stays provably feasible.
-
-    Shortest-path duals give every column its smallest price, which leaves residual rows (whose
-    unknown entries lie mostly in fixed columns) unprovable. For a fixed pair (i, σ(i)),
-    u_i −= δ_i, v_σ(i) += δ_i keeps complementary slackness and the objective; it keeps every known
-    constraint when δ_i ≤ row i's smallest known reduced cost, and row i's own bound test when
-    δ_i ≤ u_i + min v − bound_i (v only grows). Both limits are applied.
-    """
-    red = u[known.rows] + v[known.cols] - known.vals
-    red[known.cols == row_col[known.rows]] = np.inf
-    row_slack = np.full(len(u), np.inf)
-    np.minimum.at(row_slack, known.rows, red)
-    lift = np.minimum(np.minimum(row_slack, u + v.min() - row_bound), 2.0)
-    lift = np.where(fixed, np.maximum(lift - 1e-12, 0.0), 0.0)
-    u = u - lift
-    v = v.copy()
-    v[row_col[fixed]] += lift[fixed]
-    return u, v
+def _repair_duals(known: _Known, row_col, row_value, duals: Duals, changed_rows, n: int, stats: SolveStats,
+                  v_prev: np.ndarray, attempts: int = 8):
+    """Duals after entries that violate the current ones joined the graph, without a new solve:
+    shortest paths continued from the current duals (only the changed rows start); improving
+    exchanges, if they show up, are applied and the duals recomputed. None: solve again."""
+    g = np.flatnonzero(known.graph)
+    rows, cols, vals = known.keys[g] // n, known.keys[g] % n, known.xval[g]
+    result = exchange_duals(row_col, row_value, n, rows, cols, vals, warm=duals, warm_rows=changed_rows)
+    stats.bf_iterations += result.iterations
+    if isinstance(result, Duals):
+        stats.repairs += 1
+        return row_col, result
+    better = apply_improvement(row_col, result)
+    if better is None:
+        return None
+    stats.improvements += 1
+    found = _graph_duals(known, better, n, stats, v_prev, attempts=attempts)
+    if found is not None:
+        stats.repairs += 1
+    return found
 
 
-def _residual_block(
-    a64: torch.Tensor, b64: torch.Tensor, rows: np.ndarray, cols: np.ndarray,
-    old_rows: np.ndarray | None, old_cols: np.ndarray | None, old_vals: np.ndarray | None,
-) -> np.ndarray:
-    """Exact (fp64) cosines of rows × cols (sorted index arrays). Released fixed pairs only grow the
-    block, so the entries of the previous block (old_*) are copied and only new rows/columns computed."""
-    rows_t, cols_t = torch.from_numpy(rows), torch.from_numpy(cols)
-    if not len(rows):
-        return np.empty((0, len(cols)))
-    reuse = (old_vals is not None and len(old_rows) > 0 and bool(np.isin(old_rows, rows).all())
-             and bool(np.isin(old_cols, cols).all()))
-    if not reuse:
-        return cz.dense_cosines64(a64[rows_t], b64[cols_t])
-    out = np.empty((len(rows), len(cols)))
-    at_r, at_c = np.searchsorted(rows, old_rows), np.searchsorted(cols, old_cols)
-    new_r = np.setdiff1d(np.arange(len(rows)), at_r)
-    new_c = np.setdiff1d(np.arange(len(cols)), at_c)
-    out[np.ix_(at_r, at_c)] = old_vals
-    if len(new_r):
-        out[new_r] = cz.dense_cosines64(a64[torch.from_numpy(rows[new_r])], b64[cols_t])
-    if len(new_c):
-        out[np.ix_(at_r, new_c)] = cz.dense_cosines64(a64[torch.from_numpy(old_rows)],
-                                                      b64[torch.from_numpy(cols[new_c])])
-    return out
+def _graph_duals(known: _Known, row_col: np.ndarray, n: int, stats: SolveStats, start: np.ndarray | None,
+                 score=None, attempts: int = 200):
+    """(σ, duals) with LP duals feasible on every graph entry; applies improving exchanges if the
+    solver's answer was not optimal on its own graph (rounding).
+
+    Two candidates: cold duals (the smallest v, shortest paths from 0) and, given ``start`` (the
+    previous round's duals), the smallest feasible v ≥ start (shifted to v ≥ 0, 0 on unmatched
+    columns), under which rows certified earlier stay certified unless their own column's price
+    rose. Neither is better in general (warm duals drift upwards over rounds on clean pairs, cold
+    ones move every price), so ``score(u, v)`` (rows left unproven) picks one."""
+    g = np.flatnonzero(known.graph)
+    rows, cols, vals = known.keys[g] // n, known.keys[g] % n, known.xval[g]
+    m = len(row_col)
+    for _ in range(attempts):
+        pos = np.searchsorted(known.keys, np.arange(m, dtype=np.int64) * n + row_col)
+        value = known.xval[pos]
+        cold = exchange_duals(row_col, value, n, rows, cols, vals)
+        stats.bf_iterations += cold.iterations
+        if isinstance(cold, Duals):
+            if start is None or score is None:
+                return row_col, cold
+            init = start - float(start.min())
+            unmatched = np.ones(n, dtype=bool)
+            unmatched[row_col] = False
+            init[unmatched] = 0.0
+            warm = exchange_duals(row_col, value, n, rows, cols, vals, start_col=init)
+            stats.bf_iterations += warm.iterations
+            if isinstance(warm, Duals) and score(warm.row, warm.col) < score(cold.row, cold.col):
+                stats.warm_duals += 1
+                return row_col, warm
+            return row_col, cold
+        better = apply_improvement(row_col, cold)
+        if better is None:
+            return None
+        stats.improvements += 1
+        row_col = better
+    return None
 
 
-def _solve_residual(res_vals: np.ndarray, mode: str, k: int = 32, max_pricing: int = 6) -> tuple[np.ndarray, ...]:
-    """Maximum-weight assignment of the residual block (rows ≤ columns), plus the sparse entries used.
+def _worst_per_row(keys: np.ndarray, known: _Known, u: np.ndarray, v: np.ndarray, cap: int) -> np.ndarray:
+    """At most ``cap`` of the keys per row: those with the largest exact c − u − v. After a poor
+    first solve a row may have hundreds of violating entries; a few per row are enough to move the
+    duals, the rest stay known (and are checked again each round) without bloating the graph."""
+    if not len(keys):
+        return keys
+    keys = np.unique(keys)
+    n = known.n
+    rows, cols = keys // n, keys % n
+    excess = known.xval[np.searchsorted(known.keys, keys)] - u[rows] - v[cols]
+    order = np.lexsort((-excess, rows))
+    rows_o = rows[order]
+    starts = np.searchsorted(rows_o, rows_o, side="left")
+    rank = np.arange(len(rows_o)) - starts
+    return np.sort(keys[order][rank < cap])
 
-    Large blocks are solved on their row- and column-wise top-k entries with scipy's sparse LAPJV
-    (mode "sparse": only a guess; the caller's exchange-graph duals over the whole block check it).
-    Mode "priced" then repairs the guess: LP duals of the sparse solution on its graph are checked
-    against every entry of the block, violated entries are added and the graph re-solved, until no
-    entry violates (optimal on the whole block) or ``max_pricing`` rounds pass. Mode "dense", tiny
-    blocks, and graphs without a full matching use scipy's dense solver.
-    """
-    r, c = res_vals.shape
-    none = np.empty(0, dtype=np.int64)
-    if mode == "dense" or r * c <= 512 * 512 or min(r, c) <= k:
-        return (*linear_sum_assignment(res_vals, maximize=True), none, none)
-    vals_t = torch.from_numpy(res_vals)
-    row_top = torch.topk(vals_t, k, dim=1).indices.numpy()
-    col_top = torch.topk(vals_t, k, dim=0).indices.numpy()
-    rows = np.concatenate([np.repeat(np.arange(r), k), col_top.ravel()])
-    cols = np.concatenate([row_top.ravel(), np.tile(np.arange(c), k)])
-    keys = np.unique(rows.astype(np.int64) * c + cols)
-    chunk = max(1, (64 * 2**20) // (8 * c))
-    for _ in range(max_pricing):
-        rows, cols = keys // c, keys % c
-        # weights shifted to [1, 3]: positive, so no stored entry is an explicit zero
-        graph = sp.csr_matrix((2.0 - res_vals[rows, cols], (rows, cols)), shape=(r, c))
-        try:
-            r_loc, c_loc = min_weight_full_bipartite_matching(graph)
-        except ValueError:  # no full matching inside the graph
-            break
-        if mode == "sparse":
-            return r_loc, c_loc, rows, cols
-        row_col = np.empty(r, dtype=np.int64)
-        row_col[r_loc] = c_loc
-        duals = exchange_duals(row_col, res_vals[np.arange(r), row_col], c, rows, cols, res_vals[rows, cols])
-        if not isinstance(duals, Duals):  # not optimal on its own graph (rounding): let the caller decide
-            return r_loc, c_loc, rows, cols
-        new_keys = []
-        for start in range(0, r, chunk):
-            slack = res_vals[start : start + chunk] - duals.row[start : start + chunk, None]
-            slack -= duals.col[None, :]
-            rr, cc = np.nonzero(slack > 1e-12)
-            new_keys.append((rr + start).astype(np.int64) * c + cc)
-        new_keys = np.concatenate(new_keys)
-        logger.debug("residual pricing: %d violated entries", len(new_keys))
-        grown = np.union1d(keys, new_keys)
-        if not len(new_keys) or len(grown) == len(keys):  # optimal on the block (up to rounding)
-            return r_loc, c_loc, rows, cols
-        keys = grown
-    return (*linear_sum_assignment(res_vals, maximize=True), keys // c, keys % c)
+
+def _unproven_rows(u, v, refs, ref_of_row, w, raw_w=None) -> int:
+    """Rows whose reference bound does not hold under (u, v) (outlier columns not excluded)."""
+    min_delta = np.array([float(np.min(v - ref)) for ref in refs])
+    proven = u - w + min_delta[ref_of_row] >= 0
+    if raw_w is not None:
+        proven |= (ref_of_row == 0) & (u - raw_w + float(v.min()) >= 0)
+    return int(np.count_nonzero(~proven))
+
+
+def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref_of_row, w, stats: SolveStats,
+                   blk: int, blk_c: int, row_cap: int, margin: float, near: float, progress: bool,
+                   pool_first: bool = True, col_cap: int = 1024, promote_cap: int = 16,
+                   raw_w: np.ndarray | None = None) -> np.ndarray | None:
+    """One certificate round under duals (u, v). Returns None when every entry is proven and nothing
+    was added, else the keys of the entries put into the graph (empty: only known entries grew)."""
+    m, n = len(u), len(v)
+    err = ops.row_err
+    to_graph = []
+
+    # 1. known entries outside the graph (the pool): kernel value first, exact value when needed
+    pool = np.flatnonzero(~known.graph)
+    if len(pool):
+        pr, pc = known.keys[pool] // n, known.keys[pool] % n
+        have = ~np.isnan(known.xval[pool])
+        bound = np.where(have, known.xval[pool], known.kval[pool] + err[pr])
+        unsure = pool[(bound > u[pr] + v[pc] - near) & ~have]
+        known.ensure_exact(unsure, a64, b64, stats)
+        x = known.xval[pool]
+        hot = pool[~np.isnan(x) & (x > u[pr] + v[pc] - near)]
+        to_graph.append(known.keys[hot])
+
+    if pool_first and to_graph and len(to_graph[0]):
+        # the assignment is not optimal on the known entries yet: solve again before any pass
+        promote = np.searchsorted(known.keys, _worst_per_row(to_graph[0], known, u, v, promote_cap))
+        promote = promote[~known.graph[promote]]
+        known.graph[promote] = True
+        if len(promote):
+            logger.debug("round: %d pool entries to the graph; solving again before any pass", len(promote))
+            return known.keys[promote]
+
+    # 2. which rows hold by their reference bound; outlier columns checked directly
+    gap = u - w
+    max_cols = max(1, n // 4)
+    outliers = _choose_outlier_columns(v, refs, ref_of_row, gap, m, n, max_cols) if m else np.empty(0, np.int64)
+    if len(outliers):
+        ptr, idx = known.csc()
+        # every row i whose entry in these columns may violate: kernel(i, j) − (u_i − err_i) > v_j
+        shift = u - err
+        colp = ps.threshold_pass(ops.transposed(), outliers, shift, v[outliers], col_cap, blk_c, ptr, idx)
+        stats.column_pass_cols += len(outliers)
+        # rows not returned: kernel ≤ shift_used_i + ref_j + slack ≤ u_i − err_i + v_j when ref_j + slack ≤ v_j
+        cleared = colp.ref + colp.slack <= v[outliers]
+        if len(colp.row):
+            rows_hit, cols_hit = colp.col, outliers[colp.row]
+            keys = rows_hit.astype(np.int64) * n + cols_hit
+            known.add(keys, kval=colp.t + colp.slack + colp.shift[rows_hit])  # ≥ kernel value
+            idx_new = np.searchsorted(known.keys, keys)
+            known.ensure_exact(idx_new, a64, b64, stats)
+            x = known.xval[idx_new]
+            to_graph.append(keys[x > u[rows_hit] + v[cols_hit] - near])
+        outliers = outliers[cleared]
+    inside = np.ones(n, dtype=bool)
+    inside[outliers] = False
+    min_delta = np.array([float(np.min(v[inside] - ref[inside])) if inside.any() else 0.0 for ref in refs])
+    proven = gap + min_delta[ref_of_row] >= 0
+    if raw_w is not None:
+        # rows on the candidate pass's reference: also proven by their raw second-best bound (v ≥ 0)
+        first_ref = ref_of_row == 0
+        proven |= first_ref & (u - raw_w + float(v.min()) >= 0)
+    todo = np.flatnonzero(~proven)
+    if logger.isEnabledFor(logging.DEBUG) and len(refs) == 1:
+        logger.debug("  first reference: gap q05/25/50/75/95 %s, v - V0 q0/01/05/50/95 %s, min_delta %s, outliers %d",
+                     np.round(np.quantile(gap, [.05, .25, .5, .75, .95]), 3),
+                     np.round(np.quantile(v - refs[0], [0, .01, .05, .5, .95]), 3), np.round(min_delta, 3), len(outliers))
+    if logger.isEnabledFor(logging.DEBUG) and len(refs) > 1:
+        last = ref_of_row == len(refs) - 1
+        dv = v - refs[-1]
+        logger.debug("  rows on the last reference: %d, gap q05/50/95 %s, v - V_last q0/01/05/50/95 %s, min_delta %s",
+                     int(last.sum()), np.round(np.quantile(gap[last], [.05, .5, .95]), 3) if last.any() else None,
+                     np.round(np.quantile(dv, [0, .01, .05, .5, .95]), 3), np.round(min_delta, 3))
+
+    # 3. row passes under the current duals: entries within ``margin`` of violating become known
+    if len(todo):
+        ptr, idx = known.csr()
+        # score ≥ cos − u − v where score = t + slack + err_i − u_i + (V_j − v_j), t = kernel − V_j
+        v_excess = 2 * ops.scale if ops.integer else 2 * U32 * (1.0 + float(np.abs(v).max()))
+        slack_est = 0.0 if ops.integer else 2 * U32 * (3.0 + float(err.max()) + 2 * float(np.abs(v).max()) + float(np.abs(u).max()))
+        thr = u[todo] - err[todo] - margin - v_excess - slack_est
+        res = ps.threshold_pass(ops, todo, v, thr, row_cap, blk, ptr, idx, progress=progress)
+        stats.row_pass_rows += len(todo)
+        excess = max(0.0, float(np.max(res.shift - v)))
+        refs.append(res.shift)
+        ref_of_row[todo] = len(refs) - 1
+        w[todo] = res.ref + res.slack + err[todo]
+        if len(res.row):
+            rows_t = todo[res.row]
+            cols_t = res.col
+            score = res.t + res.slack + excess + err[rows_t] - u[rows_t]
+            keys = rows_t.astype(np.int64) * n + cols_t
+            known.add(keys, kval=res.t + res.slack + res.shift[cols_t])  # ≥ kernel value
+            idx_new = np.searchsorted(known.keys, keys)
+            maybe = score > -near
+            known.ensure_exact(idx_new[maybe], a64, b64, stats)
+            x = known.xval[idx_new]
+            to_graph.append(keys[maybe & (x > u[rows_t] + v[cols_t] - near)])
+    promote = np.unique(np.concatenate(to_graph)) if to_graph else np.empty(0, dtype=np.int64)
+    promote = np.searchsorted(known.keys, _worst_per_row(promote, known, u, v, promote_cap))
+    promote = promote[~known.graph[promote]]
+    known.graph[promote] = True
+    if logger.isEnabledFor(logging.DEBUG):
+        xr = known.keys[promote] // n
+        viol = int(np.sum(known.xval[promote] > u[xr] + v[known.keys[promote] % n] + 1e-12))
+        logger.debug("round: value %.6f, %d outlier columns, %d rows passed, %d to the graph (%d violating), "
+                     "graph %d, known %d", float(np.sum(u) + np.sum(v)), len(outliers), len(todo), len(promote), viol,
+                     int(known.graph.sum()), len(known.keys))
+    # rows whose new reference does not hold yet (more near entries than the cap) need another pass
+    if len(todo):
+        still = todo[u[todo] - w[todo] + float(np.min(v - refs[-1])) < 0]
+    else:
+        still = todo
+    if len(promote) == 0 and len(still) == 0:
+        return None
+    return known.keys[promote]

@@ -1,0 +1,305 @@
+"""Blocked passes over kernel values (the full cosine matrix never exists).
+
+A *row pass* ranks, for each listed row i, the columns by ``t_ij = kernel(i, j) − shift_j`` and keeps
+the ``cap`` largest among the columns not yet known for that row. What it proves: for every unknown
+column j not returned, ``t_ij ≤ last_i + slack``, where ``last_i`` is the smallest value returned.
+Together with the kernel bound, ``cos_ij ≤ last_i + slack + row_err_i + shift_j``: the row's
+reference bound, valid for every entry that stays unknown, whatever the duals do later.
+
+For int8 kernels the shift is rounded down to the integer grid (``shift_int · scale``, exact in fp64) and
+everything runs on exact int32 values, so slack = 0. For float kernels the fp32 subtraction rounds
+once: slack = 2⁻²⁴·(max|t| + max|shift|)·2.
+
+A *column pass* does the same for listed columns against every row, with a per-row shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchmark.metrics.matching._kernels import U32, KernelOperands, exact_matmul
+
+INT32_MIN = torch.iinfo(torch.int32).min
+# integer shifts must stay far from int32 overflow (|raw| ≤ dim·127² ≤ 2³¹ − 1 already)
+_INT_SHIFT_MAX = 2**29
+
+
+@dataclass
+class PassResult:
+    index: np.ndarray  # [r, cap] int64, columns (row pass) or rows (column pass), best first
+    value: np.ndarray  # [r, cap] fp64, t values (kernel − shift), descending; −inf where fewer exist
+    shift: np.ndarray  # the shift actually used (fp64; exact multiples of scale for int8)
+    slack: float  # rounding slack of t (0 for int8)
+    raw_col: np.ndarray | None = None  # [r] column of each row's largest kernel value (no shift)
+    raw_val: np.ndarray | None = None  # [r, 2] the two largest kernel values of each row (no shift)
+
+
+def _shift_for(ops: KernelOperands, shift: np.ndarray, device: torch.device):
+    """(shift as used in fp64, shift tensor in the kernel's domain, integer?). Integer shifts are
+    rounded down (shift used ≤ shift requested); fp32 shifts may differ by 2⁻²⁴·|shift|."""
+    if ops.integer and (len(shift) == 0 or float(np.abs(shift).max()) / ops.scale < _INT_SHIFT_MAX):
+        q = np.floor(shift / ops.scale).astype(np.int64)
+        return q.astype(np.float64) * ops.scale, torch.from_numpy(q.astype(np.int32)).to(device), True
+    s32 = shift.astype(np.float32)
+    return s32.astype(np.float64), torch.from_numpy(s32).to(device), False
+
+
+def _block_values(ops: KernelOperands, raw: torch.Tensor, integer: bool) -> torch.Tensor:
+    if integer:
+        return raw  # int32, exact; scale applied to the few values kept
+    if raw.dtype != torch.float32:
+        return raw.to(torch.float32)
+    if ops.kind == "int8":
+        return raw.to(torch.float32) * ops.scale
+    return raw
+
+
+def _known_positions(known_ptr: np.ndarray, known_idx: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(local row, column) of the known entries of the selected rows (CSR ptr/idx over all rows)."""
+    lo, hi = known_ptr[sel], known_ptr[sel + 1]
+    counts = hi - lo
+    if counts.sum() == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    local = np.repeat(np.arange(len(sel)), counts)
+    pos = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    return local, known_idx[pos]
+
+
+def row_pass(
+    ops: KernelOperands,
+    rows: np.ndarray | None,
+    shift: np.ndarray,
+    cap: int,
+    block_rows: int,
+    known_ptr: np.ndarray | None = None,
+    known_idx: np.ndarray | None = None,
+    progress: bool = False,
+    raw_top2: bool = False,
+) -> PassResult:
+    """Top-``cap`` columns of t_ij = kernel(i, j) − shift_j per listed row (all rows when None),
+    known entries (CSR ``known_ptr``/``known_idx`` over all rows) excluded. With ``raw_top2``, also
+    each row's two largest kernel values before the shift and the column of the largest (an argmax
+    and a masked max: a cheap second bound, cos_ij ≤ second + row_err_i for every other column,
+    that does not depend on the shift being any good)."""
+    from tqdm.auto import tqdm
+
+    dev = ops.b.device
+    n = ops.b.shape[0]
+    rows_all = np.arange(ops.a.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    cap = min(cap, n)
+    shift_used, shift_t, integer = _shift_for(ops, shift, dev)
+    index = np.empty((len(rows_all), cap), dtype=np.int64)
+    value = np.empty((len(rows_all), cap), dtype=np.float64)
+    t_max = 0.0
+    contiguous = rows is None
+    raw_col = np.empty(len(rows_all), dtype=np.int64) if raw_top2 else None
+    raw_val = np.empty((len(rows_all), 2)) if raw_top2 else None
+    with exact_matmul():
+        for start in tqdm(range(0, len(rows_all), block_rows), desc="kernel rows", disable=not progress, leave=False):
+            sel = rows_all[start : start + block_rows]
+            take = slice(int(sel[0]), int(sel[-1]) + 1) if contiguous else torch.from_numpy(sel).to(dev)
+            block = _block_values(ops, ops.raw(take), integer)
+            if raw_top2:
+                rr = torch.arange(len(sel), device=dev)
+                best = block.argmax(dim=1)
+                top = block[rr, best].clone()
+                block[rr, best] = INT32_MIN if integer else -torch.inf
+                second = block.amax(dim=1) if n > 1 else torch.full_like(top, INT32_MIN if integer else -torch.inf)
+                block[rr, best] = top
+                pair = torch.stack([top, second], dim=1).cpu().numpy().astype(np.float64)
+                if integer:
+                    pair = np.where(pair == INT32_MIN, -np.inf, pair * ops.scale)
+                raw_val[start : start + len(sel)] = pair
+                raw_col[start : start + len(sel)] = best.cpu().numpy()
+            block -= shift_t
+            if known_ptr is not None:
+                lr, kc = _known_positions(known_ptr, known_idx, sel)
+                if len(lr):
+                    fill = INT32_MIN if integer else -torch.inf
+                    block[torch.from_numpy(lr).to(dev), torch.from_numpy(kc).to(dev)] = fill
+            vals, idx = torch.topk(block, cap, dim=1)
+            del block
+            v = vals.cpu().numpy().astype(np.float64)
+            if integer:
+                v = np.where(v == INT32_MIN, -np.inf, v * ops.scale)
+            else:
+                finite = v[np.isfinite(v)]
+                if len(finite):
+                    t_max = max(t_max, float(np.abs(finite).max()))
+            value[start : start + len(sel)] = v
+            index[start : start + len(sel)] = idx.cpu().numpy()
+    slack = 0.0 if integer else 2 * U32 * (t_max + (float(np.abs(shift_used).max()) if len(shift_used) else 0.0)) + 1e-12
+    return PassResult(index, value, shift_used, slack, raw_col, raw_val)
+
+
+def column_pass(
+    ops: KernelOperands,
+    cols: np.ndarray,
+    row_shift: np.ndarray,
+    cap: int,
+    block_cols: int,
+    known_ptr: np.ndarray | None = None,
+    known_idx: np.ndarray | None = None,
+) -> PassResult:
+    """Top-``cap`` rows of t_ij = kernel(i, j) − row_shift_i per listed column, known entries
+    (CSR over columns: ``known_ptr``/``known_idx`` hold rows) excluded."""
+    dev = ops.b.device
+    m = ops.a.shape[0]
+    cap = min(cap, m)
+    shift_used, shift_t, integer = _shift_for(ops, row_shift, dev)
+    index = np.empty((len(cols), cap), dtype=np.int64)
+    value = np.empty((len(cols), cap), dtype=np.float64)
+    t_max = 0.0
+    with exact_matmul():
+        for start in range(0, len(cols), block_cols):
+            sel = np.asarray(cols[start : start + block_cols], dtype=np.int64)
+            block = _block_values(ops, ops.raw_t(torch.from_numpy(sel).to(dev)), integer)
+            block -= shift_t
+            if known_ptr is not None:
+                lc, kr = _known_positions(known_ptr, known_idx, sel)
+                if len(lc):
+                    block[torch.from_numpy(lc).to(dev), torch.from_numpy(kr).to(dev)] = INT32_MIN if integer else -torch.inf
+            vals, idx = torch.topk(block, cap, dim=1)
+            v = vals.cpu().numpy().astype(np.float64)
+            if integer:
+                v = np.where(v == INT32_MIN, -np.inf, v * ops.scale)
+            else:
+                finite = v[np.isfinite(v)]
+                if len(finite):
+                    t_max = max(t_max, float(np.abs(finite).max()))
+            value[start : start + len(sel)] = v
+            index[start : start + len(sel)] = idx.cpu().numpy()
+    slack = 0.0 if integer else 2 * U32 * (t_max + (float(np.abs(shift_used).max()) if len(shift_used) else 0.0)) + 1e-12
+    return PassResult(index, value, shift_used, slack)
+
+
+def max_over_rows(ops: KernelOperands, rows: np.ndarray, row_shift: np.ndarray, block_cols: int) -> np.ndarray:
+    """max over the listed rows i of (kernel(i, j) − row_shift_i), for every column j (a heuristic:
+    no bound is attached). Used for the c-transform of sampled row prices."""
+    dev = ops.b.device
+    a_rows = ops.a[torch.from_numpy(rows).to(dev)]
+    shift = torch.from_numpy(row_shift.astype(np.float32)).to(dev)[None, :]
+    out = np.empty(ops.b.shape[0])
+    with exact_matmul():
+        for start in range(0, ops.b.shape[0], block_cols):
+            raw = _raw_t(ops, a_rows, slice(start, start + block_cols))
+            vals = raw.to(torch.float32) * ops.scale - shift
+            out[start : start + len(vals)] = vals.amax(dim=1).cpu().numpy()
+    return out
+
+
+def _raw_t(ops: KernelOperands, a_rows: torch.Tensor, cols: slice) -> torch.Tensor:
+    from benchmark.metrics.matching._kernels import raw_matmul
+
+    return raw_matmul(ops.kind, ops.b[cols], a_rows)
+
+
+def argmax_rows(ops: KernelOperands, rows: np.ndarray, block: int) -> np.ndarray:
+    """For each listed row, the column with the largest kernel value (a heuristic: no bound)."""
+    dev = ops.b.device
+    out = np.empty(len(rows), dtype=np.int64)
+    with exact_matmul():
+        for start in range(0, len(rows), block):
+            sel = torch.from_numpy(np.asarray(rows[start : start + block])).to(dev)
+            out[start : start + len(sel)] = ops.raw(sel).argmax(dim=1).cpu().numpy()
+    return out
+
+
+def argmax_cols(ops: KernelOperands, cols: np.ndarray, block: int) -> np.ndarray:
+    """For each listed column, the row with the largest kernel value (a heuristic: no bound)."""
+    dev = ops.b.device
+    out = np.empty(len(cols), dtype=np.int64)
+    with exact_matmul():
+        for start in range(0, len(cols), block):
+            sel = torch.from_numpy(np.asarray(cols[start : start + block])).to(dev)
+            out[start : start + len(sel)] = ops.raw_t(sel).argmax(dim=1).cpu().numpy()
+    return out
+
+
+@dataclass
+class ThresholdPass:
+    """Entries of listed rows with t_ij = kernel − shift_j above a per-row threshold (known excluded).
+
+    What it proves: for every listed row, every unknown entry not returned has t ≤ ``ref[p] + slack``."""
+
+    row: np.ndarray  # position in the listed rows of each returned entry
+    col: np.ndarray
+    t: np.ndarray  # fp64 t values of the returned entries
+    ref: np.ndarray  # [len(rows)] bound on the t of the entries not returned
+    shift: np.ndarray
+    slack: float
+
+
+def threshold_pass(
+    ops: KernelOperands,
+    rows: np.ndarray,
+    shift: np.ndarray,
+    threshold: np.ndarray,
+    cap: int,
+    block_rows: int,
+    known_ptr: np.ndarray | None = None,
+    known_idx: np.ndarray | None = None,
+    progress: bool = False,
+) -> ThresholdPass:
+    """Entries with t_ij > threshold_i (at most ``cap`` per row: rows with more keep their ``cap``
+    largest) for the listed rows. One comparison per entry instead of a top-k."""
+    from tqdm.auto import tqdm
+
+    dev = ops.b.device
+    n = ops.b.shape[0]
+    rows = np.asarray(rows, dtype=np.int64)
+    cap = min(cap, n)
+    shift_used, shift_t, integer = _shift_for(ops, shift, dev)
+    if integer:
+        thr_used = np.floor(threshold / ops.scale)
+        thr_t = torch.from_numpy(np.clip(thr_used, INT32_MIN + 1, 2**31 - 1).astype(np.int32)).to(dev)
+        thr_used = thr_used * ops.scale
+        slack = 0.0
+    else:
+        thr_used = threshold.astype(np.float32).astype(np.float64)
+        thr_t = torch.from_numpy(threshold.astype(np.float32)).to(dev)
+        # |t| ≤ max|kernel| + max|shift|, kernel ≤ 1 + max row_err; one fp32 rounding of t, one of the threshold
+        t_bound = 1.0 + float(ops.row_err.max()) + float(np.abs(shift_used).max()) + float(np.abs(thr_used).max())
+        slack = 2 * U32 * t_bound + 1e-12
+    ref = thr_used.copy()
+    out_r, out_c, out_t = [], [], []
+    fill = INT32_MIN if integer else -torch.inf
+    with exact_matmul():
+        for start in tqdm(range(0, len(rows), block_rows), desc="kernel rows", disable=not progress, leave=False):
+            sel = rows[start : start + block_rows]
+            block = _block_values(ops, ops.raw(torch.from_numpy(sel).to(dev)), integer)
+            block -= shift_t
+            if known_ptr is not None:
+                lr, kc = _known_positions(known_ptr, known_idx, sel)
+                if len(lr):
+                    block[torch.from_numpy(lr).to(dev), torch.from_numpy(kc).to(dev)] = fill
+            r, c = (block > thr_t[start : start + len(sel), None]).nonzero(as_tuple=True)
+            r_np = r.cpu().numpy()
+            counts = np.bincount(r_np, minlength=len(sel))
+            over = np.flatnonzero(counts > cap)
+            if len(over):  # more entries than the cap: keep the cap largest, the next one bounds the rest
+                over_t = torch.from_numpy(over).to(dev)
+                vals, idx = torch.topk(block[over_t], cap + 1, dim=1)
+                v = vals.cpu().numpy().astype(np.float64)
+                if integer:
+                    v = np.where(v == INT32_MIN, -np.inf, v * ops.scale)
+                ref[start + over] = v[:, -1]
+                out_r.append(np.repeat(start + over, cap))
+                out_c.append(idx[:, :cap].cpu().numpy().ravel())
+                out_t.append(v[:, :cap].ravel())
+                keep = torch.from_numpy(counts[r_np] <= cap).to(dev)
+                r, c = r[keep], c[keep]
+                r_np = r.cpu().numpy()
+            if len(r):
+                t = block[r, c].cpu().numpy().astype(np.float64)
+                out_r.append(start + r_np)
+                out_c.append(c.cpu().numpy())
+                out_t.append(t * ops.scale if integer else t)
+            del block
+    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dtype=dt))
+    t_all = cat(out_t, np.float64)
+    keep = np.isfinite(t_all)
+    return ThresholdPass(cat(out_r, np.int64)[keep], cat(out_c, np.int64)[keep], t_all[keep], ref, shift_used, slack)
