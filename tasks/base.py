@@ -88,6 +88,17 @@ class PlotSpec:
 
 
 @dataclass(frozen=True)
+class SummaryInput:
+    """A stored artifact a summary reads besides its task's rows: the artifact ``artifact`` of the
+    shown unit (:func:`benchmark.results.choose_shown_units`) of ``task`` (the summary's own task or
+    another registered one, at its current version) of every submission that has one. A summary
+    joins two tasks' results this way without either task reading the other's."""
+
+    task: str
+    artifact: str
+
+
+@dataclass(frozen=True)
 class SummarySpec:
     """A statistic across submissions, computed from the stored rows by ``canonbench summarize``
     and stored (versioned) in the results store; the leaderboard shows the stored table.
@@ -97,6 +108,12 @@ class SummarySpec:
     the shown unit of each submission (:func:`benchmark.results.choose_shown_units`);
     ``rows="task_seeds"`` every stored unit that differs from a shown unit only in its task seed
     (:func:`benchmark.results.task_seed_family`: the reruns that measure evaluation noise).
+    ``inputs`` names stored artifacts the summary also reads (:class:`SummaryInput`); a summary that
+    declares any is called ``compute(rows, artifacts)``, where ``artifacts`` is a read-only mapping
+    ``(task, artifact) → table``: that artifact of every submission's shown unit of that task, stacked,
+    with ``submission`` and ``unit_key`` columns first (no rows, but the declared columns, when none is
+    stored). It stays a pure function of what it is given, and the stored table's ``units`` lists the
+    units of every task it read.
     ``role`` tells the leaderboard where the table belongs (``""``: a plain summary section;
     ``"reliability"``, ``"reliability_noise"``, ``"reliability_pairs"``, ``"reliability_ranks"``: the
     task page's reliability section and the rank groups of its tables, see :mod:`tasks.reliability`)."""
@@ -106,13 +123,18 @@ class SummarySpec:
     title: str
     description: str
     columns: tuple[str, ...]
-    compute: Callable[[pd.DataFrame], pd.DataFrame]
+    compute: Callable[..., pd.DataFrame]
     rows: Literal["shown", "task_seeds"] = "shown"
     role: str = ""
+    inputs: tuple[SummaryInput, ...] = ()
 
     def __post_init__(self) -> None:
         if self.rows not in ("shown", "task_seeds"):
             raise ValueError(f"summary {self.name!r}: rows must be 'shown' or 'task_seeds', not {self.rows!r}")
+        if not all(isinstance(i, SummaryInput) for i in self.inputs):
+            raise ValueError(f"summary {self.name!r}: inputs must be SummaryInput(task, artifact) entries")
+        if len(set(self.inputs)) != len(self.inputs):
+            raise ValueError(f"summary {self.name!r} declares an input twice")
 
 
 @dataclass(frozen=True)
@@ -187,6 +209,11 @@ class TaskMetadata:
             if plot.front is not None and (len(plot.front) != 2 or not set(plot.front) <= {"lower", "higher"}):
                 raise ValueError(f"task {self.name!r} plot {plot.id!r}: front must be two of 'lower'/'higher', "
                                  f"got {plot.front!r}")
+        for summary in self.summaries:
+            for item in summary.inputs:
+                if item.task == self.name and item.artifact not in artifacts:
+                    raise ValueError(f"task {self.name!r} summary {summary.name!r} reads undeclared artifact "
+                                     f"{item.artifact!r}")
 
     @property
     def main_metric(self) -> MetricSpec:

@@ -18,16 +18,25 @@ criterion instead. This task measures both, per seed of a submission, on the mod
 Values per seed (``subset="seed=N"``) and mean ± std over seeds (``subset="all"``).
 
 **Explanations of triples.** Whether the two codes of a triple get different explanations (as in the
-seed's Gemma Scope example) needs per-latent explanations of the same seed, which a task cannot read
-(another task's artifacts and cache are not inputs). The ``triples`` artifact holds ``(seed, latent,
-partner_j, partner_k)``, the keys an explanation table needs to be joined on; see the task notes.
+seed's Gemma Scope example) needs per-latent explanations of the same SAE seed, which this task does not
+make and cannot read (another task's artifacts are not a task's inputs). The join is a declared
+summary instead: ``triple_explanations`` (and its per-submission counts ``triple_explanation_counts``),
+computed by ``canonbench summarize`` from the stored ``triples`` artifact and the stored explanations of
+``explanation-similarity`` (its ``explanation_pairs`` artifact) of the same submission, joined on
+(SAE seed, latent). For ``u_latent ≈ coef_j·u_j + coef_k·u_k`` the two codes of equal L0 are
+``{swapped, shared}`` and ``{latent, shared}``, where ``swapped`` is the partner with the larger
+coefficient (positive: the latent can stand in for it) and ``shared`` the other; they differ in one
+latent, so the triple's two explanations are those of ``latent`` and ``swapped``. They are compared by
+token-set Jaccard (:func:`explanation_similarity`) and ``disagree`` when it is below
+:data:`DISAGREE_BELOW`. No model runs in a summary.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -51,7 +60,18 @@ from benchmark.metrics.incoherence import (
 from benchmark.metrics.stats import mean_std
 from benchmark.results import MetricValue
 from tasks import register_task
-from tasks.base import ArtifactSpec, PlotSpec, Task, TaskInputs, TaskMetadata, TaskOutput, UnitResources, metric_spec
+from tasks.base import (
+    ArtifactSpec,
+    PlotSpec,
+    SummaryInput,
+    SummarySpec,
+    Task,
+    TaskInputs,
+    TaskMetadata,
+    TaskOutput,
+    UnitResources,
+    metric_spec,
+)
 from tasks.reliability import reliability_summaries
 
 log = logging.getLogger(__name__)
@@ -236,6 +256,153 @@ LATENT_COLUMNS = ("seed", "latent", "firing_rate", "magnitude_entropy_bits", "bi
 LADDER_COLUMNS = ("seed", "bins", "explained_variance_quantised", "description_length", "admissible")
 
 
+# --- explanations of triples (declared summaries) --------------------------------------------------------
+#: Where explanations are stored: a task *name* and an artifact (tasks never import each other).
+EXPLANATIONS_TASK = "explanation-similarity"
+EXPLANATIONS_ARTIFACT = "explanation_pairs"
+TRIPLES_INPUT = ("description-length", "triples")  # this task's own artifact
+#: Two explanations of a triple disagree when their token-set Jaccard similarity is below this.
+DISAGREE_BELOW = 0.5
+_WORD = re.compile(r"\w+")
+
+TRIPLE_EXPLANATION_COLUMNS = ("submission", "seed", "latent", "partner_j", "partner_k", "kind", "coef_j", "coef_k",
+                              "pair_cosine", "swapped", "shared", "explanation_latent", "explanation_swapped",
+                              "explanation_shared", "similarity", "disagree")
+TRIPLE_EXPLANATION_COUNT_COLUMNS = ("submission", "n_triples", "n_any_explanation", "n_explained", "n_disagree",
+                                    "disagree_fraction", "disagree_below", "triples_unit", "explanations_unit", "note")
+
+
+def explanation_tokens(text: str) -> frozenset[str]:
+    """The set of word tokens (``\\w+``, Unicode) of an explanation after lowercasing."""
+    return frozenset(_WORD.findall(text.lower()))
+
+
+def explanation_similarity(a: str, b: str) -> float:
+    """Token-set Jaccard similarity of two explanations: ``|A ∩ B| / |A ∪ B|`` of their lowercased word
+    tokens (1 when neither has a word). Deterministic; no model."""
+    ta, tb = explanation_tokens(a), explanation_tokens(b)
+    union = ta | tb
+    return len(ta & tb) / len(union) if union else 1.0
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def explanation_lookup(pairs: pd.DataFrame) -> dict[tuple[str, int, int], str]:
+    """``(submission, SAE seed, latent) → explanation`` from both sides of the stored explanation pairs
+    (latents without an explanation are left out). A unit explains each (seed, latent) once; should two
+    stored texts differ, the first in sort order is kept, so the lookup is deterministic."""
+    sides = []
+    for side in ("a", "b"):
+        part = pairs[["submission", f"seed_{side}", f"latent_{side}", f"explanation_{side}"]]
+        sides.append(part.set_axis(["submission", "seed", "latent", "explanation"], axis=1))
+    frame = pd.concat(sides, ignore_index=True)
+    frame = frame.loc[np.array([_text(t) is not None for t in frame["explanation"]], dtype=bool)]
+    frame = frame.sort_values(["submission", "seed", "latent", "explanation"], kind="stable")
+    out: dict[tuple[str, int, int], str] = {}
+    for sub, seed, latent, text in frame.itertuples(index=False):
+        out.setdefault((str(sub), int(seed), int(latent)), str(text))
+    return out
+
+
+def _swapped_and_shared(partner_j: int, partner_k: int, coef_j: float, coef_k: float) -> tuple[int, int]:
+    """(swapped, shared): the latent can replace the partner with the larger coefficient (at least one is
+    positive for a stored triple), the other partner is in both codes; ties go to ``partner_j``."""
+    cj = coef_j if np.isfinite(coef_j) else -np.inf
+    ck = coef_k if np.isfinite(coef_k) else -np.inf
+    return (partner_j, partner_k) if cj >= ck else (partner_k, partner_j)
+
+
+def join_triple_explanations(rows: pd.DataFrame, artifacts: Mapping[tuple[str, str], pd.DataFrame]
+                             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per stored triple, one row per submission): the triples of each submission's shown unit
+    joined with the explanations of the same submission and SAE seed (see the module docstring)."""
+    triples = artifacts[TRIPLES_INPUT]
+    pairs = artifacts[(EXPLANATIONS_TASK, EXPLANATIONS_ARTIFACT)]
+    lookup = explanation_lookup(pairs)
+    explanation_units = pairs.drop_duplicates("submission").set_index("submission")["unit_key"].to_dict()
+    shown = rows.drop_duplicates("unit_key")[["submission", "unit_key"]].sort_values("submission", kind="stable")
+    per_triple, counts = [], []
+    for sub, unit in shown.itertuples(index=False):
+        mine = triples[(triples["submission"] == sub) & (triples["unit_key"] == unit)]
+        mine = mine.sort_values(["seed", "latent"], kind="stable")
+        n_any = n_explained = n_disagree = 0
+        for t in mine.itertuples(index=False):
+            seed, latent = int(t.seed), int(t.latent)
+            swapped, shared = _swapped_and_shared(int(t.partner_j), int(t.partner_k), float(t.coef_j), float(t.coef_k))
+            text = {who: lookup.get((sub, seed, idx)) for who, idx in (("latent", latent), ("swapped", swapped),
+                                                                           ("shared", shared))}
+            similarity, disagree = None, None
+            if text["latent"] is not None and text["swapped"] is not None:
+                similarity = explanation_similarity(text["latent"], text["swapped"])
+                disagree = similarity < DISAGREE_BELOW
+                n_explained += 1
+                n_disagree += int(disagree)
+            n_any += int(any(v is not None for v in text.values()))
+            per_triple.append({
+                "submission": sub, "seed": seed, "latent": latent, "partner_j": int(t.partner_j),
+                "partner_k": int(t.partner_k), "kind": str(t.kind), "coef_j": float(t.coef_j),
+                "coef_k": float(t.coef_k),
+                "pair_cosine": float(t.pair_cosine), "swapped": swapped, "shared": shared,
+                "explanation_latent": text["latent"], "explanation_swapped": text["swapped"],
+                "explanation_shared": text["shared"], "similarity": similarity, "disagree": disagree,
+            })
+        explanations_unit = explanation_units.get(sub)
+        if len(mine) == 0:
+            note = "no triples stored for the shown unit (none at tau)"
+        elif explanations_unit is None:
+            note = f"no stored {EXPLANATIONS_TASK} explanations for this submission"
+        elif n_explained == 0:
+            note = (f"{EXPLANATIONS_TASK} explained no triple's latent and swapped partner together (it explains a "
+                    "sample of latents)")
+        else:
+            note = ""
+        counts.append({
+            "submission": sub, "n_triples": len(mine), "n_any_explanation": n_any,
+            "n_explained": n_explained, "n_disagree": n_disagree,
+            "disagree_fraction": n_disagree / n_explained if n_explained else None, "disagree_below": DISAGREE_BELOW,
+            "triples_unit": unit, "explanations_unit": explanations_unit or "", "note": note,
+        })
+    per_triple_frame = pd.DataFrame(per_triple, columns=list(TRIPLE_EXPLANATION_COLUMNS))
+    per_triple_frame["disagree"] = per_triple_frame["disagree"].astype("boolean")  # null: not compared
+    per_triple_frame["similarity"] = per_triple_frame["similarity"].astype("float64")
+    counts_frame = pd.DataFrame(counts, columns=list(TRIPLE_EXPLANATION_COUNT_COLUMNS))
+    counts_frame["disagree_fraction"] = counts_frame["disagree_fraction"].astype("float64")
+    return per_triple_frame, counts_frame
+
+
+def triple_explanations(rows: pd.DataFrame, artifacts: Mapping[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
+    """Summary ``triple_explanations``: one row per stored triple (see :func:`join_triple_explanations`)."""
+    return join_triple_explanations(rows, artifacts)[0]
+
+
+def triple_explanation_counts(rows: pd.DataFrame, artifacts: Mapping[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
+    """Summary ``triple_explanation_counts``: one row per submission (see :func:`join_triple_explanations`)."""
+    return join_triple_explanations(rows, artifacts)[1]
+
+
+def _triple_summaries() -> tuple[SummarySpec, ...]:
+    inputs = (SummaryInput(*TRIPLES_INPUT), SummaryInput(EXPLANATIONS_TASK, EXPLANATIONS_ARTIFACT))
+    how = (f"Explanations come from {EXPLANATIONS_TASK}'s stored explanation_pairs of the same submission and SAE "
+           "seed (it explains a seeded sample of latents, so most triples have none). For u_latent ≈ "
+           "coef_j·u_partner_j + coef_k·u_partner_k the two codes of equal L0 are {swapped, shared} and {latent, "
+           "shared}, with swapped the partner of larger coefficient; the triple's two explanations are those of "
+           "latent and swapped. similarity: token-set Jaccard of the two explanations (lowercased \\w+ word tokens, "
+           f"|A∩B|/|A∪B|); disagree: similarity < {DISAGREE_BELOW}. Empty where either explanation is missing.")
+    return (
+        SummarySpec("triple_explanations", "1", "Do the two explanations of an incoherent triple disagree?",
+                    "One row per stored triple of each submission's shown unit, with the explanations found for the "
+                    "latent, the partner it can replace (swapped) and the partner both codes share. " + how,
+                    TRIPLE_EXPLANATION_COLUMNS, triple_explanations, inputs=inputs),
+        SummarySpec("triple_explanation_counts", "1", "Triples with explanations, per submission",
+                    "Per submission: stored triples, triples with any explanation, triples whose latent and swapped "
+                    "partner both have one (n_explained, compared), and how many of those disagree; the note says "
+                    "why a count is 0. " + how,
+                    TRIPLE_EXPLANATION_COUNT_COLUMNS, triple_explanation_counts, inputs=inputs),
+    )
+
+
 # --- the task -------------------------------------------------------------------------------------------
 @register_task
 class DescriptionLengthTask(Task):
@@ -324,7 +491,8 @@ class DescriptionLengthTask(Task):
         # 65K latents at d=768: 1.3 GiB peak for the search, 0.9 GiB for the description length (perf/)
         resources=UnitResources(cpus=1.0, memory_gb=4.0, gpu=True),
         # the task seed draws the token sample and both baselines: its noise is measurable
-        summaries=reliability_summaries(("incoherent_fraction", "mean_pair_cosine", "description_length")),
+        summaries=_triple_summaries()
+        + reliability_summaries(("incoherent_fraction", "mean_pair_cosine", "description_length")),
         citation=AYONRINDE_2024,
         references=("https://arxiv.org/abs/2410.11179",
                     "https://www.lesswrong.com/posts/G2oyFQFTE5eGEas6m/interpretability-as-compression-reconsidering-sae",
@@ -340,8 +508,11 @@ class DescriptionLengthTask(Task):
             "The pair search covers pairs among each latent's top-k |cosine| neighbours; search_certified_fraction "
             "says for how many latents nothing outside them could reach tau (pairs of mutual |cosine| <= "
             "certify_pair_cosine).",
-            "Explanations of the latents of a triple are not compared yet: a task cannot read another task's "
-            "explanations; the triples artifact carries the (seed, latent) keys to join them on.",
+            "Explanations of a triple are compared in the summaries triple_explanations and "
+            "triple_explanation_counts (canonbench summarize), not in the task: they join the stored triples with "
+            "explanation-similarity's stored explanations of the same submission and SAE seed. That task explains a "
+            "seeded sample of latents, so few triples have both explanations; the similarity is token-set Jaccard, "
+            "a lexical measure (paraphrases count as disagreeing).",
         ),
     )
 

@@ -380,6 +380,36 @@ def test_a_failing_summary_is_reported_and_shown_as_missing_not_hidden(tmp_path)
     assert "Not computed yet" in text and "proxy-validity-fixture" not in text
 
 
+def test_description_length_page_shows_the_stored_triple_explanations(tmp_path):
+    """The description-length page shows the triple-explanation summaries as ``summarize`` stored them
+    (joined with explanation-similarity's explanations there; the leaderboard computes nothing)."""
+    import triple_explanation_fixtures as tx
+
+    from benchmark.summaries import summarize
+
+    results = tmp_path / "results"
+    tx.write_store(results)
+    build_site(results_dir=results, submissions_dir=None, out_dir=tmp_path / "before", build_date=DATE, tasks=tx.TASKS)
+    before = _html(tmp_path / "before", "tasks/description-length.html")
+    assert 'id="summary-triple_explanations"' in before and "fires on dog; after a" not in before
+    assert not any(o.error for o in summarize(results, registry=tx.TASKS, tasks=["description-length"])
+                   if o.name.startswith("triple_"))
+    build_site(results_dir=results, submissions_dir=None, out_dir=tmp_path / "s", build_date=DATE, tasks=tx.TASKS)
+    page = Page(_html(tmp_path / "s", "tasks/description-length.html"))
+    per_triple = page.tables["summary-triple_explanations"]
+    header = [c["text"] for c in per_triple["header"][0]]
+    rows = [dict(zip(header, (c["text"] for c in row))) for row in per_triple["rows"]]
+    assert len(rows) == len(tx.EXPECTED_TRIPLES)
+    disagreeing = [r for r in rows if r["disagree"] == "True"]
+    assert [(r["latent"], r["explanation_swapped"], r["similarity"]) for r in disagreeing] == \
+        [("10", "fires on dog; after a", "0.375")]
+    counts = page.tables["summary-triple_explanation_counts"]
+    header = [c["text"] for c in counts["header"][0]]
+    by_sub = {r["submission"]: r for r in (dict(zip(header, (c["text"] for c in row))) for row in counts["rows"])}
+    assert by_sub["lab/gamma"]["n_triples"] == "0" and "no triples stored" in by_sub["lab/gamma"]["note"]
+    assert by_sub["lab/beta"]["n_explained"] == "0"
+
+
 def test_empty_store_gives_not_run_cells_and_plot_notes(built, tmp_path):
     index = build_site(results_dir=tmp_path / "no-results", submissions_dir=built["submissions"], out_dir=tmp_path / "s",
                        build_date=DATE, tasks=fx.FIXTURE_TASKS)
