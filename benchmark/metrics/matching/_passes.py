@@ -122,17 +122,27 @@ def row_pass(
                     block[torch.from_numpy(lr).to(dev), torch.from_numpy(kc).to(dev)] = fill
             vals, idx = torch.topk(block, cap, dim=1)
             del block
-            v = vals.cpu().numpy().astype(np.float64)
-            if integer:
-                v = np.where(v == INT32_MIN, -np.inf, v * ops.scale)
-            else:
-                finite = v[np.isfinite(v)]
-                if len(finite):
-                    t_max = max(t_max, float(np.abs(finite).max()))
+            v, t_max = _top_values(vals, ops, integer, t_max)
             value[start : start + len(sel)] = v
             index[start : start + len(sel)] = idx.cpu().numpy()
-    slack = 0.0 if integer else 2 * U32 * (t_max + (float(np.abs(shift_used).max()) if len(shift_used) else 0.0)) + 1e-12
-    return PassResult(index, value, shift_used, slack, raw_col, raw_val)
+    return PassResult(index, value, shift_used, _pass_slack(integer, t_max, shift_used), raw_col, raw_val)
+
+
+def _top_values(vals: torch.Tensor, ops: KernelOperands, integer: bool, t_max: float) -> tuple[np.ndarray, float]:
+    """Top-k kernel values of one block as fp64 (int8 sums scaled; the excluded marker becomes −inf) and the
+    running largest |value| of a float kernel, which its rounding slack is proportional to."""
+    v = vals.cpu().numpy().astype(np.float64)
+    if integer:
+        return np.where(v == INT32_MIN, -np.inf, v * ops.scale), t_max
+    finite = v[np.isfinite(v)]
+    return v, (max(t_max, float(np.abs(finite).max())) if len(finite) else t_max)
+
+
+def _pass_slack(integer: bool, t_max: float, shift_used: np.ndarray) -> float:
+    """Bound on the float rounding of ``kernel − shift`` over a pass (0 for exact integer sums)."""
+    if integer:
+        return 0.0
+    return 2 * U32 * (t_max + (float(np.abs(shift_used).max()) if len(shift_used) else 0.0)) + 1e-12
 
 
 def column_pass(
@@ -163,17 +173,10 @@ def column_pass(
                 if len(lc):
                     block[torch.from_numpy(lc).to(dev), torch.from_numpy(kr).to(dev)] = INT32_MIN if integer else -torch.inf
             vals, idx = torch.topk(block, cap, dim=1)
-            v = vals.cpu().numpy().astype(np.float64)
-            if integer:
-                v = np.where(v == INT32_MIN, -np.inf, v * ops.scale)
-            else:
-                finite = v[np.isfinite(v)]
-                if len(finite):
-                    t_max = max(t_max, float(np.abs(finite).max()))
+            v, t_max = _top_values(vals, ops, integer, t_max)
             value[start : start + len(sel)] = v
             index[start : start + len(sel)] = idx.cpu().numpy()
-    slack = 0.0 if integer else 2 * U32 * (t_max + (float(np.abs(shift_used).max()) if len(shift_used) else 0.0)) + 1e-12
-    return PassResult(index, value, shift_used, slack)
+    return PassResult(index, value, shift_used, _pass_slack(integer, t_max, shift_used))
 
 
 def max_over_rows(ops: KernelOperands, rows: np.ndarray, row_shift: np.ndarray, block_cols: int) -> np.ndarray:
