@@ -257,15 +257,11 @@ def test_task_without_activations_and_with_one_seed():
         compute_cross_seed({0: saes[3]})
 
 
-def test_runner_passes_optional_activations_and_survives_their_failure(tmp_path):
-    """``uses_activations``: the runner hands cross-seed a provider when it can build one and
-    runs it on weights alone (with a warning) when building the provider fails."""
+def _two_seed_submission(tmp_path, base, rng):
+    """A checkpoints manifest of two native standard SAEs (seeds 0, 1) near ``base`` [width, 6]."""
     from benchmark.sae.checkpoints.native import save_native
     from benchmark.submission.manifest import load_manifest
-    from benchmark.runner import run_benchmark
 
-    rng = np.random.default_rng(8)
-    base = rng.normal(size=(8, 6))
     lines = []
     for s in (0, 1):
         save_native(make_sae(base + 0.1 * rng.normal(size=base.shape)), tmp_path / f"seed{s}")
@@ -274,9 +270,19 @@ def test_runner_passes_optional_activations_and_survives_their_failure(tmp_path)
     manifest_path.write_text(
         'name = "test/xs"\nkind = "checkpoints"\ntitle = "t"\nauthors = ["a"]\nlicense = "MIT"\n'
         '[model]\nname = "m"\nhook = "blocks.0.hook_resid_post"\nlocal = "model"\n'
-        '[sae]\narchitecture = "standard"\nwidth = 8\nd_in = 6\nformat = "native"\n' + "\n".join(lines)
+        f'[sae]\narchitecture = "standard"\nwidth = {base.shape[0]}\nd_in = 6\nformat = "native"\n' + "\n".join(lines)
     )
-    manifest = load_manifest(manifest_path)
+    return load_manifest(manifest_path)
+
+
+def test_runner_passes_optional_activations_and_survives_their_failure(tmp_path):
+    """``uses_activations``: the runner hands cross-seed a provider when it can build one and
+    runs it on weights alone (with a warning) when building the provider fails."""
+    from benchmark.runner import run_benchmark
+
+    rng = np.random.default_rng(8)
+    base = rng.normal(size=(8, 6))
+    manifest = _two_seed_submission(tmp_path, base, rng)
 
     def broken(manifest, **kw):
         raise RuntimeError("no model here")
@@ -304,22 +310,10 @@ def test_matching_kernel_is_recorded_in_the_stored_rows(tmp_path, monkeypatch):
     from benchmark.metrics import matching
     from benchmark.metrics.matching import _kernels
     from benchmark.runner import run_benchmark
-    from benchmark.sae.checkpoints.native import save_native
-    from benchmark.submission.manifest import load_manifest
 
     rng = np.random.default_rng(9)
     base = rng.normal(size=(40, 6))
-    lines = []
-    for s in (0, 1):
-        save_native(make_sae(base + 0.1 * rng.normal(size=base.shape)), tmp_path / f"seed{s}")
-        lines.append(f'[[checkpoints]]\nseed = {s}\nlocal = "seed{s}"\n')
-    manifest_path = tmp_path / "sub.toml"
-    manifest_path.write_text(
-        'name = "test/xs"\nkind = "checkpoints"\ntitle = "t"\nauthors = ["a"]\nlicense = "MIT"\n'
-        '[model]\nname = "m"\nhook = "blocks.0.hook_resid_post"\nlocal = "model"\n'
-        '[sae]\narchitecture = "standard"\nwidth = 40\nd_in = 6\nformat = "native"\n' + "\n".join(lines)
-    )
-    manifest = load_manifest(manifest_path)
+    manifest = _two_seed_submission(tmp_path, base, rng)
 
     def kernels_stored(results):
         summary = run_benchmark([manifest], ["cross-seed"], results_dir=tmp_path / results, cache_dir=tmp_path / "c",
