@@ -90,10 +90,10 @@ def evaluate(saes: dict[int, Any], organism, *, eval_samples: int | None = None)
     return out
 
 
-def curve(recipe, organism, checkpoints: list[int], *, kernel: str | None = None,
-          eval_samples: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def curve(recipe, organism, checkpoints: list[int], *, kernel: str | None = None, eval_samples: int | None = None,
+          on_row=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train ``recipe`` once to its ``steps``; evaluate at every step count of ``checkpoints``.
-    Returns the curve rows (one per checkpoint) and the training log."""
+    Returns the curve rows (one per checkpoint) and the training log; ``on_row(rows)`` after each row."""
     from benchmark.training import train_batched
 
     hp = recipe.hyperparameters
@@ -107,6 +107,8 @@ def curve(recipe, organism, checkpoints: list[int], *, kernel: str | None = None
         row["eval_s"] = time.perf_counter() - reached
         clock["eval"] += row["eval_s"]
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
 
     result = train_batched(recipe, organism.batches(hp.effective_batch_size, hp.steps), d_in=organism.d_in, quiet=True,
                            kernel=kernel, checkpoints=checkpoints, on_checkpoint=on_checkpoint)
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a recipe hyperparameter (repeatable)")
     parser.add_argument("--eval-samples", type=int, default=None, help="held-out samples (default: the preset's 16,384)")
     parser.add_argument("--kernel", choices=["torch", "fused"], default=None, help="restrict the training kernel self-check")
-    parser.add_argument("--json", type=Path, default=None, help="write the curve here (rewritten after every recipe)")
+    parser.add_argument("--json", type=Path, default=None, help="write the curve here (rewritten after every checkpoint)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on a shared machine
@@ -168,11 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     for arch in architectures:
         recipe = panel_recipe(arch, steps=checkpoints[-1], seeds=seeds, overrides=overrides.get(arch))
         load_before = load_average()
-        rows, train_log = curve(recipe, organism, checkpoints, kernel=args.kernel, eval_samples=args.eval_samples)
-        runs.append({"architecture": arch, "recipe": recipe.model_dump(mode="json"), "rows": rows,
-                     "load_before": load_before, "load_after": load_average(),
-                     "train_log": {k: train_log.get(k) for k in ("steps", "wall_s", "steps_per_s", "threads", "kernel",
-                                                                 "path", "checkpoint_s", "final")}})
+        run: dict[str, Any] = {"architecture": arch, "recipe": recipe.model_dump(mode="json"), "rows": [],
+                               "load_before": load_before}
+        runs.append(run)
+
+        def landed(rows: list[dict[str, Any]], run: dict[str, Any] = run) -> None:  # partial results survive a kill
+            run["rows"] = list(rows)
+            print(markdown([{"rows": rows[-1:]}]).splitlines()[-1], flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(runs, indent=1, default=str))
+
+        rows, train_log = curve(recipe, organism, checkpoints, kernel=args.kernel, eval_samples=args.eval_samples,
+                                on_row=landed)
+        run.update(rows=rows, load_after=load_average(),
+                   train_log={k: train_log.get(k) for k in ("steps", "wall_s", "steps_per_s", "threads", "kernel",
+                                                            "path", "checkpoint_s", "final")})
         last = rows[-1]
         print(f"{arch}: {train_log['steps']} steps × {len(seeds)} seeds in {train_log['wall_s']:.0f} s "
               f"({train_log['steps_per_s']:.1f} steps/s, kernel {train_log['kernel'].get('name')}); "
