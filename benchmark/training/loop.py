@@ -75,6 +75,8 @@ def train_batched(
     seeds: list[int] | None = None,
     kernel_threads: int | None = None,
     kernel: str | None = None,
+    checkpoints: Iterable[int] = (),
+    on_checkpoint: Callable[[int, dict[int, Any]], None] | None = None,
 ) -> TrainingResult:
     """Train every seed of ``recipe`` (or ``seeds``) together; returns one SAE per seed.
 
@@ -90,16 +92,31 @@ def train_batched(
     in separate processes); None lets the self-check try 1 and the caller's torch thread count.
     ``kernel`` restricts the self-check to ``"torch"`` or ``"fused"`` candidates (benchmarks, checks
     that both give the same SAEs); None considers every candidate.
+
+    ``checkpoints`` + ``on_checkpoint``: after each listed step count N (1 ≤ N ≤ steps) the callback
+    gets ``(N, {seed: SAE})``, SAEs that own their tensors (training goes on unchanged and does not
+    touch them), so one run yields a training curve. Every step's update depends only on the steps
+    before it (the learning-rate factor on the step index and the recipe's ``steps``), so with
+    ``lr_decay = "none"`` the SAEs at N equal those of a plain ``N``-step run (tests/training); a
+    decaying schedule is stretched over the whole run. Time spent in the callback is left out of
+    ``log["wall_s"]`` and reported as ``log["checkpoint_s"]``.
     """
     check_recipe(recipe)
     seeds = list(recipe.seeds if seeds is None else seeds)
     if not seeds:
         raise CanonBenchError("no seeds to train", field="seeds")
+    checkpoints = sorted({int(n) for n in checkpoints})
+    if checkpoints and on_checkpoint is None:
+        raise CanonBenchError("checkpoints given without on_checkpoint", field="checkpoints")
+    if checkpoints and not 1 <= checkpoints[0] <= checkpoints[-1] <= recipe.hyperparameters.steps:
+        raise CanonBenchError(f"checkpoints must lie in 1..{recipe.hyperparameters.steps} (the recipe's steps), "
+                              f"got {checkpoints}", field="checkpoints")
     dev = torch.device(device)
     previous_threads = torch.get_num_threads()
     try:
         return _train(recipe, batches, d_in=d_in, dev=dev, quiet=quiet, seeds=seeds,
-                      max_threads=previous_threads, kernel_threads=kernel_threads, kernel=kernel)
+                      max_threads=previous_threads, kernel_threads=kernel_threads, kernel=kernel,
+                      checkpoints=frozenset(checkpoints), on_checkpoint=on_checkpoint)
     finally:
         if torch.get_num_threads() != previous_threads:
             torch.set_num_threads(previous_threads)
@@ -120,7 +137,8 @@ def _thread_count(dev: torch.device, n_seeds: int, batch_rows: int, d_in: int, w
 
 
 def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: bool, seeds: list[int],
-           max_threads: int = 1, kernel_threads: int | None = None, kernel: str | None = None) -> TrainingResult:
+           max_threads: int = 1, kernel_threads: int | None = None, kernel: str | None = None,
+           checkpoints: frozenset[int] = frozenset(), on_checkpoint=None) -> TrainingResult:
     hp = recipe.hyperparameters
     model = BatchedSAE(recipe, d_in, seeds).to(dev)
     if hp.normalise_decoder:
@@ -137,6 +155,7 @@ def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: 
     started = time.perf_counter()
     last: dict[str, torch.Tensor] = {}
     done = 0
+    checkpoint_s = 0.0  # time inside on_checkpoint (not training)
     bar = tqdm(total=hp.steps, desc=f"train {recipe.architecture}×{len(seeds)} seeds", disable=quiet, unit="step", mininterval=1.0)
     for step in range(hp.steps):
         x = next_batch(step)
@@ -178,6 +197,12 @@ def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: 
                 fired = (terms["_z"] > 0).any(dim=1)
                 steps_since_fired = torch.where(fired, torch.zeros_like(steps_since_fired), steps_since_fired + 1)
         done = step + 1
+        if done in checkpoints:
+            paused = time.perf_counter()
+            if fast is not None:
+                fast.write_back()
+            on_checkpoint(done, model.to_saes(recipe))
+            checkpoint_s += time.perf_counter() - paused
         if logging_step:
             last = {k: v.detach() for k, v in terms.items() if not k.startswith("_")}
             if not quiet:
@@ -185,7 +210,7 @@ def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: 
                 bar.set_postfix(mse=f"{float(last['mse'].mean()):.4g}", l0=f"{float(last['l0'].mean()):.3g}")
     bar.update(done - bar.n)
     bar.close()
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started - checkpoint_s
     if not last:
         raise CanonBenchError("no training batches were given", field="batches")
     if fast is not None:
@@ -202,6 +227,7 @@ def _train(recipe: RecipeSpec, batches, *, d_in: int, dev: torch.device, quiet: 
         "path": "analytic" if fast is not None else "autograd",
         "kernel": kernel_record,
         "trainer_version": TRAINER_VERSION,
+        **({"checkpoint_s": checkpoint_s} if checkpoints else {}),
         "final": {name: [float(v) for v in values.float().cpu()] for name, values in last.items()},
     }
     if recipe.architecture in ("batchtopk", "matryoshka"):

@@ -86,6 +86,74 @@ def test_callable_and_short_iterables(toy_batches):
         train_batched(spec, [torch.zeros(8, 5)], d_in=16, quiet=True)
 
 
+def _steps(spec: RecipeSpec, steps: int) -> RecipeSpec:
+    return spec.model_copy(update={"hyperparameters": spec.hyperparameters.model_copy(update={"steps": steps})})
+
+
+def _preset_values(saes, organism) -> dict[str, float]:
+    from tasks.synthetic import evaluate_preset
+
+    rows, _ = evaluate_preset(saes, organism, eval_samples=2048)
+    return {(row.metric, row.subset): row.value for row in rows}
+
+
+@pytest.mark.parametrize("architecture", sorted(CASES))
+def test_checkpoints_equal_plain_runs_of_that_length(architecture, toy_batches):
+    """The SAEs the checkpoint hook hands over at step N are those of a plain N-step run (weights and the
+    synthetic task's metrics), although training goes on after it; the final SAEs are unchanged by it."""
+    organism = Organism("song2025-toy")
+    spec = recipe(architecture, **CASES[architecture])  # 40 steps, constant learning rate
+    seen: dict[int, dict] = {}
+    full = train_batched(spec, toy_batches, d_in=16, quiet=True, kernel="torch", checkpoints=[25, 10, 40],
+                         on_checkpoint=lambda step, saes: seen.setdefault(step, saes))
+    assert sorted(seen) == [10, 25, 40] and full.log["steps"] == 40 and full.log["checkpoint_s"] >= 0
+    for steps in (10, 25, 40):
+        plain = train_batched(_steps(spec, steps), toy_batches, d_in=16, quiet=True, kernel="torch")
+        for seed in spec.seeds:
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold", "b_mag", "r_mag"):
+                a, b = getattr(seen[steps][seed], name), getattr(plain.saes[seed], name)
+                assert (a is None) == (b is None), name
+                if a is not None:
+                    assert torch.equal(a, b), (steps, seed, name)
+                    if steps == 40:
+                        assert torch.equal(getattr(full.saes[seed], name), b), ("final", seed, name)
+        if steps == 10:
+            assert not torch.equal(seen[10][spec.seeds[0]].W_dec, full.saes[spec.seeds[0]].W_dec)  # it trained on
+            values = _preset_values(seen[10], organism)
+            assert values == _preset_values(plain.saes, organism)
+            assert values[("gt_mcc", "preset=song2025-toy")] != _preset_values(full.saes, organism)[("gt_mcc", "preset=song2025-toy")]
+
+
+def test_checkpoints_are_checked(toy_batches):
+    spec = recipe("topk", k=3)
+    with pytest.raises(CanonBenchError, match="on_checkpoint"):
+        train_batched(spec, toy_batches, d_in=16, quiet=True, checkpoints=[10])
+    with pytest.raises(CanonBenchError, match="1..40"):
+        train_batched(spec, toy_batches, d_in=16, quiet=True, checkpoints=[41], on_checkpoint=lambda *a: None)
+
+
+def test_panel_training_curve_rows_equal_plain_runs():
+    """perf/panel_training_curve.py's rows at step N are the synthetic task's values of a plain N-step run."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "perf" / "panel_training_curve.py"
+    module_spec = importlib.util.spec_from_file_location("panel_training_curve", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    organism = Organism("song2025-toy")
+    spec = recipe("batchtopk", **CASES["batchtopk"])
+    rows, log = module.curve(spec, organism, [10, 40], kernel="torch", eval_samples=2048)
+    assert [row["steps"] for row in rows] == [10, 40] and log["steps"] == 40
+    for row in rows:
+        plain = train_batched(_steps(spec, row["steps"]), organism.batches(64, row["steps"]), d_in=16, quiet=True,
+                              kernel="torch")
+        expected = _preset_values(plain.saes, organism)
+        for metric in module.METRICS:
+            assert row[metric] == expected[(metric, "preset=song2025-toy")], (row["steps"], metric)
+    assert rows[0]["gt_mcc"] != rows[1]["gt_mcc"]
+
+
 def test_bad_recipes_are_refused():
     with pytest.raises(CanonBenchError, match="needs k"):
         train_batched(recipe("topk"), [torch.zeros(4, 16)], d_in=16, quiet=True)
