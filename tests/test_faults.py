@@ -168,6 +168,11 @@ def test_ctrl_c_right_after_a_unit_is_stored_reports_it_as_done(tmp_path, monkey
 
 # --- real signals in subprocesses -----------------------------------------------------------------------------
 
+#: Seconds each ``fault-slow`` unit works in the signal tests: long enough that the five units after the first
+#: cannot all finish before the signal lands on a loaded machine (at 0.15 s a SIGINT once arrived after the end).
+SLOW_UNIT_S = "1.0"
+
+
 def _driver(args: list[str], **env: str) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(DRIVER.parent)]),
                    "HF_HUB_OFFLINE": "1", **env}
@@ -184,7 +189,7 @@ def test_sigint_mid_run_exits_130_and_keeps_finished_units(tmp_path, capsys):
     subs = write_submissions(tmp_path / "subs", [f"s{i}" for i in range(6)])
     results = tmp_path / "results"
     args = ["run", str(subs), "--results", str(results), "--tasks", "fault-slow", "--quiet"]
-    proc = _driver(args, FAULT_SLEEP_S="0.15")
+    proc = _driver(args, FAULT_SLEEP_S=SLOW_UNIT_S)
     _wait_ready(proc)
     deadline = time.monotonic() + 20
     while not ResultStore(results).unit_files() and time.monotonic() < deadline:
@@ -206,7 +211,7 @@ def test_sigint_mid_run_exits_130_and_keeps_finished_units(tmp_path, capsys):
 def test_sigterm_mid_run_exits_143_with_a_summary_and_keeps_finished_units(tmp_path):
     subs = write_submissions(tmp_path / "subs", [f"s{i}" for i in range(6)])
     results = tmp_path / "results"
-    proc = _driver(["run", str(subs), "--results", str(results), "--tasks", "fault-slow", "--quiet"], FAULT_SLEEP_S="0.15")
+    proc = _driver(["run", str(subs), "--results", str(results), "--tasks", "fault-slow", "--quiet"], FAULT_SLEEP_S=SLOW_UNIT_S)
     _wait_ready(proc)
     deadline = time.monotonic() + 20
     while not ResultStore(results).unit_files() and time.monotonic() < deadline:
