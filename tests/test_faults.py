@@ -177,7 +177,13 @@ def _driver(args: list[str], **env: str) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(DRIVER.parent)]),
                    "HF_HUB_OFFLINE": "1", **env}
     return subprocess.Popen([sys.executable, str(DRIVER), *args], cwd=REPO_ROOT, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    # A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler: in the full
+    # suite something earlier leaves SIGINT ignored in this process, and the driver ran to the end (exit 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_ready(proc: subprocess.Popen) -> None:
