@@ -349,15 +349,9 @@ def metric_pair(
     pick = pick[~pick["subset"].astype(str).str.contains(",")]  # slices of slices (e.g. per seed) are not points here
     records = []
     for (submission, subset), group in pick.groupby(["submission", "subset"], sort=True):
-        by_metric = {r.metric: r for r in group.itertuples(index=False)}
-        if x_metric not in by_metric or y_metric not in by_metric:
-            continue
-        x, y = _value(by_metric[x_metric].value), _value(by_metric[y_metric].value)
-        if x is None or y is None:
-            continue
-        records.append({"submission": submission, "slice": subset[len(subset_prefix):], x_metric: x,
-                        f"{x_metric}_std": _value(by_metric[x_metric].std), y_metric: y,
-                        f"{y_metric}_std": _value(by_metric[y_metric].std)})
+        point = _xy_point(group, x_metric, y_metric)
+        if point is not None:
+            records.append({"submission": submission, "slice": subset[len(subset_prefix):], **point})
     if not records:
         return Figure(figure_id, title, None, note=f"Plot omitted: no (submission, slice) has both {y_metric} and {x_metric} stored.")
     data = pd.DataFrame(records)
@@ -404,15 +398,10 @@ def metric_scatter(
     pick = rows[rows["metric"].isin([x_metric, y_metric]) & (rows["subset"].astype(str) == "all")]
     records = []
     for submission, group in pick.groupby("submission", sort=True):
-        by_metric = {r.metric: r for r in group.itertuples(index=False)}
-        if x_metric not in by_metric or y_metric not in by_metric:
-            continue
-        x, y = _value(by_metric[x_metric].value), _value(by_metric[y_metric].value)
-        if x is None or y is None:
-            continue
-        records.append({"submission": submission, "architecture": architectures.get(submission) or "unknown",
-                        x_metric: x, f"{x_metric}_std": _value(by_metric[x_metric].std),
-                        y_metric: y, f"{y_metric}_std": _value(by_metric[y_metric].std)})
+        point = _xy_point(group, x_metric, y_metric)
+        if point is not None:
+            records.append({"submission": submission, "architecture": architectures.get(submission) or "unknown",
+                            **point})
     if not records:
         return Figure(figure_id, title, None, note=f"Plot omitted: no submission has both {y_metric} and {x_metric} "
                                                    "stored (subset \u201call\u201d).")
@@ -562,6 +551,18 @@ def pair_matrix(pairs: pd.DataFrame, *, names: Sequence[str], figure_id: str, ti
     if mdd is not None:
         text += f" Two single shown scores need a difference above {format_number(mdd)} (the stored MDD)."
     return Figure(figure_id, title, "\n".join(parts), note=(text + " " + note).strip(), data=data)
+
+
+def _xy_point(group: pd.DataFrame, x_metric: str, y_metric: str) -> dict[str, float | None] | None:
+    """The stored (x, y) values and stds of one group of rows, or None if either value is missing."""
+    by_metric = {r.metric: r for r in group.itertuples(index=False)}
+    if x_metric not in by_metric or y_metric not in by_metric:
+        return None
+    x, y = _value(by_metric[x_metric].value), _value(by_metric[y_metric].value)
+    if x is None or y is None:
+        return None
+    return {x_metric: x, f"{x_metric}_std": _value(by_metric[x_metric].std),
+            y_metric: y, f"{y_metric}_std": _value(by_metric[y_metric].std)}
 
 
 def metric_vs_slice(rows: pd.DataFrame, *, metric: str, subset_prefix: str, architectures: dict[str, str],

@@ -99,6 +99,13 @@ def _check_path_characters(value: str) -> str:
     return value
 
 
+def _check_hook(value: str) -> str:
+    """A hook point name (``blocks.3.hook_resid_post``), shared by the model and activations tables."""
+    if not HOOK_NAME.fullmatch(value):
+        raise ValueError(f"hook {_clip(value)!r} may hold only letters, digits, '_', '.', '[' and ']'")
+    return value
+
+
 def _check_relative_path(value: str) -> str:
     """Paths inside a repo or below the manifest: relative, no ``..``, no backslashes."""
     if value == "":
@@ -163,9 +170,7 @@ class ModelSpec(_Strict):
     @field_validator("hook")
     @classmethod
     def _hook_name(cls, value: str) -> str:
-        if not HOOK_NAME.fullmatch(value):
-            raise ValueError(f"hook {_clip(value)!r} may hold only letters, digits, '_', '.', '[' and ']'")
-        return value
+        return _check_hook(value)
 
     @field_validator("name")
     @classmethod
@@ -292,9 +297,7 @@ class ActivationsSpec(_Strict):
     @field_validator("hook")
     @classmethod
     def _hook_name(cls, value: str) -> str:
-        if not HOOK_NAME.fullmatch(value):
-            raise ValueError(f"hook {_clip(value)!r} may hold only letters, digits, '_', '.', '[' and ']'")
-        return value
+        return _check_hook(value)
 
     @model_validator(mode="after")
     def _file_place(self) -> "ActivationsSpec":
