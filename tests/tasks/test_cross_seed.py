@@ -13,7 +13,7 @@ from scipy.optimize import linear_sum_assignment
 from benchmark.errors import TaskError
 from benchmark.results import ResultStore, UnitProvenance, make_rows
 from benchmark.sae.model import SAE, SAEConfig
-from task_fixtures import task_inputs
+from task_fixtures import FixedActivations, task_inputs
 from benchmark.metrics.stats import bootstrap_mean_of_means
 from tasks.cross_seed import CrossSeedTask, compute_cross_seed
 
@@ -183,18 +183,6 @@ def test_unequal_widths_are_refused_and_left_to_stitching():
     assert not any(n.startswith("stitch_") for n in names)
 
 
-class FakeProvider:
-    """A minimal activation provider: fixed activations, a key."""
-
-    key = "fake-activations-v1"
-
-    def __init__(self, acts: torch.Tensor):
-        self._acts = acts
-
-    def activations(self, hook=None):
-        return self._acts
-
-
 def test_task_runs_with_activations_and_stores_its_unit(tmp_path):
     rng = np.random.default_rng(11)
     d, m = 10, 12
@@ -205,7 +193,7 @@ def test_task_runs_with_activations_and_stores_its_unit(tmp_path):
         saes[s] = make_sae(dec, dec, b_enc=np.full(m, -0.2))
         raw[s] = dec
     acts = torch.as_tensor(rng.normal(size=(500, d)), dtype=torch.float32)
-    inputs = task_inputs(CrossSeedTask, saes=saes, activations=FakeProvider(acts), options={"n_tokens": 300},
+    inputs = task_inputs(CrossSeedTask, saes=saes, activations=FixedActivations(acts), options={"n_tokens": 300},
                          batch_size=64)
     task = CrossSeedTask()
     out = task.run(inputs)
@@ -295,11 +283,11 @@ def test_runner_passes_optional_activations_and_survives_their_failure(tmp_path)
 
     acts = torch.as_tensor(rng.normal(size=(200, 6)), dtype=torch.float32)
     summary = run_benchmark([manifest], ["cross-seed"], results_dir=tmp_path / "r2", cache_dir=tmp_path / "c",
-                            quiet=True, activations_factory=lambda manifest, **kw: FakeProvider(acts))
+                            quiet=True, activations_factory=lambda manifest, **kw: FixedActivations(acts))
     assert [o.status for o in summary.outcomes] == ["done"], summary.render()
     rows = ResultStore(tmp_path / "r2").read()
     l0 = rows[rows.metric == "l0"]
-    assert len(l0) == 1 and rows[rows.metric == "l0"]["data_hash"].iloc[0] == FakeProvider.key
+    assert len(l0) == 1 and rows[rows.metric == "l0"]["data_hash"].iloc[0] == FixedActivations.key
 
 
 def test_matching_kernel_is_recorded_in_the_stored_rows(tmp_path, monkeypatch):

@@ -14,18 +14,8 @@ from benchmark.metrics.description_length import description_length
 from benchmark.metrics.incoherence import two_term_representations
 from benchmark.results import ResultStore, UnitProvenance, make_rows
 from benchmark.sae.model import SAE, SAEConfig
-from task_fixtures import task_inputs
+from task_fixtures import FixedActivations, task_inputs
 from tasks.description_length import DescriptionLengthTask
-
-
-class FakeProvider:
-    key = "fake-activations-v1"
-
-    def __init__(self, acts: torch.Tensor):
-        self._acts = acts
-
-    def activations(self, hook=None):
-        return self._acts
 
 
 def topk_sae(W_dec: np.ndarray, k: int = 3) -> SAE:
@@ -53,7 +43,7 @@ def run():
     saes = {s: topk_sae(dec) for s, (dec, _) in decoders.items()}
     acts = torch.tensor(np.random.default_rng(0).normal(size=(900, d)), dtype=torch.float32)
     options = {"n_tokens": 600, "epsilon": 0.01, "tau": 0.95, "neighbours": 8}
-    inputs = task_inputs(DescriptionLengthTask, saes=saes, activations=FakeProvider(acts), options=options, seed=5,
+    inputs = task_inputs(DescriptionLengthTask, saes=saes, activations=FixedActivations(acts), options=options, seed=5,
                          batch_size=128)
     out = DescriptionLengthTask().run(inputs)
     return out, saes, decoders, acts, inputs
@@ -82,7 +72,7 @@ def test_rows_agree_with_the_kernels_run_directly(run):
     assert 0 <= metric(out, "incoherent_fraction_shuffled").value <= 1
     names = {m.metric for m in out.metrics}
     assert names == {spec.name for spec in DescriptionLengthTask.metadata.metrics}
-    assert out.data_hash == FakeProvider.key
+    assert out.data_hash == FixedActivations.key
 
 
 def test_artifacts_hold_the_planted_triples_and_declared_columns(run):
@@ -122,7 +112,7 @@ def test_limit_caps_the_token_sample():
     rng = np.random.default_rng(1)
     sae = topk_sae(planted_decoder(24, 8, 0)[0], k=2)
     acts = torch.tensor(rng.normal(size=(400, 8)), dtype=torch.float32)
-    out = DescriptionLengthTask().run(task_inputs(DescriptionLengthTask, saes={0: sae}, activations=FakeProvider(acts),
+    out = DescriptionLengthTask().run(task_inputs(DescriptionLengthTask, saes={0: sae}, activations=FixedActivations(acts),
                                                   limit=50))
     assert metric(out, "l0", "seed=0").n == 50 and metric(out, "l0").extra["tokens"] == 50
     assert metric(out, "description_length").std is None  # one seed: no spread
@@ -132,7 +122,7 @@ def test_bad_inputs_fail_with_one_line_naming_the_field():
     sae = topk_sae(planted_decoder(24, 8, 0)[0], k=2)
     with pytest.raises(TaskError) as err:
         DescriptionLengthTask().run(task_inputs(DescriptionLengthTask, saes={0: sae},
-                                                activations=FakeProvider(torch.zeros(10, 5))))
+                                                activations=FixedActivations(torch.zeros(10, 5))))
     assert err.value.field == "model.hook" and "\n" not in str(err.value)
     with pytest.raises(TaskError) as err:
         DescriptionLengthTask().run(task_inputs(DescriptionLengthTask, saes={0: sae}))

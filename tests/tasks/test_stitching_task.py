@@ -14,7 +14,7 @@ from benchmark.results import ResultStore
 from benchmark.runner import run_benchmark
 from benchmark.sae.model import SAE, SAEConfig
 from benchmark.submission.manifest import load_manifest
-from task_fixtures import task_inputs
+from task_fixtures import FixedActivations, task_inputs
 from tasks.base import OrganismInputs
 from tasks.stitching import LATENT_COLUMNS, STEP_COLUMNS, CURVE_COLUMNS, StitchingTask, rung_seed_pairs
 
@@ -115,25 +115,15 @@ def test_artifacts_have_their_declared_columns_and_the_curve_spans_the_ladder(or
     assert organism_run.provenance["checkpoints"] == [{"seed": 0, "width": 4}]
 
 
-class FakeProvider:
-    key = "fake-activations"
-
-    def __init__(self, acts: torch.Tensor):
-        self._acts = acts
-
-    def activations(self, hook=None):
-        return self._acts
-
-
 def test_model_activations_are_sampled_with_the_task_seed():
     ladder = nested_ladder(widths=(6, 12), seeds=(3,))
     acts = StubOrganism().eval_data(5000)
-    inputs = task_inputs(StitchingTask, ladder=ladder, activations=FakeProvider(acts), options={"n_inputs": 700})
+    inputs = task_inputs(StitchingTask, ladder=ladder, activations=FixedActivations(acts), options={"n_inputs": 700})
     out = StitchingTask().run(inputs)
     rows = by(out.metrics)
     assert rows["novel_fraction"].value == pytest.approx(0.5) and rows["novel_fraction"].extra["n_inputs"] == 700
-    assert out.data_hash == "fake-activations"
-    capped = StitchingTask().run(task_inputs(StitchingTask, ladder=ladder, activations=FakeProvider(acts), limit=100))
+    assert out.data_hash == FixedActivations.key
+    capped = StitchingTask().run(task_inputs(StitchingTask, ladder=ladder, activations=FixedActivations(acts), limit=100))
     assert by(capped.metrics)["novel_fraction"].extra["n_inputs"] == 100
     with pytest.raises(Exception, match="held-out inputs"):
         StitchingTask().run(task_inputs(StitchingTask, ladder=ladder))
