@@ -220,3 +220,24 @@ def test_bound_on_rows_left_out_holds_for_every_row(candidates):
     assert (left_out_max <= _c_star(outside, err)[live] + 1e-12).all()
     if candidates == "int8":
         assert (left_out_max > outside[live]).any()
+
+
+def test_tau_separates_a_representation_just_above_from_one_just_below():
+    """A row whose best two-term fit has cosine 0.97 counts at tau = 0.95, one at 0.93 does not (the
+    planted triples above have cosine 1, so they cannot tell where the threshold sits)."""
+    rng = np.random.default_rng(11)
+    U = unit(rng.standard_normal((300, 64)))
+
+    def near_plane(j: int, k: int, cosine: float) -> np.ndarray:
+        plane = np.linalg.qr(np.stack([U[j], U[k]], axis=1))[0]  # [64, 2] orthonormal basis of span(U_j, U_k)
+        inside = unit((0.6 * U[j] + 0.5 * U[k])[None])[0]
+        noise = rng.standard_normal(64)
+        noise -= plane @ (plane.T @ noise)
+        return cosine * inside + np.sqrt(1 - cosine**2) * unit(noise[None])[0]
+
+    U[10] = near_plane(20, 21, 0.97)
+    U[11] = near_plane(30, 31, 0.93)
+    found = two_term_representations(U, tau=0.95, k=16)
+    assert found.pair_cosine[10] == pytest.approx(0.97, abs=1e-9)
+    assert found.pair_cosine[11] == pytest.approx(0.93, abs=1e-9)
+    assert found.represented[10] and not found.represented[11]
