@@ -327,3 +327,45 @@ def test_batch_threshold_search_is_exact_with_and_without_its_guess():
     assert torch.equal(fast._batch_kth(rows, 50), expected)  # filtered by the guess
     halved = rows * 0.5  # the guess is now above the threshold: too few survive, full search again
     assert torch.equal(fast._batch_kth(halved, 50), halved.topk(50, dim=-1).values[:, -1])
+
+
+def test_model_training_curve_rows_equal_plain_runs_and_never_train_on_heldout_rows():
+    """perf/model_training_curve.py: the row at step N holds a plain N-step run's held-out EV / L0 (an
+    independent numpy computation) and its decoder PW-MCC (scipy's assignment); the held-out rows never
+    reach training (changing them changes no decoder)."""
+    import importlib.util
+    from itertools import combinations
+    from pathlib import Path
+
+    from benchmark.training.cache import epoch_batches
+
+    path = Path(__file__).resolve().parents[2] / "perf" / "model_training_curve.py"
+    module_spec = importlib.util.spec_from_file_location("model_training_curve", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    organism = Organism("song2025-toy")
+    acts = organism.samples(0, 1280)
+    spec = recipe("topk", k=3, seeds=(0, 1, 2), steps=30)
+    rows, log = module.curve(spec, acts, [12, 30], heldout=256)
+    assert [row["steps"] for row in rows] == [12, 30] and log["steps"] == 30
+    train, heldout = acts[:1024], acts[1024:].double().numpy()
+    for row in rows:
+        plain = train_batched(_steps(spec, row["steps"]), epoch_batches(train, 64, seed=0), d_in=16, quiet=True)
+        evs, l0s = [], []
+        for sae in plain.saes.values():
+            W_enc, b_enc, W_dec, b_dec = (getattr(sae, n).double().numpy() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+            pre = (heldout - b_dec) @ W_enc + b_enc
+            kth = np.sort(pre, axis=1)[:, -3][:, None]
+            z = np.where((pre >= kth) & (pre > 0), pre, 0.0)
+            resid = ((z @ W_dec + b_dec - heldout) ** 2).sum()
+            evs.append(1 - resid / ((heldout - heldout.mean(0)) ** 2).sum())
+            l0s.append((z > 0).sum(1).mean())
+        assert row["explained_variance"] == pytest.approx(np.mean(evs), abs=1e-5)
+        assert row["l0"] == pytest.approx(np.mean(l0s), abs=1e-9)
+        mccs = [scipy_mcc(plain.saes[a].W_dec.numpy(), plain.saes[b].W_dec.numpy()) for a, b in combinations((0, 1, 2), 2)]
+        assert row["decoder_pw_mcc"] == pytest.approx(np.mean(mccs), abs=1e-6)
+    changed = acts.clone()
+    changed[1024:] = torch.randn(256, 16)
+    rows_changed, _ = module.curve(spec, changed, [30], heldout=256)
+    assert rows_changed[0]["decoder_pw_mcc"] == rows[-1]["decoder_pw_mcc"]
+    assert rows_changed[0]["explained_variance"] != rows[-1]["explained_variance"]
