@@ -783,3 +783,20 @@ def test_loose_int8_bound_with_capped_row_passes_stays_exact(row_cap):
     cos = (ua @ ub.T).numpy()
     assert (raw.row_dual[:, None] + raw.col_dual[None, :] - cos).min() >= -1e-9
     assert cos[np.arange(240), raw.row_col].mean() == pytest.approx(dense_reference(a, b), abs=1e-9)
+
+
+def test_sorted_set_helpers_agree_with_numpy():
+    """_sets replaces np.unique / setdiff1d (hash-based and slow on millions of keys in numpy 2.x)."""
+    from benchmark.metrics.matching import _sets
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 2, 50, 5000):
+        x = rng.integers(0, max(2, size // 3), size) * 1_000_003
+        y = rng.integers(0, max(2, size // 3), size // 2) * 1_000_003
+        np.testing.assert_array_equal(_sets.unique(x), np.unique(x))
+        vals, first = _sets.unique_first(x)
+        ref_vals, ref_first = np.unique(x, return_index=True)
+        np.testing.assert_array_equal(vals, ref_vals)
+        np.testing.assert_array_equal(first, ref_first)
+        np.testing.assert_array_equal(_sets.setdiff(x, y), np.setdiff1d(x, y))
+        np.testing.assert_array_equal(_sets.setdiff(x, []), np.setdiff1d(x, []))

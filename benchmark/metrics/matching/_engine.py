@@ -38,6 +38,7 @@ from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bip
 
 from benchmark.metrics.matching import _cosine as cz
 from benchmark.metrics.matching import _passes as ps
+from benchmark.metrics.matching import _sets as st
 from benchmark.metrics.matching._duals import RELAX_TOL, Duals, apply_improvement, exchange_duals
 from benchmark.metrics.matching._kernels import U32, KernelOperands, kernel_operands
 
@@ -78,6 +79,13 @@ class RawSolution:
     row_value: np.ndarray | None = None  # exact (fp64) cosine of each row with its column
 
 
+def _tick(stats: SolveStats, key: str, clock: float) -> float:
+    """Add the seconds since ``clock`` to ``stats.timings[key]``; returns the new clock."""
+    now = time.perf_counter()
+    stats.timings[key] = stats.timings.get(key, 0.0) + now - clock
+    return now
+
+
 def solve_dense(a64: torch.Tensor, b64: torch.Tensor) -> RawSolution:
     costs = cz.dense_cosines64(a64, b64)
     rows, cols = linear_sum_assignment(costs, maximize=True)
@@ -104,7 +112,7 @@ class _Known:
     def add(self, keys: np.ndarray, kval: np.ndarray | None = None, xval: np.ndarray | None = None,
             graph: bool = False) -> int:
         keys = np.asarray(keys, dtype=np.int64)
-        keys, first = np.unique(keys, return_index=True)
+        keys, first = st.unique_first(keys)
         kv = np.full(len(keys), np.nan) if kval is None else np.asarray(kval, dtype=np.float64)[first]
         xv = np.full(len(keys), np.nan) if xval is None else np.asarray(xval, dtype=np.float64)[first]
         pos = np.searchsorted(self.keys, keys)
@@ -153,7 +161,7 @@ class _Known:
         return self._csc
 
     def ensure_exact(self, idx: np.ndarray, a64: torch.Tensor, b64: torch.Tensor, stats: SolveStats) -> None:
-        todo = np.unique(idx[np.isnan(self.xval[idx])])
+        todo = st.unique(idx[np.isnan(self.xval[idx])])
         if len(todo):
             self.xval[todo] = cz.entry_cosines64(a64, b64, self.keys[todo])
             stats.exact_entries += len(todo)
@@ -161,7 +169,7 @@ class _Known:
 
 def _exact(keys: np.ndarray, a64: torch.Tensor, b64: torch.Tensor, stats: SolveStats) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique keys, their exact fp64 cosines)."""
-    keys = np.unique(keys)
+    keys = st.unique(keys)
     stats.exact_entries += len(keys)
     return keys, cz.entry_cosines64(a64, b64, keys)
 
@@ -187,10 +195,10 @@ def _sample_prices(a64, b64, ops: KernelOperands, sample: int, ratio: int, dense
     rand_cols = rng.choice(n, half_c, replace=False)
     best_cols = ps.argmax_rows(ops, rand_rows, block)
     best_rows = ps.argmax_cols(ops, rand_cols, block)
-    rows = np.unique(np.concatenate([rand_rows, best_rows]))
-    cols = np.unique(np.concatenate([rand_cols, best_cols]))
+    rows = st.unique(np.concatenate([rand_rows, best_rows]))
+    cols = st.unique(np.concatenate([rand_cols, best_cols]))
     if len(rows) > len(cols):  # every sampled row must be matched
-        extra = rng.permutation(np.setdiff1d(np.arange(n), cols))[: len(rows) - len(cols)]
+        extra = rng.permutation(st.setdiff(np.arange(n), cols))[: len(rows) - len(cols)]
         cols = np.sort(np.concatenate([cols, extra]))
     sub_a, sub_b = a64[torch.from_numpy(rows)], b64[torch.from_numpy(cols)]
     if len(rows) <= dense_max:
@@ -268,7 +276,7 @@ def _choose_outlier_columns(v: np.ndarray, refs: list[np.ndarray], ref_of_row: n
     For each reference r, excluding its p lowest columns costs p·m (column pass) and leaves
     #{rows of r with gap_i + Δ_(p) < 0}·n of row passes; p is chosen over 0, 1, 2, 4, … ≤ max_cols."""
     out = []
-    for r in np.unique(ref_of_row):
+    for r in st.unique(ref_of_row):
         mine = gap[ref_of_row == r]
         delta = v - refs[r]
         order = np.argsort(delta, kind="stable")
@@ -281,7 +289,7 @@ def _choose_outlier_columns(v: np.ndarray, refs: list[np.ndarray], ref_of_row: n
                 best_p, best_cost = p, cost
             p = 1 if p == 0 else 2 * p
         out.append(order[:best_p])
-    return np.unique(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
+    return st.unique(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
 
 
 def solve_certified(
@@ -361,7 +369,7 @@ def solve_certified(
     # each row's best column by raw kernel value joins the graph too: the estimated prices only add
     # candidates, they can never hide a clean partner
     raw_keys = np.arange(m, dtype=np.int64) * n + first.raw_col
-    raw_keys, raw_exact = _exact(np.setdiff1d(raw_keys, known.keys[known.graph]), a64, b64, stats)
+    raw_keys, raw_exact = _exact(st.setdiff(raw_keys, known.keys[known.graph]), a64, b64, stats)
     known.add(raw_keys, xval=raw_exact, graph=True)
     # references: cos_ij ≤ w_i + refs[ref_of_row[i]][j] for every entry (i, j) not known; rows still
     # on the candidate pass's reference also have cos_ij ≤ raw_w_i (+ 0·v) for every j but their best
@@ -381,7 +389,7 @@ def solve_certified(
             colp = ps.column_pass(ops, low, row_pot, col_k, blk_c)
             stats.column_pass_cols += len(low)
             keys = (colp.index.astype(np.int64) * n + low[:, None])[np.isfinite(colp.value)]
-            keys, vals = _exact(np.setdiff1d(keys, known.keys), a64, b64, stats)
+            keys, vals = _exact(st.setdiff(keys, known.keys), a64, b64, stats)
             known.add(keys, xval=vals, graph=True)
     stats.timings["column_candidates"] = time.perf_counter() - clock
 
@@ -436,7 +444,7 @@ def solve_certified(
             need_solve = True  # many changes: a new sparse solve is cheaper than chains of exchanges
             continue
         clock = time.perf_counter()
-        found = _repair_duals(known, row_col, row_value, duals, np.unique(pr[violating]), n, stats, v)
+        found = _repair_duals(known, row_col, row_value, duals, st.unique(pr[violating]), n, stats, v)
         stats.timings["duals"] += time.perf_counter() - clock
         if found is None:
             need_solve = True
@@ -516,7 +524,7 @@ def _worst_per_row(keys: np.ndarray, known: _Known, u: np.ndarray, v: np.ndarray
     duals, the rest stay known (and are checked again each round) without bloating the graph."""
     if not len(keys):
         return keys
-    keys = np.unique(keys)
+    keys = st.unique(keys)
     n = known.n
     rows, cols = keys // n, keys % n
     excess = known.xval[np.searchsorted(known.keys, keys)] - u[rows] - v[cols]
@@ -545,6 +553,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
     m, n = len(u), len(v)
     err = ops.row_err
     to_graph = []
+    clock = time.perf_counter()
 
     # 1. known entries outside the graph (the pool): kernel value first, exact value when needed
     pool = np.flatnonzero(~known.graph)
@@ -565,7 +574,9 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
         known.graph[promote] = True
         if len(promote):
             logger.debug("round: %d pool entries to the graph; solving again before any pass", len(promote))
+            _tick(stats, "cert_pool", clock)
             return known.keys[promote]
+    clock = _tick(stats, "cert_pool", clock)
 
     # 2. which rows hold by their reference bound; outlier columns checked directly
     gap = u - w
@@ -588,6 +599,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             x = known.xval[idx_new]
             to_graph.append(keys[x > u[rows_hit] + v[cols_hit] - near])
         outliers = outliers[cleared]
+    clock = _tick(stats, "cert_column_pass", clock)
     inside = np.ones(n, dtype=bool)
     inside[outliers] = False
     min_delta = np.array([float(np.min(v[inside] - ref[inside])) if inside.any() else 0.0 for ref in refs])
@@ -615,7 +627,9 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
         v_excess = 2 * ops.scale if ops.integer else 2 * U32 * (1.0 + float(np.abs(v).max()))
         slack_est = 0.0 if ops.integer else 2 * U32 * (3.0 + float(err.max()) + 2 * float(np.abs(v).max()) + float(np.abs(u).max()))
         thr = u[todo] - err[todo] - margin - v_excess - slack_est
+        clock = _tick(stats, "cert_bounds", clock)
         res = ps.threshold_pass(ops, todo, v, thr, row_cap, blk, ptr, idx, progress=progress)
+        clock = _tick(stats, "cert_row_pass", clock)
         stats.row_pass_rows += len(todo)
         excess = max(0.0, float(np.max(res.shift - v)))
         refs.append(res.shift)
@@ -629,10 +643,12 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             known.add(keys, kval=res.t + res.slack + res.shift[cols_t])  # ≥ kernel value
             idx_new = np.searchsorted(known.keys, keys)
             maybe = score > -near
+            clock = _tick(stats, "cert_bookkeeping", clock)
             known.ensure_exact(idx_new[maybe], a64, b64, stats)
+            clock = _tick(stats, "cert_exact", clock)
             x = known.xval[idx_new]
             to_graph.append(keys[maybe & (x > u[rows_t] + v[cols_t] - near)])
-    promote = np.unique(np.concatenate(to_graph)) if to_graph else np.empty(0, dtype=np.int64)
+    promote = st.unique(np.concatenate(to_graph)) if to_graph else np.empty(0, dtype=np.int64)
     promote = np.searchsorted(known.keys, _worst_per_row(promote, known, u, v, promote_cap))
     promote = promote[~known.graph[promote]]
     known.graph[promote] = True
@@ -647,6 +663,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
         still = todo[u[todo] - w[todo] + float(np.min(v - refs[-1])) < 0]
     else:
         still = todo
+    _tick(stats, "cert_bookkeeping", clock)
     if len(promote) == 0 and len(still) == 0:
         return None
     return known.keys[promote]
