@@ -58,6 +58,7 @@ class SolveStats:
     exact_entries: int = 0  # fp64 cosines computed
     row_pass_rows: int = 0  # rows priced against every column after the candidate pass
     column_pass_cols: int = 0  # columns priced against every row
+    outlier_cols_cleared: int = 0  # certificate columns proven by a column pass instead of the rows' minimum
     fine_checked_rows: int = 0  # alias of row_pass_rows, kept for older readers
     bf_iterations: int = 0
     price_sample: int = 0  # rows in the price sample (0: no prices)
@@ -269,6 +270,38 @@ def _complete(known: _Known, a64, b64, ops: KernelOperands, row_pot: np.ndarray,
         known.add(keys, xval=vals, graph=True)
 
 
+def check_columns(known: _Known, ops: KernelOperands, u: np.ndarray, v: np.ndarray, cols: np.ndarray,
+                  cap: int, block: int) -> tuple[ps.ThresholdPass, np.ndarray]:
+    """A threshold column pass over ``cols`` [c] under duals u [m], v [n] (cosine units).
+
+    Returns (pass, cleared [c] bool). The pass lists, per column, the unknown rows whose entry may
+    violate the duals (at most ``cap``, largest first). Claim of ``cleared[p]``: every entry
+    (i, cols[p]) that is neither known nor returned has cos ≤ u_i + v_j, so the column need not enter
+    any row's minimum."""
+    ptr, idx = known.csc()
+    # every row i whose entry may violate: kernel(i, j) − (u_i − err_i) > v_j
+    shift = u - ops.row_err
+    # the threshold sits below v_j by the pass's float rounding (its slack, and the fp32 rounding of
+    # the threshold itself): a column clears when ref_j + slack ≤ v_j, and ref_j is the threshold
+    # as used when no more than ``cap`` rows exceed it. At v_j itself no fp32 column could clear.
+    thr = v[cols] - _float_pass_slack(ops, shift, v[cols])
+    colp = ps.threshold_pass(ops.transposed(), cols, shift, thr, cap, block, ptr, idx)
+    # rows not returned: kernel ≤ shift_used_i + ref_j + slack ≤ u_i − err_i + v_j when ref_j + slack ≤ v_j
+    return colp, colp.ref + colp.slack <= v[cols]
+
+
+def _float_pass_slack(ops: KernelOperands, shift: np.ndarray, threshold: np.ndarray) -> float:
+    """An upper bound on what a float ``threshold_pass`` adds to its threshold (slack plus the fp32
+    rounding of the threshold): thresholds lowered by this much give ref + slack ≤ the unlowered
+    value. 0 for integer kernels (their thresholds are rounded down, slack 0). Shapes: shift [r],
+    threshold [c]; cosine units."""
+    if ops.integer:
+        return 0.0
+    big = 1.0 + float(ops.row_err.max()) + float(np.abs(shift).max(initial=0.0)) + float(np.abs(threshold).max(initial=0.0))
+    # threshold_pass: slack = 2·U32·t_bound + 1e-12 with t_bound ≤ big + 2·U32·big; fp32 rounding of thr ≤ U32·|thr|
+    return 4 * U32 * (big + 1.0) + 4e-12
+
+
 def _choose_outlier_columns(v: np.ndarray, refs: list[np.ndarray], ref_of_row: np.ndarray, gap: np.ndarray,
                             m: int, n: int, max_cols: int) -> np.ndarray:
     """Columns to check directly (a column pass) instead of letting them set min_j (v_j − V_r[j]).
@@ -315,6 +348,7 @@ def solve_certified(
     near: float = 0.02,
     seed: int = 0,
     repair_max: int = 64,
+    promote_cap: int = 16,
     quiet: bool = False,
 ) -> RawSolution:
     """Exact assignment of all rows of ``a64`` (live unit rows, m ≤ n) to rows of ``b64``.
@@ -425,7 +459,7 @@ def solve_certified(
 
         clock = time.perf_counter()
         promoted = _certify_round(known, a64, b64, ops, u, v, refs, ref_of_row, w, stats, blk, blk_c, row_cap,
-                                  margin, near, progress, raw_w=raw_w)
+                                  margin, near, progress, raw_w=raw_w, promote_cap=promote_cap)
         stats.timings["certificate"] += time.perf_counter() - clock
         stats.graph_edges = int(known.graph.sum())
         stats.known_entries = len(known.keys)
@@ -546,7 +580,7 @@ def _unproven_rows(u, v, refs, ref_of_row, w, raw_w=None) -> int:
 
 def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref_of_row, w, stats: SolveStats,
                    blk: int, blk_c: int, row_cap: int, margin: float, near: float, progress: bool,
-                   pool_first: bool = True, col_cap: int = 1024, promote_cap: int = 16,
+                   pool_first: bool = True, col_first: bool = True, col_cap: int = 1024, promote_cap: int = 16,
                    raw_w: np.ndarray | None = None) -> np.ndarray | None:
     """One certificate round under duals (u, v). Returns None when every entry is proven and nothing
     was added, else the keys of the entries put into the graph (empty: only known entries grew)."""
@@ -583,13 +617,8 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
     max_cols = max(1, n // 4)
     outliers = _choose_outlier_columns(v, refs, ref_of_row, gap, m, n, max_cols) if m else np.empty(0, np.int64)
     if len(outliers):
-        ptr, idx = known.csc()
-        # every row i whose entry in these columns may violate: kernel(i, j) − (u_i − err_i) > v_j
-        shift = u - err
-        colp = ps.threshold_pass(ops.transposed(), outliers, shift, v[outliers], col_cap, blk_c, ptr, idx)
+        colp, cleared = check_columns(known, ops, u, v, outliers, col_cap, blk_c)
         stats.column_pass_cols += len(outliers)
-        # rows not returned: kernel ≤ shift_used_i + ref_j + slack ≤ u_i − err_i + v_j when ref_j + slack ≤ v_j
-        cleared = colp.ref + colp.slack <= v[outliers]
         if len(colp.row):
             rows_hit, cols_hit = colp.col, outliers[colp.row]
             keys = rows_hit.astype(np.int64) * n + cols_hit
@@ -598,6 +627,21 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             known.ensure_exact(idx_new, a64, b64, stats)
             x = known.xval[idx_new]
             to_graph.append(keys[x > u[rows_hit] + v[cols_hit] - near])
+            # a column that kept more violating rows than the cap stays in every row's minimum and
+            # would fail nearly every row: when its entries change the duals, solve again before
+            # spending row passes on duals that are about to move (70 % unshared, k = 48: 12,100 rows)
+            stuck = ~cleared[colp.row] & (x > u[rows_hit] + v[cols_hit] + RELAX_TOL)
+            if col_first and stuck.any():
+                promote = np.searchsorted(known.keys, _worst_per_row(to_graph[-1], known, u, v, promote_cap))
+                promote = promote[~known.graph[promote]]
+                known.graph[promote] = True
+                if len(promote):
+                    logger.debug("round: %d outlier-column entries to the graph; solving again before row passes",
+                                 len(promote))
+                    _tick(stats, "cert_column_pass", clock)
+                    return known.keys[promote]
+        stats.outlier_cols_cleared += int(cleared.sum())
+        logger.debug("  outlier columns: %d chosen, %d cleared, %d entries", len(outliers), int(cleared.sum()), len(colp.row))
         outliers = outliers[cleared]
     clock = _tick(stats, "cert_column_pass", clock)
     inside = np.ones(n, dtype=bool)
