@@ -89,7 +89,7 @@ def match_dictionaries(
     *,
     device: str | torch.device = "cpu",
     method: str = "auto",
-    k: int = 16,
+    k: int = 48,
     fix_margin: float | None = None,
     max_rounds: int = 100,
     block_rows: int | None = None,
