@@ -49,7 +49,7 @@ def test_exact_matcher_against_dense(benchmark, unshared):
     timings = match.details["timings"]
     benchmark.extra_info.update({
         "unshared": unshared, "kernel": match.kernel, "exact_s": exact_s, "dense_s": dense_s, "lsa_s": lsa_s,
-        "speedup": speedup, "exact_cpu_s": exact_cpu, "dense_cpu_s": dense_cpu, "load_1min": load, "timings": timings, "row_pass_rows": match.details["row_pass_rows"],
+        "speedup": speedup, "exact_cpu_s": exact_cpu, "dense_cpu_s": dense_cpu, "load_1min": load, "timings": timings, "phases": scaling.phases(timings), "row_pass_rows": match.details["row_pass_rows"],
     })
     print(f"\n{N}x{N} d={D} {unshared:.0%} unshared ({match.kernel}, load {load:.1f}→{os.getloadavg()[0]:.1f}): "
           f"exact {exact_s:.2f}s [" + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()) + "]; "

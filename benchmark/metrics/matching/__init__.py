@@ -23,6 +23,7 @@ import torch
 
 from benchmark.errors import CanonBenchError
 from benchmark.metrics.matching import _cosine as cz
+from benchmark.metrics.matching import _sets as st
 from benchmark.metrics.matching._engine import solve_certified, solve_dense
 from benchmark.metrics.matching._kernels import CANDIDATE_PRECISIONS
 
@@ -88,7 +89,7 @@ def match_dictionaries(
     *,
     device: str | torch.device = "cpu",
     method: str = "auto",
-    k: int = 16,
+    k: int = 48,
     fix_margin: float | None = None,
     max_rounds: int = 100,
     block_rows: int | None = None,
@@ -158,7 +159,7 @@ def match_dictionaries(
         cosines[live_rows] = raw.row_value
     dead_rows = np.flatnonzero(~live_small)
     if len(dead_rows):
-        free = np.setdiff1d(np.arange(n), row_col[live_rows], assume_unique=False)
+        free = st.setdiff(np.arange(n), row_col[live_rows])
         row_col[dead_rows] = free[: len(dead_rows)]
 
     rows_small = np.arange(m)

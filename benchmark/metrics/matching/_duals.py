@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmark.metrics.matching import _sets as st
+
 logger = logging.getLogger(__name__)
 
 # A relaxation must improve a distance by more than this to count (ties never loop).
@@ -54,7 +56,7 @@ def _cycle_columns(pred_row: np.ndarray, row_col: np.ndarray) -> np.ndarray:
         nxt[ok] = jump[jump[ok]]
         jump = nxt
         hops *= 2
-    return np.unique(jump[jump >= 0])
+    return st.unique(jump[jump >= 0])
 
 
 def exchange_duals(
@@ -104,7 +106,7 @@ def exchange_duals(
     if has_dense:
         dense_pos = np.full(m, -1, dtype=np.int64)
         dense_pos[dense_rows] = np.arange(len(dense_rows))
-    changed_rows = np.arange(m) if warm is None else np.unique(warm_rows)
+    changed_rows = np.arange(m) if warm is None else st.unique(warm_rows)
     it = 0
     while len(changed_rows):
         it += 1
@@ -166,7 +168,7 @@ def _path_columns(ends: np.ndarray, pred_row: np.ndarray, row_col: np.ndarray) -
         seen[frontier] = True
         rows = pred_row[frontier]
         nxt = row_col[rows[rows >= 0]]
-        frontier = np.unique(nxt[~seen[nxt]])
+        frontier = st.unique(nxt[~seen[nxt]])
     return np.flatnonzero(seen)
 
 
@@ -215,6 +217,6 @@ def apply_improvement(row_col: np.ndarray, found: NegativeCycle) -> np.ndarray |
             new[r] = c
         done[cols] = True
         changed = True
-    if not changed or len(np.unique(new)) != len(new):
+    if not changed or len(st.unique(new)) != len(new):
         return None
     return new

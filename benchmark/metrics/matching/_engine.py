@@ -38,6 +38,7 @@ from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bip
 
 from benchmark.metrics.matching import _cosine as cz
 from benchmark.metrics.matching import _passes as ps
+from benchmark.metrics.matching import _sets as st
 from benchmark.metrics.matching._duals import RELAX_TOL, Duals, apply_improvement, exchange_duals
 from benchmark.metrics.matching._kernels import U32, KernelOperands, kernel_operands
 
@@ -57,6 +58,7 @@ class SolveStats:
     exact_entries: int = 0  # fp64 cosines computed
     row_pass_rows: int = 0  # rows priced against every column after the candidate pass
     column_pass_cols: int = 0  # columns priced against every row
+    outlier_cols_cleared: int = 0  # certificate columns proven by a column pass instead of the rows' minimum
     fine_checked_rows: int = 0  # alias of row_pass_rows, kept for older readers
     bf_iterations: int = 0
     price_sample: int = 0  # rows in the price sample (0: no prices)
@@ -76,6 +78,13 @@ class RawSolution:
     row_dual: np.ndarray | None = None
     col_dual: np.ndarray | None = None
     row_value: np.ndarray | None = None  # exact (fp64) cosine of each row with its column
+
+
+def _tick(stats: SolveStats, key: str, clock: float) -> float:
+    """Add the seconds since ``clock`` to ``stats.timings[key]``; returns the new clock."""
+    now = time.perf_counter()
+    stats.timings[key] = stats.timings.get(key, 0.0) + now - clock
+    return now
 
 
 def solve_dense(a64: torch.Tensor, b64: torch.Tensor) -> RawSolution:
@@ -104,7 +113,7 @@ class _Known:
     def add(self, keys: np.ndarray, kval: np.ndarray | None = None, xval: np.ndarray | None = None,
             graph: bool = False) -> int:
         keys = np.asarray(keys, dtype=np.int64)
-        keys, first = np.unique(keys, return_index=True)
+        keys, first = st.unique_first(keys)
         kv = np.full(len(keys), np.nan) if kval is None else np.asarray(kval, dtype=np.float64)[first]
         xv = np.full(len(keys), np.nan) if xval is None else np.asarray(xval, dtype=np.float64)[first]
         pos = np.searchsorted(self.keys, keys)
@@ -153,7 +162,7 @@ class _Known:
         return self._csc
 
     def ensure_exact(self, idx: np.ndarray, a64: torch.Tensor, b64: torch.Tensor, stats: SolveStats) -> None:
-        todo = np.unique(idx[np.isnan(self.xval[idx])])
+        todo = st.unique(idx[np.isnan(self.xval[idx])])
         if len(todo):
             self.xval[todo] = cz.entry_cosines64(a64, b64, self.keys[todo])
             stats.exact_entries += len(todo)
@@ -161,7 +170,7 @@ class _Known:
 
 def _exact(keys: np.ndarray, a64: torch.Tensor, b64: torch.Tensor, stats: SolveStats) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique keys, their exact fp64 cosines)."""
-    keys = np.unique(keys)
+    keys = st.unique(keys)
     stats.exact_entries += len(keys)
     return keys, cz.entry_cosines64(a64, b64, keys)
 
@@ -187,10 +196,10 @@ def _sample_prices(a64, b64, ops: KernelOperands, sample: int, ratio: int, dense
     rand_cols = rng.choice(n, half_c, replace=False)
     best_cols = ps.argmax_rows(ops, rand_rows, block)
     best_rows = ps.argmax_cols(ops, rand_cols, block)
-    rows = np.unique(np.concatenate([rand_rows, best_rows]))
-    cols = np.unique(np.concatenate([rand_cols, best_cols]))
+    rows = st.unique(np.concatenate([rand_rows, best_rows]))
+    cols = st.unique(np.concatenate([rand_cols, best_cols]))
     if len(rows) > len(cols):  # every sampled row must be matched
-        extra = rng.permutation(np.setdiff1d(np.arange(n), cols))[: len(rows) - len(cols)]
+        extra = rng.permutation(st.setdiff(np.arange(n), cols))[: len(rows) - len(cols)]
         cols = np.sort(np.concatenate([cols, extra]))
     sub_a, sub_b = a64[torch.from_numpy(rows)], b64[torch.from_numpy(cols)]
     if len(rows) <= dense_max:
@@ -261,6 +270,38 @@ def _complete(known: _Known, a64, b64, ops: KernelOperands, row_pot: np.ndarray,
         known.add(keys, xval=vals, graph=True)
 
 
+def check_columns(known: _Known, ops: KernelOperands, u: np.ndarray, v: np.ndarray, cols: np.ndarray,
+                  cap: int, block: int) -> tuple[ps.ThresholdPass, np.ndarray]:
+    """A threshold column pass over ``cols`` [c] under duals u [m], v [n] (cosine units).
+
+    Returns (pass, cleared [c] bool). The pass lists, per column, the unknown rows whose entry may
+    violate the duals (at most ``cap``, largest first). Claim of ``cleared[p]``: every entry
+    (i, cols[p]) that is neither known nor returned has cos ≤ u_i + v_j, so the column need not enter
+    any row's minimum."""
+    ptr, idx = known.csc()
+    # every row i whose entry may violate: kernel(i, j) − (u_i − err_i) > v_j
+    shift = u - ops.row_err
+    # the threshold sits below v_j by the pass's float rounding (its slack, and the fp32 rounding of
+    # the threshold itself): a column clears when ref_j + slack ≤ v_j, and ref_j is the threshold
+    # as used when no more than ``cap`` rows exceed it. At v_j itself no fp32 column could clear.
+    thr = v[cols] - _float_pass_slack(ops, shift, v[cols])
+    colp = ps.threshold_pass(ops.transposed(), cols, shift, thr, cap, block, ptr, idx)
+    # rows not returned: kernel ≤ shift_used_i + ref_j + slack ≤ u_i − err_i + v_j when ref_j + slack ≤ v_j
+    return colp, colp.ref + colp.slack <= v[cols]
+
+
+def _float_pass_slack(ops: KernelOperands, shift: np.ndarray, threshold: np.ndarray) -> float:
+    """An upper bound on what a float ``threshold_pass`` adds to its threshold (slack plus the fp32
+    rounding of the threshold): thresholds lowered by this much give ref + slack ≤ the unlowered
+    value. 0 for integer kernels (their thresholds are rounded down, slack 0). Shapes: shift [r],
+    threshold [c]; cosine units."""
+    if ops.integer:
+        return 0.0
+    big = 1.0 + float(ops.row_err.max()) + float(np.abs(shift).max(initial=0.0)) + float(np.abs(threshold).max(initial=0.0))
+    # threshold_pass: slack = 2·U32·t_bound + 1e-12 with t_bound ≤ big + 2·U32·big; fp32 rounding of thr ≤ U32·|thr|
+    return 4 * U32 * (big + 1.0) + 4e-12
+
+
 def _choose_outlier_columns(v: np.ndarray, refs: list[np.ndarray], ref_of_row: np.ndarray, gap: np.ndarray,
                             m: int, n: int, max_cols: int) -> np.ndarray:
     """Columns to check directly (a column pass) instead of letting them set min_j (v_j − V_r[j]).
@@ -268,7 +309,7 @@ def _choose_outlier_columns(v: np.ndarray, refs: list[np.ndarray], ref_of_row: n
     For each reference r, excluding its p lowest columns costs p·m (column pass) and leaves
     #{rows of r with gap_i + Δ_(p) < 0}·n of row passes; p is chosen over 0, 1, 2, 4, … ≤ max_cols."""
     out = []
-    for r in np.unique(ref_of_row):
+    for r in st.unique(ref_of_row):
         mine = gap[ref_of_row == r]
         delta = v - refs[r]
         order = np.argsort(delta, kind="stable")
@@ -281,7 +322,7 @@ def _choose_outlier_columns(v: np.ndarray, refs: list[np.ndarray], ref_of_row: n
                 best_p, best_cost = p, cost
             p = 1 if p == 0 else 2 * p
         out.append(order[:best_p])
-    return np.unique(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
+    return st.unique(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
 
 
 def solve_certified(
@@ -289,7 +330,7 @@ def solve_certified(
     b64: torch.Tensor,
     *,
     device: torch.device,
-    k: int = 16,
+    k: int = 48,
     max_rounds: int = 100,
     block_rows: int | None = None,
     progress: bool = False,
@@ -307,16 +348,19 @@ def solve_certified(
     near: float = 0.02,
     seed: int = 0,
     repair_max: int = 64,
+    promote_cap: int = 64,
     quiet: bool = False,
 ) -> RawSolution:
     """Exact assignment of all rows of ``a64`` (live unit rows, m ≤ n) to rows of ``b64``.
 
     k: columns per row from the candidate pass (those within ``graph_band`` of the row's best go into
-    the graph, the others are only known); price_sample: rows of the price subproblem (0: no
+    the graph, the others are only known; 48: at estimated prices a row's 17th value still bounds many
+    entries the optimum needs, 16K² at 0 % unshared passed 16K rows again with k = 16, 2K with 48); price_sample: rows of the price subproblem (0: no
     prices); col_k / col_min: columns among fewer than col_min rows' candidates get their col_k best rows
     relative to the rows' best values (a column pass); row_cap / margin: a row pass keeps up to row_cap entries
     within ``margin`` of violating the duals; near: known entries within ``near`` of violating are
-    put into the graph; up to ``repair_max`` (or m/200) violating entries are absorbed by updating
+    put into the graph, at most ``promote_cap`` per row and round (16 took 24 re-solves at 15 % unshared,
+    64 takes 4); up to ``repair_max`` (or m/200) violating entries are absorbed by updating
     the duals instead of solving again."""
     m, n = a64.shape[0], b64.shape[0]
     stats = SolveStats()
@@ -361,7 +405,7 @@ def solve_certified(
     # each row's best column by raw kernel value joins the graph too: the estimated prices only add
     # candidates, they can never hide a clean partner
     raw_keys = np.arange(m, dtype=np.int64) * n + first.raw_col
-    raw_keys, raw_exact = _exact(np.setdiff1d(raw_keys, known.keys[known.graph]), a64, b64, stats)
+    raw_keys, raw_exact = _exact(st.setdiff(raw_keys, known.keys[known.graph]), a64, b64, stats)
     known.add(raw_keys, xval=raw_exact, graph=True)
     # references: cos_ij ≤ w_i + refs[ref_of_row[i]][j] for every entry (i, j) not known; rows still
     # on the candidate pass's reference also have cos_ij ≤ raw_w_i (+ 0·v) for every j but their best
@@ -381,7 +425,7 @@ def solve_certified(
             colp = ps.column_pass(ops, low, row_pot, col_k, blk_c)
             stats.column_pass_cols += len(low)
             keys = (colp.index.astype(np.int64) * n + low[:, None])[np.isfinite(colp.value)]
-            keys, vals = _exact(np.setdiff1d(keys, known.keys), a64, b64, stats)
+            keys, vals = _exact(st.setdiff(keys, known.keys), a64, b64, stats)
             known.add(keys, xval=vals, graph=True)
     stats.timings["column_candidates"] = time.perf_counter() - clock
 
@@ -417,7 +461,7 @@ def solve_certified(
 
         clock = time.perf_counter()
         promoted = _certify_round(known, a64, b64, ops, u, v, refs, ref_of_row, w, stats, blk, blk_c, row_cap,
-                                  margin, near, progress, raw_w=raw_w)
+                                  margin, near, progress, raw_w=raw_w, promote_cap=promote_cap)
         stats.timings["certificate"] += time.perf_counter() - clock
         stats.graph_edges = int(known.graph.sum())
         stats.known_entries = len(known.keys)
@@ -436,7 +480,7 @@ def solve_certified(
             need_solve = True  # many changes: a new sparse solve is cheaper than chains of exchanges
             continue
         clock = time.perf_counter()
-        found = _repair_duals(known, row_col, row_value, duals, np.unique(pr[violating]), n, stats, v)
+        found = _repair_duals(known, row_col, row_value, duals, st.unique(pr[violating]), n, stats, v)
         stats.timings["duals"] += time.perf_counter() - clock
         if found is None:
             need_solve = True
@@ -516,7 +560,7 @@ def _worst_per_row(keys: np.ndarray, known: _Known, u: np.ndarray, v: np.ndarray
     duals, the rest stay known (and are checked again each round) without bloating the graph."""
     if not len(keys):
         return keys
-    keys = np.unique(keys)
+    keys = st.unique(keys)
     n = known.n
     rows, cols = keys // n, keys % n
     excess = known.xval[np.searchsorted(known.keys, keys)] - u[rows] - v[cols]
@@ -538,13 +582,14 @@ def _unproven_rows(u, v, refs, ref_of_row, w, raw_w=None) -> int:
 
 def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref_of_row, w, stats: SolveStats,
                    blk: int, blk_c: int, row_cap: int, margin: float, near: float, progress: bool,
-                   pool_first: bool = True, col_cap: int = 1024, promote_cap: int = 16,
+                   pool_first: bool = True, col_first: bool = True, col_cap: int = 1024, promote_cap: int = 16,
                    raw_w: np.ndarray | None = None) -> np.ndarray | None:
     """One certificate round under duals (u, v). Returns None when every entry is proven and nothing
     was added, else the keys of the entries put into the graph (empty: only known entries grew)."""
     m, n = len(u), len(v)
     err = ops.row_err
     to_graph = []
+    clock = time.perf_counter()
 
     # 1. known entries outside the graph (the pool): kernel value first, exact value when needed
     pool = np.flatnonzero(~known.graph)
@@ -565,20 +610,17 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
         known.graph[promote] = True
         if len(promote):
             logger.debug("round: %d pool entries to the graph; solving again before any pass", len(promote))
+            _tick(stats, "cert_pool", clock)
             return known.keys[promote]
+    clock = _tick(stats, "cert_pool", clock)
 
     # 2. which rows hold by their reference bound; outlier columns checked directly
     gap = u - w
     max_cols = max(1, n // 4)
     outliers = _choose_outlier_columns(v, refs, ref_of_row, gap, m, n, max_cols) if m else np.empty(0, np.int64)
     if len(outliers):
-        ptr, idx = known.csc()
-        # every row i whose entry in these columns may violate: kernel(i, j) − (u_i − err_i) > v_j
-        shift = u - err
-        colp = ps.threshold_pass(ops.transposed(), outliers, shift, v[outliers], col_cap, blk_c, ptr, idx)
+        colp, cleared = check_columns(known, ops, u, v, outliers, col_cap, blk_c)
         stats.column_pass_cols += len(outliers)
-        # rows not returned: kernel ≤ shift_used_i + ref_j + slack ≤ u_i − err_i + v_j when ref_j + slack ≤ v_j
-        cleared = colp.ref + colp.slack <= v[outliers]
         if len(colp.row):
             rows_hit, cols_hit = colp.col, outliers[colp.row]
             keys = rows_hit.astype(np.int64) * n + cols_hit
@@ -587,7 +629,23 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             known.ensure_exact(idx_new, a64, b64, stats)
             x = known.xval[idx_new]
             to_graph.append(keys[x > u[rows_hit] + v[cols_hit] - near])
+            # a column that kept more violating rows than the cap stays in every row's minimum and
+            # would fail nearly every row: when its entries change the duals, solve again before
+            # spending row passes on duals that are about to move (70 % unshared, k = 48: 12,100 rows)
+            stuck = ~cleared[colp.row] & (x > u[rows_hit] + v[cols_hit] + RELAX_TOL)
+            if col_first and stuck.any():
+                promote = np.searchsorted(known.keys, _worst_per_row(to_graph[-1], known, u, v, promote_cap))
+                promote = promote[~known.graph[promote]]
+                known.graph[promote] = True
+                if len(promote):
+                    logger.debug("round: %d outlier-column entries to the graph; solving again before row passes",
+                                 len(promote))
+                    _tick(stats, "cert_column_pass", clock)
+                    return known.keys[promote]
+        stats.outlier_cols_cleared += int(cleared.sum())
+        logger.debug("  outlier columns: %d chosen, %d cleared, %d entries", len(outliers), int(cleared.sum()), len(colp.row))
         outliers = outliers[cleared]
+    clock = _tick(stats, "cert_column_pass", clock)
     inside = np.ones(n, dtype=bool)
     inside[outliers] = False
     min_delta = np.array([float(np.min(v[inside] - ref[inside])) if inside.any() else 0.0 for ref in refs])
@@ -615,7 +673,9 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
         v_excess = 2 * ops.scale if ops.integer else 2 * U32 * (1.0 + float(np.abs(v).max()))
         slack_est = 0.0 if ops.integer else 2 * U32 * (3.0 + float(err.max()) + 2 * float(np.abs(v).max()) + float(np.abs(u).max()))
         thr = u[todo] - err[todo] - margin - v_excess - slack_est
+        clock = _tick(stats, "cert_bounds", clock)
         res = ps.threshold_pass(ops, todo, v, thr, row_cap, blk, ptr, idx, progress=progress)
+        clock = _tick(stats, "cert_row_pass", clock)
         stats.row_pass_rows += len(todo)
         excess = max(0.0, float(np.max(res.shift - v)))
         refs.append(res.shift)
@@ -629,10 +689,12 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             known.add(keys, kval=res.t + res.slack + res.shift[cols_t])  # ≥ kernel value
             idx_new = np.searchsorted(known.keys, keys)
             maybe = score > -near
+            clock = _tick(stats, "cert_bookkeeping", clock)
             known.ensure_exact(idx_new[maybe], a64, b64, stats)
+            clock = _tick(stats, "cert_exact", clock)
             x = known.xval[idx_new]
             to_graph.append(keys[maybe & (x > u[rows_t] + v[cols_t] - near)])
-    promote = np.unique(np.concatenate(to_graph)) if to_graph else np.empty(0, dtype=np.int64)
+    promote = st.unique(np.concatenate(to_graph)) if to_graph else np.empty(0, dtype=np.int64)
     promote = np.searchsorted(known.keys, _worst_per_row(promote, known, u, v, promote_cap))
     promote = promote[~known.graph[promote]]
     known.graph[promote] = True
@@ -647,6 +709,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
         still = todo[u[todo] - w[todo] + float(np.min(v - refs[-1])) < 0]
     else:
         still = todo
+    _tick(stats, "cert_bookkeeping", clock)
     if len(promote) == 0 and len(still) == 0:
         return None
     return known.keys[promote]

@@ -1,0 +1,42 @@
+"""Sorted-set operations on integer arrays (entry keys row·n + col, row and column indices).
+
+numpy 2.x answers ``np.unique`` (and ``setdiff1d``, built on it) for integer arrays with a hash
+table that costs ~1 s per million keys; sorting costs ~25 ms per million. The matcher handles
+millions of keys per certificate round, so these helpers sort instead (same results)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def unique(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of the integer array ``x`` [N] (as ``np.unique``)."""
+    s = np.sort(np.asarray(x).ravel())
+    if len(s) < 2:
+        return s
+    keep = np.empty(len(s), dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def unique_first(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, index of each one's first occurrence in ``x``), as
+    ``np.unique(x, return_index=True)``."""
+    x = np.asarray(x).ravel()
+    order = np.argsort(x, kind="stable")  # stable: the first occurrence comes first among equals
+    s = x[order]
+    keep = np.ones(len(s), dtype=bool)
+    if len(s) > 1:
+        np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep], order[keep]
+
+
+def setdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of integer ``a`` not in ``b`` (as ``np.setdiff1d``)."""
+    a = unique(a)
+    b = np.sort(np.asarray(b).ravel())
+    if not len(b) or not len(a):
+        return a
+    pos = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    return a[b[pos] != a]
