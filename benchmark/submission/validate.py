@@ -175,10 +175,8 @@ def _check_presets(manifest: LoadedManifest) -> list[CanonBenchError]:
     sub = manifest.submission
     if sub.kind != "recipe" or sub.recipe.trains_on != "synthetic":
         return []
-    try:
-        from benchmark.data.organisms import get_preset
-    except ImportError:  # pragma: no cover - the organisms module ships with the package
-        return []
+    from benchmark.data.organisms import get_preset
+
     problems: list[CanonBenchError] = []
     for index, preset in enumerate(sub.recipe.presets):
         try:

@@ -146,11 +146,8 @@ def _hints(resolved: Any) -> LoadHints:
 def _resolve(source: Any) -> tuple[Path, LoadHints]:
     """A local path and outside hints for ``source`` (path, hf:// / saelens:// URI, or resolved checkpoint)."""
     if isinstance(source, str) and source.startswith(("hf://", "saelens://")):
-        try:
-            from benchmark.submission.sources import resolve_source
-        except ImportError as exc:
-            raise SourceError(f"cannot resolve {source}: benchmark.submission.sources is unavailable ({exc})",
-                              field="source") from exc
+        from benchmark.submission.sources import resolve_source
+
         resolved = resolve_source(source)
         return Path(resolved.path), _hints(resolved)
     if hasattr(source, "path") and not isinstance(source, (str, Path)):
