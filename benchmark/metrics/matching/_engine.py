@@ -571,6 +571,15 @@ def _worst_per_row(keys: np.ndarray, known: _Known, u: np.ndarray, v: np.ndarray
     return np.sort(keys[order][rank < cap])
 
 
+def _promote(known: _Known, keys: np.ndarray, u: np.ndarray, v: np.ndarray, cap: int) -> np.ndarray:
+    """Put the worst ``cap`` entries per row of ``keys`` (known entry keys) into the graph; returns the
+    positions (into ``known.keys``) of those that were not in it yet."""
+    promote = np.searchsorted(known.keys, _worst_per_row(keys, known, u, v, cap))
+    promote = promote[~known.graph[promote]]
+    known.graph[promote] = True
+    return promote
+
+
 def _unproven_rows(u, v, refs, ref_of_row, w, raw_w=None) -> int:
     """Rows whose reference bound does not hold under (u, v) (outlier columns not excluded)."""
     min_delta = np.array([float(np.min(v - ref)) for ref in refs])
@@ -582,7 +591,7 @@ def _unproven_rows(u, v, refs, ref_of_row, w, raw_w=None) -> int:
 
 def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref_of_row, w, stats: SolveStats,
                    blk: int, blk_c: int, row_cap: int, margin: float, near: float, progress: bool,
-                   pool_first: bool = True, col_first: bool = True, col_cap: int = 1024, promote_cap: int = 16,
+                   col_cap: int = 1024, promote_cap: int = 64,
                    raw_w: np.ndarray | None = None) -> np.ndarray | None:
     """One certificate round under duals (u, v). Returns None when every entry is proven and nothing
     was added, else the keys of the entries put into the graph (empty: only known entries grew)."""
@@ -603,11 +612,9 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
         hot = pool[~np.isnan(x) & (x > u[pr] + v[pc] - near)]
         to_graph.append(known.keys[hot])
 
-    if pool_first and to_graph and len(to_graph[0]):
+    if to_graph and len(to_graph[0]):
         # the assignment is not optimal on the known entries yet: solve again before any pass
-        promote = np.searchsorted(known.keys, _worst_per_row(to_graph[0], known, u, v, promote_cap))
-        promote = promote[~known.graph[promote]]
-        known.graph[promote] = True
+        promote = _promote(known, to_graph[0], u, v, promote_cap)
         if len(promote):
             logger.debug("round: %d pool entries to the graph; solving again before any pass", len(promote))
             _tick(stats, "cert_pool", clock)
@@ -633,10 +640,8 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             # would fail nearly every row: when its entries change the duals, solve again before
             # spending row passes on duals that are about to move (70 % unshared, k = 48: 12,100 rows)
             stuck = ~cleared[colp.row] & (x > u[rows_hit] + v[cols_hit] + RELAX_TOL)
-            if col_first and stuck.any():
-                promote = np.searchsorted(known.keys, _worst_per_row(to_graph[-1], known, u, v, promote_cap))
-                promote = promote[~known.graph[promote]]
-                known.graph[promote] = True
+            if stuck.any():
+                promote = _promote(known, to_graph[-1], u, v, promote_cap)
                 if len(promote):
                     logger.debug("round: %d outlier-column entries to the graph; solving again before row passes",
                                  len(promote))
@@ -694,10 +699,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             clock = _tick(stats, "cert_exact", clock)
             x = known.xval[idx_new]
             to_graph.append(keys[maybe & (x > u[rows_t] + v[cols_t] - near)])
-    promote = st.unique(np.concatenate(to_graph)) if to_graph else np.empty(0, dtype=np.int64)
-    promote = np.searchsorted(known.keys, _worst_per_row(promote, known, u, v, promote_cap))
-    promote = promote[~known.graph[promote]]
-    known.graph[promote] = True
+    promote = _promote(known, np.concatenate(to_graph) if to_graph else np.empty(0, dtype=np.int64), u, v, promote_cap)
     if logger.isEnabledFor(logging.DEBUG):
         xr = known.keys[promote] // n
         viol = int(np.sum(known.xval[promote] > u[xr] + v[known.keys[promote] % n] + 1e-12))
