@@ -38,27 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def load_average() -> float:
-    path = Path("/proc/loadavg")
-    return float(path.read_text().split()[0]) if path.exists() else float("nan")
-
-
-def parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+from perf.panel_training_curve import load_average, parse_value  # noqa: E402 - the curves share one CLI
 
 
 def curve_recipe(recipe, *, steps: int, seeds: list[int] | None, overrides: dict[str, Any]):
     """``recipe`` trained to ``steps`` with a constant learning rate after warm-up (and ``overrides``)."""
-    hp = recipe.hyperparameters.model_copy(update={"steps": steps, "lr_decay": "none", **overrides})
-    hp = type(hp).model_validate(hp.model_dump())  # re-validate the overridden fields
-    update: dict[str, Any] = {"hyperparameters": hp}
-    if seeds is not None:
-        update["seeds"] = list(seeds)
-    return recipe.model_copy(update=update)
+    recipe = recipe.with_hyperparameters(steps=steps, lr_decay="none", **overrides)
+    return recipe if seeds is None else recipe.model_copy(update={"seeds": list(seeds)})
 
 
 def heldout_stats(saes: dict[int, Any], heldout_ND) -> dict[str, Any]:
@@ -86,11 +72,16 @@ def pair_stats(saes: dict[int, Any]) -> dict[str, Any]:
             "shared_fraction": sum(shared) / len(shared)}
 
 
+def check_heldout(n_rows: int, heldout: int) -> None:
+    """Raise ValueError unless ``heldout`` rows leave at least half of ``n_rows`` for training."""
+    if not 0 < heldout < n_rows // 2:
+        raise ValueError(f"heldout must be in 1..{n_rows // 2 - 1} (the activations have {n_rows} rows)")
+
+
 def split_rows(acts, heldout: int):
     """``(train [n - heldout, d], heldout [heldout, d] float32)``: the last ``heldout`` rows are held out."""
     n_rows = int(acts.shape[0])
-    if not 0 < heldout < n_rows // 2:
-        raise ValueError(f"heldout must be in 1..{n_rows // 2 - 1} (the activations have {n_rows} rows)")
+    check_heldout(n_rows, heldout)
     return acts[: n_rows - heldout], acts[n_rows - heldout:].float().clone()
 
 
@@ -161,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     inputs._ensure(provider)  # noqa: SLF001 - the runner's own "compute the activations once" step
     acts = provider.activations()
     n_rows, d_in = int(acts.shape[0]), int(acts.shape[1])
-    if not 0 < args.heldout < n_rows // 2:
-        parser.error(f"--heldout must be in 1..{n_rows // 2 - 1} (the corpus has {n_rows} rows)")
+    try:
+        check_heldout(n_rows, args.heldout)
+    except ValueError as exc:
+        parser.error(f"--{exc}")
     chance, chance_std, _ = chance_baseline(recipe.width, recipe.width, d_in, seed=0)
     hp = recipe.hyperparameters
     run: dict[str, Any] = {"manifest": str(args.manifest), "recipe": recipe.model_dump(mode="json"),

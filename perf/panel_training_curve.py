@@ -54,7 +54,8 @@ METRICS = ("explained_variance", "l0", "gt_mcc", "decoder_pw_mcc", "chance_mcc",
 
 
 def load_average() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else float("nan")
+    """The 1-minute load average."""
+    return os.getloadavg()[0]
 
 
 def parse_value(text: str) -> Any:
@@ -70,9 +71,7 @@ def panel_recipe(architecture: str, *, steps: int, seeds: list[int], overrides: 
     from benchmark.submission.manifest import load_manifest
 
     recipe = load_manifest(panel / MANIFESTS[architecture]).submission.recipe
-    hp = recipe.hyperparameters.model_copy(update={"steps": steps, **(overrides or {})})
-    hp = type(hp).model_validate(hp.model_dump())  # re-validate the overridden fields
-    return recipe.model_copy(update={"hyperparameters": hp, "seeds": list(seeds)})
+    return recipe.with_hyperparameters(steps=steps, **(overrides or {})).model_copy(update={"seeds": list(seeds)})
 
 
 def evaluate(saes: dict[int, Any], organism, *, eval_samples: int | None = None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import re
 import stat
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -384,6 +384,12 @@ class RecipeSpec(_Strict):
         if width not in self.ladder_widths:
             raise ValueError(f"width {width} is not in the ladder {self.ladder_widths}")
         return self.model_copy(update={"width": width, "widths": None})
+
+    def with_hyperparameters(self, **updates: Any) -> "RecipeSpec":
+        """This recipe with some hyperparameters replaced, validated as a manifest's would be (a bad
+        value raises pydantic's ValidationError naming the field)."""
+        hp = Hyperparameters.model_validate({**self.hyperparameters.model_dump(), **updates})
+        return self.model_copy(update={"hyperparameters": hp})
 
 
 class _Common(_Strict):

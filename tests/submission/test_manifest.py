@@ -120,6 +120,20 @@ def test_a_recipe_ladder_trains_each_width_as_its_own_recipe():
         assert err.value.field == "recipe.widths" and message in str(err.value)
 
 
+def test_with_hyperparameters_replaces_and_validates():
+    from pydantic import ValidationError
+
+    recipe = parse_manifest(LADDER_RECIPE, "x.toml").submission.recipe
+    changed = recipe.with_hyperparameters(lr=3e-3, steps=7, lr_decay="cosine")
+    hp = changed.hyperparameters
+    assert (hp.lr, hp.steps, hp.lr_decay) == (3e-3, 7, "cosine")
+    assert hp.model_dump(exclude={"lr", "steps", "lr_decay"}) == recipe.hyperparameters.model_dump(exclude={"lr", "steps", "lr_decay"})
+    assert recipe.hyperparameters.steps != 7 and changed.width == recipe.width  # the original is untouched
+    for bad in ({"lr": -1.0}, {"lr_decay": "sometimes"}, {"no_such_field": 1}):
+        with pytest.raises(ValidationError):
+            recipe.with_hyperparameters(**bad)
+
+
 def test_a_checkpoints_ladder_keeps_the_primary_width_for_other_tasks():
     text = (ROOT / "docs" / "example-manifests" / "gpt2-topk-16k-seeds.toml").read_text()
     text += '\n[[checkpoints]]\nseed = 0\nwidth = 8192\nrepo = "example-org/gpt2-small-topk-16k-seeds"\n' \
