@@ -465,6 +465,9 @@ class Organism:
         if size is not None and batch_size > size:
             raise CanonBenchError(f"batch size {batch_size} exceeds the {size} samples of {self.preset.name}", field="batch_size")
         per_epoch = None if size is None else size // batch_size
+        if per_epoch == 1:  # the same rows every step: one tensor, so consumers may cache work keyed on it
+            first = self.samples(0, batch_size)
+            return lambda step: first
 
         def batch(step: int) -> torch.Tensor:
             slot = step if per_epoch is None else step % per_epoch

@@ -60,6 +60,19 @@ def test_chunks_are_deterministic_and_seamless():
     assert torch.equal(batch(1), whole[512:1024])
 
 
+def test_a_batch_as_large_as_the_training_set_is_one_tensor():
+    """Full-batch recipes name the batch size: every step gets the same tensor (no copy per step), whose
+    rows are the training set's first rows, like the batch_size=None form."""
+    organism = Organism("song2025-toy")
+    size = organism.preset.n_samples
+    for batch_size in (size, size - 7, None):  # size - 7: one batch per epoch, the tail skipped
+        batch = organism.batches(batch_size, 3)
+        assert batch(0) is batch(2)
+        assert torch.equal(batch(1), organism.samples(0, batch_size or size))
+    two_per_epoch = organism.batches(size // 2, 3)
+    assert not torch.equal(two_per_epoch(0), two_per_epoch(1))
+
+
 @pytest.fixture(scope="module")
 def zipf_sample():
     organism = Organism("zipf-hierarchy")
