@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("fused_step.cpp")
 #: IEEE float semantics are kept (no -ffast-math): only errno and trap side effects are dropped.
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math")
-#: Samples per thread range are multiples of this (the kernel's lane width).
+#: Samples per thread range are multiples of this: a multiple of every build's lane width (8 floats per
+#: vector with AVX2, 16 with AVX-512), so only a range's last vector can be partial.
 LANES = 16
 MAX_WIDTH = 4096
 MAX_D_IN = 256
@@ -56,7 +57,7 @@ MAX_TOPK = 16
 @dataclass(frozen=True)
 class KernelShape:
     """What a build is specialised for: ``d_in`` (a multiple of 16), ``width``, ``k`` (0 = ReLU) and
-    whether the backward pass runs per active latent (``sparse``, TopK only)."""
+    whether the backward pass runs per active latent (``sparse``)."""
 
     d_in: int
     width: int
@@ -71,8 +72,6 @@ class KernelShape:
             return f"width {self.width} is outside 1..{MAX_WIDTH}"
         if not 0 <= self.k <= min(MAX_TOPK, self.width):
             return f"k {self.k} is outside 0..{MAX_TOPK}"
-        if self.sparse and self.k == 0:
-            return "the sparse backward needs TopK"
         return None
 
 

@@ -2,7 +2,7 @@
 
 Candidates for a hand-written-gradient recipe (``_FastSAE``): the torch path (GEMMs plus element-wise
 passes, :mod:`benchmark.training.fast_path`) and the fused C++ kernel (:mod:`benchmark.training.fused_kernel`),
-dense or, for TopK, sparse, on one thread or on ``max_threads``. Each candidate runs one step on the
+dense or sparse (per active latent), on one thread or on ``max_threads``. Each candidate runs one step on the
 first :data:`PROBE_SAMPLES` samples of the real first batch (best of :data:`PROBE_REPEATS`); a fused
 candidate must also agree with the torch path's gradients on that slice (relative error below
 :data:`AGREEMENT`) or it is dropped. The fastest wins. The CPU's feature flags and a tiny timed
@@ -81,8 +81,6 @@ def _why_not_fused(fast: Any, x: torch.Tensor) -> str | None:
         return f"device {x.device.type}"
     if fast.arch not in FUSED_ARCHITECTURES:
         return f"no fused kernel for {fast.arch}"
-    if fast.sparse:
-        return "TopK with a wide dictionary trains sparse on the torch path"
     flags = cpu_features.cpu_flags()
     if platform.machine().lower() in ("x86_64", "amd64") and flags and not {"avx2", "fma"} <= flags:
         return "CPU without AVX2/FMA"
@@ -96,9 +94,9 @@ def _self_check(fast: Any, x: torch.Tensor, *, max_threads: int, threads: int | 
     if why is not None:
         record["reason"] = why
         return KernelChoice("torch", record=record)
-    shapes = [("fused-dense", KernelShape(fast.d_in, fast.F, fast.k or 0, False))]
-    if fast.arch == "topk":
-        shapes.append(("fused-sparse", KernelShape(fast.d_in, fast.F, fast.k, True)))
+    # both ways through a block: which wins depends on how many latents fire (L0 against the width)
+    shapes = [(name, KernelShape(fast.d_in, fast.F, fast.k or 0, sparse))
+              for name, sparse in (("fused-dense", False), ("fused-sparse", True))]
     kernels = [(name, load_kernel(shape)) for name, shape in shapes]
     kernels = [(name, kernel) for name, kernel in kernels if kernel is not None]
     if not kernels:
@@ -124,6 +122,9 @@ def _self_check(fast: Any, x: torch.Tensor, *, max_threads: int, threads: int | 
     record.update(probe_samples=int(probe.shape[0]), probe_ms={k: round(v * 1e3, 3) for k, v in timings.items()})
     log.info("training kernel: %s (probe ms: %s)", best, record["probe_ms"])
     kernel, n = candidates[best]
+    if kernel is not None:
+        # the build's file name carries the hash of its source, flags, compiler and CPU flags
+        record["build"] = kernel.library.name
     return KernelChoice(best.split("×")[0], kernel, n, record)
 
 

@@ -11,10 +11,10 @@ from benchmark.training import BatchedSAE, cpu_features, fused_kernel, kernel_ch
 from benchmark.training.fast_path import _FastSAE
 
 
-def recipe(architecture: str = "topk", **hp) -> RecipeSpec:
+def recipe(architecture: str = "topk", width: int = 32, **hp) -> RecipeSpec:
     defaults = dict(lr=1e-3, steps=5, batch_size=256, init="unit", l1_coefficient=1e-2, k=3 if architecture == "topk" else None)
     defaults.update(hp)
-    return RecipeSpec(architecture=architecture, width=32, seeds=[0, 1], trains_on="synthetic", presets=["song2025-toy"],
+    return RecipeSpec(architecture=architecture, width=width, seeds=[0, 1], trains_on="synthetic", presets=["song2025-toy"],
                       hyperparameters=Hyperparameters(**defaults))
 
 
@@ -144,6 +144,20 @@ def test_a_kernel_that_disagrees_with_the_torch_path_is_never_used(fresh_choices
     assert set(choice.record["rejected"]) == {"fused-dense×1", "fused-sparse×1"}
 
 
+@pytest.mark.parametrize("spec", [recipe("standard", k=None), recipe("topk", width=256, k=2)],
+                         ids=["standard", "wide-topk"])
+def test_both_ways_through_the_kernel_are_measured(fresh_choices, spec):
+    """ReLU SAEs may train sparse too, and a wide TopK (whose torch path is the sparse one) may train on
+    the fused kernel: the self-check times both fused ways against the torch path and rejects neither."""
+    if not fused_available():
+        pytest.skip("needs a C++ compiler")
+    fast = fast_sae(spec)
+    assert fast.sparse == (spec.width == 256)
+    choice = kernel_choice.choose_kernel(fast, batch(), max_threads=1)
+    assert {"torch", "fused-dense×1", "fused-sparse×1"} <= set(choice.record["probe_ms"])
+    assert "rejected" not in choice.record
+
+
 def test_architectures_without_a_fused_kernel_stay_on_torch(fresh_choices):
     spec = recipe("jumprelu", l0_coefficient=1e-3, k=None, l1_coefficient=None)
     choice = kernel_choice.choose_kernel(fast_sae(spec), batch(), max_threads=1)
@@ -156,7 +170,8 @@ def test_architectures_without_a_fused_kernel_stay_on_torch(fresh_choices):
 
 def test_unsupported_shapes_are_refused_before_building():
     assert fused_kernel.KernelShape(20, 32, 3, False).supported()  # d_in not a multiple of 16
-    assert fused_kernel.KernelShape(16, 32, 0, True).supported()   # sparse needs TopK
+    assert fused_kernel.KernelShape(16, 5000, 3, True).supported()  # wider than MAX_WIDTH
+    assert fused_kernel.KernelShape(16, 32, 0, True).supported() is None  # ReLU may train sparse
     assert fused_kernel.KernelShape(16, 32, 40, False).supported()  # k above the insertion network's size
     assert fused_kernel.KernelShape(16, 32, 3, True).supported() is None
 

@@ -237,7 +237,7 @@ def test_hand_written_gradients_equal_autograd(case, chunk, monkeypatch):
         assert torch.allclose(mine["_batch_min"], terms["_batch_min"])
 
 
-FUSED_CASES = {  # the fused C++ kernel covers standard and topk with d_in a multiple of 16
+FUSED_CASES = {  # the fused C++ kernel covers standard and topk with d_in a multiple of 16, dense or sparse
     "standard": dict(l1_coefficient=1e-2, init="tied", init_decoder_norm=0.1),
     "standard-centred": dict(l1_coefficient=1e-2, apply_b_dec_to_input=True),
     "topk": dict(k=3, l1_coefficient=1e-2, apply_b_dec_to_input=True),
@@ -256,7 +256,9 @@ def _fused_kernel(spec, sparse: bool):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("batch", [96, 101])  # 101: the last group of 16 samples is partial
+# 101: the last vector of samples is partial (8 or 16 lanes) and so is the last block; 4,201: more than one
+# chunk (4,096 samples) between flushes of the accumulators
+@pytest.mark.parametrize("batch", [96, 101, 4201])
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("case", sorted(FUSED_CASES))
 def test_fused_kernel_gradients_equal_autograd(case, sparse, batch, threads):
@@ -266,8 +268,6 @@ def test_fused_kernel_gradients_equal_autograd(case, sparse, batch, threads):
     hp = dict(FUSED_CASES[case])
     width = hp.pop("width", 24)
     spec = recipe(case.split("-")[0], width=width, **hp)
-    if sparse and spec.architecture != "topk":
-        pytest.skip("the sparse backward is TopK's")
     model = BatchedSAE(spec, 16, [3, 4, 5])
     with torch.no_grad():
         gen = torch.Generator().manual_seed(1)
