@@ -142,10 +142,13 @@ inline void matrix_times_block(const float *W, int stride, const float *init, co
     if constexpr (FULL < ROWS) rows_times_block<ROWS - FULL, C>(W, stride, init, FULL, in, out);
 }
 
-// encoder: Z = pre-activations, then the activation. The dense path counts active latents and Σ z
-// per lane here; the sparse path marks each sample's active latents in `bits` (and counts them later).
-inline void encode_block(const Seed &p, const vf (*X)[V], const vi *ok, bool full, vf (*Z)[V], vf &active, vf &zsum,
-                         vu (*bits)[WORDS]) {
+// Loads samples [n0, n1) into X (see load_block) and encodes them: Z = pre-activations, then the
+// activation; returns whether the block is full. The dense path counts active latents and Σ z per lane
+// here; the sparse path marks each sample's active latents in `bits` (and counts them later).
+inline bool load_and_encode_block(const Seed &p, const float *xT, long B, long n0, long n1, vf (*X)[V], vi *ok,
+                                  vf (*Z)[V], vf &active, vf &zsum, vu (*bits)[WORDS]) {
+    const bool full = n1 - n0 >= BLOCK;
+    load_block(xT, B, n0, n1, X, ok);
     matrix_times_block<F, D>(p.enc, D, p.bias, X, Z);
     for (int v = 0; v < V; v++) {
         vf thr = vf{};
@@ -175,6 +178,7 @@ inline void encode_block(const Seed &p, const vf (*X)[V], const vi *ok, bool ful
 #endif
         }
     }
+    return full;
 }
 
 #if SPARSE == 0
@@ -231,10 +235,8 @@ void block_dense(const Seed &p, const float *xT, long B, long n0, long n1, float
     const float *dec_T = work.dec_T;
     Acc &a = work.acc;
     vi ok[V];
-    const bool full = n1 - n0 >= BLOCK;
-    load_block(xT, B, n0, n1, X, ok);
     vf active = vf{}, zsum = vf{};
-    encode_block(p, X, ok, full, Z, active, zsum, nullptr);
+    const bool full = load_and_encode_block(p, xT, B, n0, n1, X, ok, Z, active, zsum, nullptr);
     // residual r = dec^T z + b_dec - x (zero on lanes past the range), as one GEMM over latents
     matrix_times_block<D, F>(dec_T, F, p.b_dec, Z, Gr);
     vf e2 = vf{};
@@ -288,10 +290,8 @@ void block_sparse(const Seed &p, const float *x, const float *xT, long B, long n
     vu (*bits)[WORDS] = work.bits;
     Sparse &c = work.acc;
     vi ok[V];
-    const bool full = n1 - n0 >= BLOCK;
-    load_block(xT, B, n0, n1, X, ok);
-    vf active = vf{}, zsum = vf{};
-    encode_block(p, X, ok, full, Z, active, zsum, bits);
+    vf active = vf{}, zsum = vf{};  // the dense path's per-lane counts: unused here
+    load_and_encode_block(p, xT, B, n0, n1, X, ok, Z, active, zsum, bits);
     long active_count = 0;
     float block_zsum = 0.0f;
     const long count = n1 - n0 < BLOCK ? n1 - n0 : BLOCK;
