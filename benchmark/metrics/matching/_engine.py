@@ -284,22 +284,10 @@ def check_columns(known: _Known, ops: KernelOperands, u: np.ndarray, v: np.ndarr
     # the threshold sits below v_j by the pass's float rounding (its slack, and the fp32 rounding of
     # the threshold itself): a column clears when ref_j + slack ≤ v_j, and ref_j is the threshold
     # as used when no more than ``cap`` rows exceed it. At v_j itself no fp32 column could clear.
-    thr = v[cols] - _float_pass_slack(ops, shift, v[cols])
+    thr = v[cols] - ps.threshold_slack_bound(ops, shift, v[cols])
     colp = ps.threshold_pass(ops.transposed(), cols, shift, thr, cap, block, ptr, idx)
     # rows not returned: kernel ≤ shift_used_i + ref_j + slack ≤ u_i − err_i + v_j when ref_j + slack ≤ v_j
     return colp, colp.ref + colp.slack <= v[cols]
-
-
-def _float_pass_slack(ops: KernelOperands, shift: np.ndarray, threshold: np.ndarray) -> float:
-    """An upper bound on what a float ``threshold_pass`` adds to its threshold (slack plus the fp32
-    rounding of the threshold): thresholds lowered by this much give ref + slack ≤ the unlowered
-    value. 0 for integer kernels (their thresholds are rounded down, slack 0). Shapes: shift [r],
-    threshold [c]; cosine units."""
-    if ops.integer:
-        return 0.0
-    big = 1.0 + float(ops.row_err.max()) + float(np.abs(shift).max(initial=0.0)) + float(np.abs(threshold).max(initial=0.0))
-    # threshold_pass: slack = 2·U32·t_bound + 1e-12 with t_bound ≤ big + 2·U32·big; fp32 rounding of thr ≤ U32·|thr|
-    return 4 * U32 * (big + 1.0) + 4e-12
 
 
 def _choose_outlier_columns(v: np.ndarray, refs: list[np.ndarray], ref_of_row: np.ndarray, gap: np.ndarray,

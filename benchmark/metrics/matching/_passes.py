@@ -222,6 +222,24 @@ def argmax_cols(ops: KernelOperands, cols: np.ndarray, block: int) -> np.ndarray
     return out
 
 
+def _threshold_t_bound(ops: KernelOperands, shift: np.ndarray, threshold: np.ndarray) -> float:
+    """Bound on |t| and the threshold a float threshold pass compares (cosine units): |t| ≤ max|kernel| +
+    max|shift|, kernel ≤ 1 + max row_err; its slack is one fp32 rounding of t and one of the threshold."""
+    return (1.0 + float(ops.row_err.max()) + float(np.abs(shift).max(initial=0.0))
+            + float(np.abs(threshold).max(initial=0.0)))
+
+
+def threshold_slack_bound(ops: KernelOperands, shift: np.ndarray, threshold: np.ndarray) -> float:
+    """An upper bound, known before the pass, on what :func:`threshold_pass` adds to ``threshold``:
+    its slack plus the fp32 rounding of the threshold itself. Thresholds lowered by this much give
+    ``ref + slack ≤`` the unlowered value. 0 for integer kernels (thresholds rounded down, slack 0).
+    Shapes: shift [r], threshold [c]; cosine units."""
+    if ops.integer:
+        return 0.0
+    # the pass rounds shift and threshold to fp32 (≤ U32 relative each) before bounding t; +1 covers it
+    return 4 * U32 * (_threshold_t_bound(ops, shift, threshold) + 1.0) + 4e-12
+
+
 @dataclass
 class ThresholdPass:
     """Entries of listed rows with t_ij = kernel − shift_j above a per-row threshold (known excluded).
@@ -264,9 +282,7 @@ def threshold_pass(
     else:
         thr_used = threshold.astype(np.float32).astype(np.float64)
         thr_t = torch.from_numpy(threshold.astype(np.float32)).to(dev)
-        # |t| ≤ max|kernel| + max|shift|, kernel ≤ 1 + max row_err; one fp32 rounding of t, one of the threshold
-        t_bound = 1.0 + float(ops.row_err.max()) + float(np.abs(shift_used).max()) + float(np.abs(thr_used).max())
-        slack = 2 * U32 * t_bound + 1e-12
+        slack = 2 * U32 * _threshold_t_bound(ops, shift_used, thr_used) + 1e-12
     ref = thr_used.copy()
     out_r, out_c, out_t = [], [], []
     fill = INT32_MIN if integer else -torch.inf
