@@ -49,6 +49,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from perf.panel_training_curve import load_average  # noqa: E402 - the training scripts report load alike
+
 RECIPES = {"standard": "submissions/reproductions/song2025-standard.toml",
            "topk": "submissions/reproductions/song2025-topk.toml"}
 #: Largest allowed |difference| of a table entry (GT-MCC or PW-MCC, 3 decimals shown) between kernels.
@@ -60,20 +62,13 @@ FULL_STEPS = 30_000
 PAPER = {"standard": (0.631, 0.609), "topk": (0.968, 0.951)}
 
 
-def load_average() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else float("nan")
-
-
 def _recipe(name: str, steps: int | None, seeds: list[int] | None = None):
     from benchmark.submission.manifest import load_manifest
 
     recipe = load_manifest(REPO / RECIPES[name]).submission.recipe
-    update = {}
     if steps is not None:
-        update["hyperparameters"] = recipe.hyperparameters.model_copy(update={"steps": steps})
-    if seeds is not None:
-        update["seeds"] = list(seeds)
-    return recipe.model_copy(update=update) if update else recipe
+        recipe = recipe.with_hyperparameters(steps=steps)
+    return recipe if seeds is None else recipe.model_copy(update={"seeds": list(seeds)})
 
 
 def train_seeds(name: str, steps: int | None, kernel: str | None, kernel_threads: int | None, torch_threads: int | None,
@@ -131,10 +126,9 @@ def step_costs(kernel: str | None) -> dict[str, float]:
     costs = {}
     for name in RECIPES:
         trained = train_seeds(name, 1, kernel, 1, 1)
-        probe = trained["kernel"].get("probe_ms") or {}
-        chosen = f"{trained['kernel']['name']}×{trained['kernel'].get('threads', 1)}"
-        per_step = probe.get(chosen, probe.get("torch")) if probe else None
-        costs[name] = (per_step / 1e3 if per_step else trained["train_s"]) / len(trained["seeds"])
+        # no probe when the self-check had one candidate (the torch path forced): the step's own time
+        per_step_ms = (trained["kernel"].get("probe_ms") or {}).get(kernel_label(trained["kernel"]))
+        costs[name] = (per_step_ms / 1e3 if per_step_ms else trained["train_s"]) / len(trained["seeds"])
     return costs
 
 
@@ -156,13 +150,13 @@ def balanced_shares(costs: dict[str, float], seeds: dict[str, list[int]]) -> lis
 def _merge(pieces: list[dict]) -> dict:
     """One recipe's row from the pieces that trained its seeds (seconds add up; SAEs and MSEs by seed)."""
     pieces = sorted(pieces, key=lambda piece: piece["seeds"][0])
-    kernels = {f"{p['kernel']['name']}×{p['kernel'].get('threads', 1)}" for p in pieces}
+    kernels = {kernel_label(p["kernel"]) for p in pieces}
     return {"recipe": pieces[0]["recipe"], "steps": pieces[0]["steps"], "seeds": [s for p in pieces for s in p["seeds"]],
             "saes": {seed: sae for p in pieces for seed, sae in p["saes"].items()},
             "train_s": sum(p["train_s"] for p in pieces), "train_cpu_s": sum(p["train_cpu_s"] for p in pieces),
             "load_before": pieces[0]["load_before"], "load_after": pieces[-1]["load_after"],
             "final_mse": [m for p in pieces for m in p["final_mse"]],
-            "kernel": {**pieces[0]["kernel"], "name": " + ".join(sorted(kernels)), "pieces": [p["kernel"] for p in pieces]}}
+            "kernel": {"name": " + ".join(sorted(kernels)), "pieces": [p["kernel"] for p in pieces]}}
 
 
 def run_table(steps: int | None, schedule: str, kernel: str | None) -> dict:
