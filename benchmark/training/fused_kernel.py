@@ -4,10 +4,7 @@ The kernel computes a whole step's loss terms and analytic gradients for S small
 one pass over the batch (see the .cpp file's header for the maths and the two ways through a block).
 It is compiled at run time with the machine's C++ compiler for the exact shape (``-march=native``,
 shape constants baked in), which is what makes its inner loops fully vectorised, and loaded with
-:mod:`ctypes` (no Python headers, no torch headers: a build takes ~1-2 s). Builds are cached on disk
-under :func:`kernel_cache_dir`, keyed by a hash of the source, the flags, the compiler's version and
-this CPU's feature flags, so a cache shared between different machines never hands one a binary
-built for another.
+:mod:`ctypes`; :mod:`benchmark.native` builds it and caches the build on disk.
 
 Agreement with the torch path (:mod:`benchmark.training.fast_path`): same maths, float32 throughout,
 different summation order, so equal to rounding, not bit for bit. Tolerances, tested on constructed
@@ -24,13 +21,7 @@ unsupported shape) returns ``None`` so that the caller keeps the torch path.
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.training.cpu_features import cpu_flags
+from benchmark import native
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("fused_step.cpp")
-#: IEEE float semantics are kept (no -ffast-math): only errno and trap side effects are dropped.
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math")
+
 #: Samples per thread range are multiples of this: a multiple of every build's lane width (8 floats per
 #: vector with AVX2, 16 with AVX-512), so only a range's last vector can be partial.
 LANES = 16
@@ -73,33 +63,6 @@ class KernelShape:
         if not 0 <= self.k <= min(MAX_TOPK, self.width):
             return f"k {self.k} is outside 0..{MAX_TOPK}"
         return None
-
-
-def kernel_cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$CANONBENCH_KERNEL_CACHE``, else ``$XDG_CACHE_HOME`` (or
-    ``~/.cache``) ``/canonbench/kernels``."""
-    explicit = os.environ.get("CANONBENCH_KERNEL_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "canonbench" / "kernels"
-
-
-def compiler() -> str | None:
-    """The C++ compiler to build with (``$CXX``, else c++ / g++ / clang++ on PATH)."""
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def _compiler_version(cxx: str) -> str:
-    try:
-        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
-        return out.stdout.splitlines()[0] if out.stdout else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 class FusedKernel:
@@ -203,31 +166,11 @@ def _build(shape: KernelShape) -> FusedKernel | None:
     if why:
         log.debug("fused kernel: %s", why)
         return None
-    cxx = compiler()
-    if cxx is None:
-        log.info("fused kernel: no C++ compiler on PATH; training uses the torch path")
-        return None
     defines = (f"-DD_IN={shape.d_in}", f"-DWIDTH={shape.width}", f"-DTOPK_K={shape.k}", f"-DSPARSE={int(shape.sparse)}")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS + defines).encode(), _compiler_version(cxx).encode(),
-                                     " ".join(sorted(cpu_flags())).encode()])).hexdigest()[:24]
-    folder = kernel_cache_dir()
-    target = folder / f"sae_fused_{shape.d_in}x{shape.width}_k{shape.k}{'_sparse' if shape.sparse else ''}_{key}.so"
-    if not target.exists():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                out = Path(tmp) / target.name
-                proc = subprocess.run([cxx, *FLAGS, *defines, str(SOURCE), "-o", str(out)],
-                                      capture_output=True, text=True, timeout=300)
-                if proc.returncode != 0:
-                    log.warning("fused kernel build failed (%s); training uses the torch path: %s", cxx,
-                                (proc.stderr.strip().splitlines() or ["?"])[-1])
-                    return None
-                os.replace(out, target)  # atomic: a concurrent builder's identical file may win
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("fused kernel build failed: %s; training uses the torch path", exc)
-            return None
+    stem = f"sae_fused_{shape.d_in}x{shape.width}_k{shape.k}{'_sparse' if shape.sparse else ''}"
+    target = native.build_library(SOURCE, stem, defines, what="fused kernel", fallback="training uses the torch path")
+    if target is None:
+        return None
     try:
         return FusedKernel(shape, target)
     except OSError as exc:

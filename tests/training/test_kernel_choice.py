@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmark import native
 from benchmark.data.organisms import Organism
 from benchmark.submission.manifest import Hyperparameters, RecipeSpec
 from benchmark.training import BatchedSAE, cpu_features, fused_kernel, kernel_choice, train_batched  # noqa: F401
@@ -64,7 +65,7 @@ def test_the_choice_is_cached_per_process(fresh_choices, monkeypatch):
 
 
 def test_without_a_compiler_training_keeps_the_torch_path(fresh_choices, monkeypatch):
-    monkeypatch.setattr(fused_kernel, "compiler", lambda: None)
+    monkeypatch.setattr(native, "compiler", lambda: None)
     choice = kernel_choice.choose_kernel(fast_sae(recipe()), batch(), max_threads=1)
     assert choice.name == "torch" and choice.kernel is None
     assert "unavailable" in choice.record["reason"]
@@ -90,10 +91,10 @@ def test_the_build_cache_is_a_user_cache_dir(monkeypatch, tmp_path):
 
     monkeypatch.delenv("CANONBENCH_KERNEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert fused_kernel.kernel_cache_dir() == tmp_path / "xdg" / "canonbench" / "kernels"
+    assert native.kernel_cache_dir() == tmp_path / "xdg" / "canonbench" / "kernels"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    repo = Path(fused_kernel.__file__).resolve().parents[2]
-    default = fused_kernel.kernel_cache_dir().resolve()
+    repo = Path(native.__file__).resolve().parents[1]
+    default = native.kernel_cache_dir().resolve()
     assert default.is_relative_to(Path.home().resolve()) and not default.is_relative_to(repo)
 
 
@@ -196,7 +197,7 @@ def test_kernel_builds_are_cached_on_disk_by_content(tmp_path, monkeypatch, fres
     assert len(built) == 1 and "16x8_k2" in built[0].name
     fused_kernel._loaded.clear()
     # same source, flags, compiler and CPU: the cached library is loaded without compiling again
-    monkeypatch.setattr(fused_kernel.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
     again = fused_kernel.load_kernel(shape)
     assert again is not None and again.library == kernel.library
 
