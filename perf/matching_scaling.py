@@ -121,7 +121,8 @@ def worker(solver: str, n: int, d: int, unshared: float, device: str, candidates
         extra = {"certified": match.certified, "method": match.method, "kernel": match.kernel,
                  "kernel_timings": match.kernel_timings, "candidate_error": det.get("candidate_error"),
                  **{key: det.get(key) for key in ("rounds", "solves", "repairs", "row_pass_rows", "column_pass_cols",
-                                                  "graph_edges", "known_entries", "exact_entries", "completions")},
+                                                  "column_candidate_cols", "graph_edges", "known_entries",
+                                                  "exact_entries", "completions", "dual_search", "bf_iterations")},
                  "outlier_cols_cleared": det.get("outlier_cols_cleared"),
                  "timings": det.get("timings"), "phases": phases(det.get("timings") or {})}
     seconds = time.perf_counter() - start

@@ -394,6 +394,105 @@ def test_warm_duals_start_from_given_prices():
     assert res.row.sum() + res.col.sum() == pytest.approx(cos[np.arange(80), sigma].sum(), abs=1e-9)
 
 
+def _sparse_exchange_problem(seed: int, m: int = 120, n: int = 140, keep: float = 0.15):
+    """An assignment optimal on a sparse set of known entries (the diagonal of σ always known)."""
+    rng = np.random.default_rng(seed)
+    cos = unit(rng.standard_normal((m, 8))) @ unit(rng.standard_normal((n, 8))).T
+    known = rng.random((m, n)) < keep
+    rows, cols = linear_sum_assignment(np.where(known, cos, -10.0), maximize=True)
+    sigma = cols[np.argsort(rows)]
+    known[np.arange(m), sigma] = True
+    er, ec = np.nonzero(known)
+    return cos, sigma, er, ec
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("start", ["cold", "start_col", "warm"])
+def test_native_exchange_search_equals_the_numpy_search(seed, start):
+    """The C++ queue search and the numpy rounds reach the same duals (the largest feasible y below the
+    start), from scratch, from given prices and continued from earlier duals after entries were added."""
+    from benchmark.metrics.matching import _exchange
+    from benchmark.metrics.matching._duals import Duals, exchange_duals
+
+    if not _exchange.available():
+        pytest.skip("needs a C++ compiler")
+    cos, sigma, er, ec = _sparse_exchange_problem(seed)
+    m, n = cos.shape
+    value = cos[np.arange(m), sigma]
+    kwargs = {}
+    if start == "start_col":
+        init = np.random.default_rng(seed).uniform(0, 0.3, n)
+        init[np.setdiff1d(np.arange(n), sigma)] = 0.0
+        kwargs = {"start_col": init}
+    elif start == "warm":
+        # duals of a smaller graph, then the rest of the entries added for a few rows
+        sub = (er % 3 == 0) | (ec == sigma[er])
+        earlier = exchange_duals(sigma, value, n, er[sub], ec[sub], cos[er[sub], ec[sub]], native=False)
+        assert isinstance(earlier, Duals)
+        feasible = cos[er, ec] <= earlier.row[er] + earlier.col[ec] + 1e-12
+        changed = np.unique(er[~feasible])
+        assert len(changed)  # the added entries do move the duals
+        kwargs = {"warm": earlier, "warm_rows": changed}
+    got = exchange_duals(sigma, value, n, er, ec, cos[er, ec], native=True, **kwargs)
+    want = exchange_duals(sigma, value, n, er, ec, cos[er, ec], native=False, **kwargs)
+    assert type(got) is type(want)
+    if isinstance(want, Duals):
+        np.testing.assert_allclose(got.col, want.col, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.row, want.row, rtol=0, atol=1e-9)
+        assert (got.row[er] + got.col[ec] - cos[er, ec]).min() >= -1e-9  # feasible on every known entry
+        assert got.col.min() >= 0 and (got.col[np.setdiff1d(np.arange(n), sigma)] == 0).all()
+
+
+def test_native_exchange_search_reports_negative_cycles_that_improve_the_assignment():
+    """An assignment that is not optimal on its known entries: the C++ search stops at a negative cycle
+    of its predecessors, and applying the exchanges it reports raises the assignment's value, as the
+    numpy search's report does."""
+    from benchmark.metrics.matching import _duals, _exchange
+
+    if not _exchange.available():
+        pytest.skip("needs a C++ compiler")
+    for seed in range(4, 8):
+        cos, sigma, er, ec = _sparse_exchange_problem(seed, keep=0.4)
+        m, n = cos.shape
+        known = set(zip(er.tolist(), ec.tolist()))
+        # rotate the columns of rows whose rotated entries are known: a worse assignment on the graph
+        rows = [i for i in range(m) if (i, int(sigma[(i + 1) % m])) in known][:6]
+        worse = sigma.copy()
+        worse[rows] = sigma[np.roll(rows, -1)]
+        er_all = np.concatenate([er, np.array(rows), np.array(rows)])
+        ec_all = np.concatenate([ec, worse[rows], sigma[rows]])
+        if cos[np.arange(m), worse].sum() >= cos[np.arange(m), sigma].sum() - 1e-9:
+            continue  # the rotation happened not to lose value
+        value = cos[np.arange(m), worse]
+        for native in (True, False):
+            found = _duals.exchange_duals(worse, value, n, er_all, ec_all, cos[er_all, ec_all], native=native)
+            assert isinstance(found, _duals.NegativeCycle) and len(found.columns)
+            better = _duals.apply_improvement(worse, found)
+            assert better is not None and len(np.unique(better)) == m
+            assert cos[np.arange(m), better].sum() > cos[np.arange(m), worse].sum() + 1e-12
+            known_all = set(zip(er_all.tolist(), ec_all.tolist()))
+            assert all((i, int(j)) in known_all for i, j in enumerate(better))  # exchanges along known entries
+        return
+    pytest.fail("no seed gave a worse assignment")
+
+
+def test_without_a_compiler_the_numpy_search_gives_the_same_match(monkeypatch):
+    """No C++ compiler: the dual search falls back to numpy, says so in the details, and the match is
+    the same certified optimum."""
+    from benchmark import native
+    from benchmark.metrics.matching import _exchange
+
+    a, b = seed_like(300, 24, np.random.default_rng(33))
+    with_native = match_dictionaries(a, b, method="sparse")
+    assert with_native.details["dual_search"] == ("c++" if native.compiler() else "numpy")
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setattr(_exchange, "_state", {})
+    assert not _exchange.available()
+    plain = match_dictionaries(a, b, method="sparse")
+    assert plain.details["dual_search"] == "numpy" and plain.certified
+    assert plain.value == pytest.approx(with_native.value, abs=1e-12) == pytest.approx(dense_reference(a, b), abs=1e-9)
+
+
 def test_entry_cosines64_matches_numpy():
     rng = np.random.default_rng(15)
     a, b = unit(rng.standard_normal((300, 33))), unit(rng.standard_normal((410, 33)))
@@ -705,6 +804,37 @@ def test_candidate_pass_raw_top_two_bound_every_other_column(kind):
     assert (others.max(axis=1) <= res.raw_val[:, 1] + ops.row_err).all()
 
 
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
+@pytest.mark.parametrize("block", [7, 16, 200])
+@pytest.mark.parametrize("floor_rows", [512, 4])
+def test_candidate_pass_ranks_each_columns_rows_like_a_column_pass(kind, block, floor_rows, monkeypatch):
+    """The candidate pass's per-column ranking (col_top) against the dense kernel matrix: each
+    column's rows by kernel(i, j) − best_i, best_i = the row's largest kernel(i, ·) − shift, across
+    blocks of rows (7 and 16 split the rows unevenly; 200 is one block). With ``floor_rows`` 4 every
+    block goes through the floor-and-rank path that large blocks take; 512 is the plain top-k here."""
+    from benchmark.metrics.matching import _passes
+
+    monkeypatch.setattr(_passes, "_COLUMN_FLOOR_ROWS", floor_rows)
+    if not _verified(kind, 20):
+        pytest.skip(f"{kind} kernel unavailable")
+    rng = np.random.default_rng(23)
+    ua, ub = _units(rng.standard_normal((90, 20)), rng.standard_normal((130, 20)))
+    ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+    shift = rng.uniform(-0.3, 0.8, 130)
+    res = _passes.row_pass(ops, None, shift, 5, block, raw_top2=True, col_top=6)
+    t = ops.raw(slice(None)).double().numpy() * ops.scale - res.shift[None, :]
+    relative = t - t.max(axis=1, keepdims=True)  # [rows, cols]
+    want = -np.sort(-relative, axis=0)[:6].T  # each column's six largest, best first
+    tol = 0.0 if kind == "int8" else 1e-6
+    np.testing.assert_allclose(res.col_value, want, rtol=0, atol=tol)
+    # the rows returned hold those values (ties may swap rows, never values)
+    np.testing.assert_allclose(relative[res.col_index, np.arange(130)[:, None]], want, rtol=0, atol=tol)
+    assert all(len(set(rows)) == 6 for rows in res.col_index.tolist())
+    with pytest.raises(ValueError, match="known"):
+        _passes.row_pass(ops, None, shift, 5, block, known_ptr=np.zeros(91, dtype=np.int64),
+                         known_idx=np.empty(0, dtype=np.int64), col_top=6)
+
+
 @pytest.mark.parametrize("candidates", ["int8", "bf16", "fp32"])
 @pytest.mark.parametrize("unshared", [0.3, 0.5, 0.7, 0.9])
 def test_certificate_on_low_shared_pairs_is_dense_feasible(unshared, candidates):
@@ -857,3 +987,12 @@ def test_cleared_columns_hold_on_the_dense_problem(candidates, cap):
     slack = (u[:, None] + v[None, :] - cos)[:, cols[cleared]]
     assert slack[~excluded[:, cols[cleared]]].min() >= -1e-12
     assert (~cleared).any() or cap == 1024  # a small cap leaves columns with more violators uncleared
+
+
+@pytest.mark.parametrize("bound", [7, 2**16, 2**16 + 1, 2**40])
+def test_stable_order_sorts_like_a_stable_argsort(bound):
+    from benchmark.metrics.matching import _sets
+
+    x = np.random.default_rng(31).integers(0, bound, 5000)
+    x[:50] = bound - 1  # the largest value (uint16's last code at 2¹⁶) and many ties
+    np.testing.assert_array_equal(_sets.stable_order(x, bound), np.argsort(x, kind="stable"))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmark.metrics.matching import _exchange
 from benchmark.metrics.matching import _sets as st
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def exchange_duals(
     warm: "Duals | None" = None,
     warm_rows: np.ndarray | None = None,
     start_col: np.ndarray | None = None,
+    native: bool = True,
 ) -> Duals | NegativeCycle:
     """Bellman-Ford (vectorised, frontier-driven) on the exchange graph of an assignment.
 
@@ -86,6 +88,9 @@ def exchange_duals(
     result is then the smallest feasible v ≥ start_col, so duals move only where the constraints
     force them (certificates made under earlier duals stay valid where nothing changed). It can
     fail (an unmatched column forced above 0) where cold duals would not: retry without it.
+    ``native``: search with the C++ queue (:mod:`._exchange`) when it is available and there is no dense
+    block (same distances; a negative cycle is reported from its predecessors when it shows up, which
+    may be another cycle than the numpy rounds would meet first).
     """
     m = len(row_col)
     if warm is not None:
@@ -99,7 +104,7 @@ def exchange_duals(
     col_to_row = np.full(n_cols, -1, dtype=np.int64)
     col_to_row[row_col] = np.arange(m)
     is_improved = np.zeros(n_cols, dtype=bool)
-    order = np.argsort(edge_rows, kind="stable")
+    order = st.stable_order(edge_rows, m)
     e_rows, e_cols, e_vals = edge_rows[order], edge_cols[order], edge_vals[order]
     row_start = np.searchsorted(e_rows, np.arange(m + 1))
     has_dense = dense_rows is not None and len(dense_rows) > 0 and len(dense_cols) > 0
@@ -108,6 +113,14 @@ def exchange_duals(
         dense_pos[dense_rows] = np.arange(len(dense_rows))
     changed_rows = np.arange(m) if warm is None else st.unique(warm_rows)
     it = 0
+    if native and not has_dense:
+        found = _exchange.shortest_paths(row_col, row_value, row_start, e_cols, e_vals, y, pred, changed_rows,
+                                         RELAX_TOL, check_every)
+        if found is not None:
+            final, it = found
+            if not final:
+                return NegativeCycle(_cycle_columns(pred, row_col), it, pred)
+            changed_rows = changed_rows[:0]  # done: the numpy rounds below have nothing to do
     while len(changed_rows):
         it += 1
         pot = y[row_col] + row_value  # p_i; candidate distance of j through row i: p_i − c_ij

@@ -8,12 +8,14 @@ Route (rows = the smaller dictionary; every live row is matched):
    prices the useful entries are near the top. Prices are a heuristic: they never affect exactness.
 2. Candidate pass (the chosen kernel: int8, bf16 or fp32, see ``_kernels``): per row, the k columns
    with the largest ``kernel − v̂_j`` become known exactly (fp64); the (k+1)-th value bounds the rest
-   of the row rigorously. Columns that few rows chose get their best rows by ``kernel − û_i`` too.
+   of the row rigorously. Columns that few rows chose get their best rows by ``kernel − û_i`` too,
+   ranked from the same blocks of the pass.
 3. The known entries in the graph are solved with scipy's sparse LAPJV
    (``min_weight_full_bipartite_matching``); when the graph has no full matching it is completed
    (maximum matching + unmatched rows paired with unmatched columns) and solved again.
-4. LP duals of that assignment: shortest paths on its exchange graph (``_duals``); an improving
-   cycle, if rounding ever produced one, is applied and the duals recomputed.
+4. LP duals of that assignment: shortest paths on its exchange graph (``_duals``; a C++ queue search,
+   ``_exchange.cpp``, where the machine can build it, else numpy rounds); an improving cycle, if
+   rounding ever produced one, is applied and the duals recomputed.
 5. Certificate over every entry. A row holds a reference bound ``cos_ij ≤ w_i + V_r[j]`` for all its
    unknown entries (from the candidate pass, or from a later row pass under that round's duals).
    It is proven when u_i − w_i + min_j (v_j − V_r[j]) ≥ 0; the few columns where v fell far below V_r
@@ -37,6 +39,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
 from benchmark.metrics.matching import _cosine as cz
+from benchmark.metrics.matching import _exchange
 from benchmark.metrics.matching import _passes as ps
 from benchmark.metrics.matching import _sets as st
 from benchmark.metrics.matching._duals import RELAX_TOL, Duals, apply_improvement, exchange_duals
@@ -58,6 +61,7 @@ class SolveStats:
     exact_entries: int = 0  # fp64 cosines computed
     row_pass_rows: int = 0  # rows priced against every column after the candidate pass
     column_pass_cols: int = 0  # columns priced against every row
+    column_candidate_cols: int = 0  # columns given their best rows from the candidate pass's ranking
     outlier_cols_cleared: int = 0  # certificate columns proven by a column pass instead of the rows' minimum
     fine_checked_rows: int = 0  # alias of row_pass_rows, kept for older readers
     bf_iterations: int = 0
@@ -65,6 +69,7 @@ class SolveStats:
     candidates: str = ""  # kernel of the passes: "int8", "bf16" or "fp32"
     candidate_error: float = 0.0  # largest rigorous bound on |kernel value − cosine|
     kernel_reason: str = ""
+    dual_search: str = ""  # "c++" (the built _exchange.cpp) or "numpy": same duals, the C++ queue is faster
     kernel_timings: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
@@ -130,14 +135,18 @@ class _Known:
         new = ~present
         if not new.any():
             return 0
-        merged = np.concatenate([self.keys, keys[new]])
-        order = np.argsort(merged, kind="stable")
-        self.keys = merged[order]
-        self.kval = np.concatenate([self.kval, kv[new]])[order]
-        self.xval = np.concatenate([self.xval, xv[new]])[order]
-        self.graph = np.concatenate([self.graph, np.full(int(new.sum()), graph)])[order]
+        # both sides are sorted: the new keys' places in the merged order follow from their search
+        # positions, so the merge is two scatters (no re-sort of millions of keys)
+        fresh = pos[new] + np.arange(int(new.sum()))
+        old_slots = np.ones(len(self.keys) + len(fresh), dtype=bool)
+        old_slots[fresh] = False
+        for name, values in (("keys", keys[new]), ("kval", kv[new]), ("xval", xv[new]), ("graph", graph)):
+            merged = np.empty(len(old_slots), dtype=getattr(self, name).dtype)
+            merged[old_slots] = getattr(self, name)
+            merged[fresh] = values
+            setattr(self, name, merged)
         self._csr = self._csc = None
-        return int(new.sum())
+        return len(fresh)
 
     @property
     def rows(self) -> np.ndarray:
@@ -156,7 +165,7 @@ class _Known:
     def csc(self) -> tuple[np.ndarray, np.ndarray]:
         if self._csc is None:
             cols = self.cols
-            order = np.argsort(cols, kind="stable")
+            order = st.stable_order(cols, self.n)
             ptr = np.searchsorted(cols[order], np.arange(self.n + 1))
             self._csc = (ptr, self.rows[order])
         return self._csc
@@ -357,6 +366,7 @@ def solve_certified(
     ops = kernel_operands(a64, b64, device, candidates)
     err = ops.row_err
     stats.candidates = ops.kind
+    stats.dual_search = "c++" if _exchange.available() else "numpy"
     stats.candidate_error = float(err.max())
     if ops.choice is not None:
         stats.kernel_reason = ops.choice.reason
@@ -376,7 +386,9 @@ def solve_certified(
     # --- candidate pass ---------------------------------------------------------------------------
     clock = time.perf_counter()
     k = max(1, min(k, n))
-    first = ps.row_pass(ops, None, vhat, k + 1, blk, progress=progress, raw_top2=True)
+    # the column candidates below rank the same blocks: taken in this pass, they cost no product
+    first = ps.row_pass(ops, None, vhat, k + 1, blk, progress=progress, raw_top2=True,
+                        col_top=col_k if col_k and k < n else 0)
     stats.timings["candidates"] = time.perf_counter() - clock
     clock = time.perf_counter()
     known = _Known(m, n)
@@ -406,13 +418,13 @@ def solve_certified(
     stats.timings["exact_values"] = time.perf_counter() - clock
     clock = time.perf_counter()
     if col_k and k < n:
-        # columns few rows chose (over-priced by the estimate): their best rows, by a column pass
+        # columns few rows chose (over-priced by the estimate): their best rows relative to the rows'
+        # best values (row_pot), ranked during the candidate pass
         chosen = known.keys[known.graph] % n if col_degree == "graph" else top_cols.ravel()
         low = np.flatnonzero(np.bincount(chosen, minlength=n) < col_min)
         if len(low):
-            colp = ps.column_pass(ops, low, row_pot, col_k, blk_c)
-            stats.column_pass_cols += len(low)
-            keys = (colp.index.astype(np.int64) * n + low[:, None])[np.isfinite(colp.value)]
+            stats.column_candidate_cols += len(low)
+            keys = (first.col_index[low] * n + low[:, None])[np.isfinite(first.col_value[low])]
             keys, vals = _exact(st.setdiff(keys, known.keys), a64, b64, stats)
             known.add(keys, xval=vals, graph=True)
     stats.timings["column_candidates"] = time.perf_counter() - clock

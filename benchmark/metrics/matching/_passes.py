@@ -35,6 +35,8 @@ class PassResult:
     slack: float  # rounding slack of t (0 for int8)
     raw_col: np.ndarray | None = None  # [r] column of each row's largest kernel value (no shift)
     raw_val: np.ndarray | None = None  # [r, 2] the two largest kernel values of each row (no shift)
+    col_index: np.ndarray | None = None  # [n, col_top] rows of each column's largest t_ij − best_i, best first
+    col_value: np.ndarray | None = None  # [n, col_top] those values (fp64; a ranking, no bound attached)
 
 
 def _shift_for(ops: KernelOperands, shift: np.ndarray, device: torch.device):
@@ -78,12 +80,20 @@ def row_pass(
     known_idx: np.ndarray | None = None,
     progress: bool = False,
     raw_top2: bool = False,
+    col_top: int = 0,
 ) -> PassResult:
     """Top-``cap`` columns of t_ij = kernel(i, j) − shift_j per listed row (all rows when None),
     known entries (CSR ``known_ptr``/``known_idx`` over all rows) excluded. With ``raw_top2``, also
     each row's two largest kernel values before the shift and the column of the largest (an argmax
     and a masked max: a cheap second bound, cos_ij ≤ second + row_err_i for every other column,
-    that does not depend on the shift being any good)."""
+    that does not depend on the shift being any good).
+
+    With ``col_top`` > 0 (no known entries), each column's ``col_top`` rows with the largest
+    ``t_ij − best_i`` (best_i = the row's largest t), taken from the same blocks: the ranking a column
+    pass with row shift best_i gives (per column the two differ by the constant shift_j), without
+    a second product over the columns."""
+    if col_top and known_ptr is not None:
+        raise ValueError("col_top ranks every entry of a column: it cannot exclude known entries")
     from tqdm.auto import tqdm
 
     dev = ops.b.device
@@ -97,6 +107,8 @@ def row_pass(
     contiguous = rows is None
     raw_col = np.empty(len(rows_all), dtype=np.int64) if raw_top2 else None
     raw_val = np.empty((len(rows_all), 2)) if raw_top2 else None
+    col_top = min(col_top, len(rows_all))
+    col_vals = col_rows = None  # running per-column best [col_top, n] (kernel domain) and their rows
     with exact_matmul():
         for start in tqdm(range(0, len(rows_all), block_rows), desc="kernel rows", disable=not progress, leave=False):
             sel = rows_all[start : start + block_rows]
@@ -121,11 +133,63 @@ def row_pass(
                     fill = INT32_MIN if integer else -torch.inf
                     block[torch.from_numpy(lr).to(dev), torch.from_numpy(kc).to(dev)] = fill
             vals, idx = torch.topk(block, cap, dim=1)
+            if col_top:
+                block -= vals[:, :1]
+                col_vals, col_rows = _merge_column_top(block, col_top, start, col_vals, col_rows)
             del block
             v, t_max = _top_values(vals, ops, integer, t_max)
             value[start : start + len(sel)] = v
             index[start : start + len(sel)] = idx.cpu().numpy()
-    return PassResult(index, value, shift_used, _pass_slack(integer, t_max, shift_used), raw_col, raw_val)
+    result = PassResult(index, value, shift_used, _pass_slack(integer, t_max, shift_used), raw_col, raw_val)
+    if col_top:
+        result.col_value = _top_values(col_vals.T.contiguous(), ops, integer, 0.0)[0]
+        result.col_index = rows_all[col_rows.T.cpu().numpy()]
+    return result
+
+
+#: Rows of a block whose per-column top values set the first block's floor (see _merge_column_top).
+_COLUMN_FLOOR_ROWS = 512
+
+
+def _merge_column_top(block: torch.Tensor, count: int, first_row: int, best: torch.Tensor | None,
+                      best_rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` largest values per column of ``block [r, n]`` (its rows are ``first_row`` …
+    of the pass) merged with the running ``best [count, n]`` (rows ``best_rows``), best first.
+
+    A top-k down the columns of a large block is slow (strided; ~0.5 s for 4096 × 16384), so only
+    entries above a floor are ranked: the running count-th value, or for the first block the count-th
+    value of its first rows (every column keeps ≥ count entries at or above it). Small cases take
+    the plain top-k."""
+    r, n = block.shape
+    if (best is None and r <= _COLUMN_FLOOR_ROWS) or (best is not None and best.shape[0] < count):
+        vals, rows = torch.topk(block, min(count, r), dim=0)
+        rows += first_row
+        if best is not None:
+            merged = torch.cat([best, vals])
+            vals, pick = torch.topk(merged, min(count, merged.shape[0]), dim=0)
+            rows = torch.gather(torch.cat([best_rows, rows]), 0, pick)
+        return vals, rows
+    if best is None:
+        floor = torch.topk(block[:max(_COLUMN_FLOOR_ROWS, count)], count, dim=0).values[-1]
+        hit_rows, hit_cols = (block >= floor).nonzero(as_tuple=True)
+    else:
+        hit_rows, hit_cols = (block > best[-1]).nonzero(as_tuple=True)
+    vals, rows, cols = block[hit_rows, hit_cols], hit_rows + first_row, hit_cols
+    if best is not None:
+        vals = torch.cat([best.reshape(-1), vals])
+        rows = torch.cat([best_rows.reshape(-1), rows])
+        cols = torch.cat([torch.arange(n, device=block.device).repeat(count), cols])
+    # by column, largest first within a column; then each column's first ``count``
+    order = torch.argsort(vals, descending=True, stable=True)
+    order = order[torch.argsort(cols[order], stable=True)]
+    cols = cols[order]
+    rank = torch.arange(len(cols), device=block.device) - torch.searchsorted(cols, cols, right=False)
+    keep = rank < count
+    out_vals = torch.empty(count, n, dtype=block.dtype, device=block.device)
+    out_rows = torch.empty(count, n, dtype=torch.int64, device=block.device)
+    out_vals[rank[keep], cols[keep]] = vals[order][keep]
+    out_rows[rank[keep], cols[keep]] = rows[order][keep]
+    return out_vals, out_rows
 
 
 def _top_values(vals: torch.Tensor, ops: KernelOperands, integer: bool, t_max: float) -> tuple[np.ndarray, float]:

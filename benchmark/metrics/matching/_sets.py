@@ -40,3 +40,13 @@ def setdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a
     pos = np.minimum(np.searchsorted(b, a), len(b) - 1)
     return a[b[pos] != a]
+
+
+def stable_order(x: np.ndarray, bound: int) -> np.ndarray:
+    """Indices that sort the integer array ``x`` [N] (values in [0, bound)) stably, as
+    ``np.argsort(x, kind="stable")``. Values below 2¹⁶ are sorted as uint16, which numpy sorts by radix
+    (~3× faster on millions of column indices)."""
+    x = np.asarray(x)
+    if bound <= 2**16:
+        return np.argsort(x.astype(np.uint16), kind="stable")
+    return np.argsort(x, kind="stable")
