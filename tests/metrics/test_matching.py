@@ -715,17 +715,23 @@ def test_outlier_dimension_avoids_int8_and_forced_int8_stays_exact():
         mcc(a, b, candidates="int4")
 
 
+def _random_pass_operands(kind: str, seed: int):
+    """(rng, kernel operands of 90 random unit rows against 130, dimension 20) for the pass tests;
+    skips when this machine has no verified ``kind`` kernel."""
+    if not _verified(kind, 20):
+        pytest.skip(f"{kind} kernel unavailable")
+    rng = np.random.default_rng(seed)
+    ua, ub = _units(rng.standard_normal((90, 20)), rng.standard_normal((130, 20)))
+    return rng, _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+
+
 @pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
 def test_row_pass_reference_bound_holds(kind):
     """A row pass proves: every entry it neither returns nor knew has t ≤ last returned + slack
     (t = kernel value − shift), for any shift and any known set."""
     from benchmark.metrics.matching import _passes
 
-    if not _verified(kind, 20):
-        pytest.skip(f"{kind} kernel unavailable")
-    rng = np.random.default_rng(17)
-    ua, ub = _units(rng.standard_normal((90, 20)), rng.standard_normal((130, 20)))
-    ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+    rng, ops = _random_pass_operands(kind, 17)
     shift = rng.uniform(-0.5, 1.5, 130)
     known = np.unique(rng.integers(0, 90 * 130, 900))
     ptr = np.searchsorted(known, np.arange(91) * 130)
@@ -750,11 +756,7 @@ def test_threshold_pass_reference_bound_holds(kind):
     with more entries above the threshold than the cap keep their cap largest."""
     from benchmark.metrics.matching import _passes
 
-    if not _verified(kind, 20):
-        pytest.skip(f"{kind} kernel unavailable")
-    rng = np.random.default_rng(18)
-    ua, ub = _units(rng.standard_normal((90, 20)), rng.standard_normal((130, 20)))
-    ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+    rng, ops = _random_pass_operands(kind, 18)
     shift = rng.uniform(-0.5, 0.5, 130)
     known = np.unique(rng.integers(0, 90 * 130, 900))
     ptr = np.searchsorted(known, np.arange(91) * 130)
@@ -815,11 +817,7 @@ def test_candidate_pass_ranks_each_columns_rows_like_a_column_pass(kind, block, 
     from benchmark.metrics.matching import _passes
 
     monkeypatch.setattr(_passes, "_COLUMN_FLOOR_ROWS", floor_rows)
-    if not _verified(kind, 20):
-        pytest.skip(f"{kind} kernel unavailable")
-    rng = np.random.default_rng(23)
-    ua, ub = _units(rng.standard_normal((90, 20)), rng.standard_normal((130, 20)))
-    ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+    rng, ops = _random_pass_operands(kind, 23)
     shift = rng.uniform(-0.3, 0.8, 130)
     res = _passes.row_pass(ops, None, shift, 5, block, raw_top2=True, col_top=6)
     t = ops.raw(slice(None)).double().numpy() * ops.scale - res.shift[None, :]
