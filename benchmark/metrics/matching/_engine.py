@@ -564,11 +564,8 @@ def _worst_per_row(keys: np.ndarray, known: _Known, u: np.ndarray, v: np.ndarray
     n = known.n
     rows, cols = keys // n, keys % n
     excess = known.xval[np.searchsorted(known.keys, keys)] - u[rows] - v[cols]
-    order = np.lexsort((-excess, rows))
-    rows_o = rows[order]
-    starts = np.searchsorted(rows_o, rows_o, side="left")
-    rank = np.arange(len(rows_o)) - starts
-    return np.sort(keys[order][rank < cap])
+    picked, _ = st.top_per_group(torch.from_numpy(rows), torch.from_numpy(excess), cap)
+    return np.sort(keys[picked.numpy()])
 
 
 def _promote(known: _Known, keys: np.ndarray, u: np.ndarray, v: np.ndarray, cap: int) -> np.ndarray:

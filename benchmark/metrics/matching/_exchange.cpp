@@ -8,7 +8,6 @@
 // starting values that satisfies every edge (up to tol per relaxation), whatever the order.
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 namespace {
 

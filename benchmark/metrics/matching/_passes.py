@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from benchmark.metrics.matching import _sets as st
 from benchmark.metrics.matching._kernels import U32, KernelOperands, exact_matmul
 
 INT32_MIN = torch.iinfo(torch.int32).min
@@ -179,16 +180,11 @@ def _merge_column_top(block: torch.Tensor, count: int, first_row: int, best: tor
         vals = torch.cat([best.reshape(-1), vals])
         rows = torch.cat([best_rows.reshape(-1), rows])
         cols = torch.cat([torch.arange(n, device=block.device).repeat(count), cols])
-    # by column, largest first within a column; then each column's first ``count``
-    order = torch.argsort(vals, descending=True, stable=True)
-    order = order[torch.argsort(cols[order], stable=True)]
-    cols = cols[order]
-    rank = torch.arange(len(cols), device=block.device) - torch.searchsorted(cols, cols, right=False)
-    keep = rank < count
+    picked, rank = st.top_per_group(cols, vals, count)
     out_vals = torch.empty(count, n, dtype=block.dtype, device=block.device)
     out_rows = torch.empty(count, n, dtype=torch.int64, device=block.device)
-    out_vals[rank[keep], cols[keep]] = vals[order][keep]
-    out_rows[rank[keep], cols[keep]] = rows[order][keep]
+    out_vals[rank, cols[picked]] = vals[picked]
+    out_rows[rank, cols[picked]] = rows[picked]
     return out_vals, out_rows
 
 

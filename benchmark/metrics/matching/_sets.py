@@ -7,6 +7,7 @@ millions of keys per certificate round, so these helpers sort instead (same resu
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def unique(x: np.ndarray) -> np.ndarray:
@@ -50,3 +51,16 @@ def stable_order(x: np.ndarray, bound: int) -> np.ndarray:
     if bound <= 2**16:
         return np.argsort(x.astype(np.uint16), kind="stable")
     return np.argsort(x, kind="stable")
+
+
+def top_per_group(groups: torch.Tensor, scores: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each group's ``cap`` largest scores: (positions into the inputs, rank within the group), ordered
+    by group, then by score from the largest (ties keep input order). ``groups`` integer [N], ``scores``
+    [N], on any device. Sorted with torch, whose stable sorts use every thread (``np.lexsort`` took 1.5×
+    as long for the candidate pass's ~1M entries)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[torch.argsort(groups[order], stable=True)]
+    sorted_groups = groups[order]
+    rank = torch.arange(len(order), device=order.device) - torch.searchsorted(sorted_groups, sorted_groups)
+    keep = rank < cap
+    return order[keep], rank[keep]
