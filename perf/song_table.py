@@ -62,13 +62,11 @@ FULL_STEPS = 30_000
 PAPER = {"standard": (0.631, 0.609), "topk": (0.968, 0.951)}
 
 
-def _recipe(name: str, steps: int | None, seeds: list[int] | None = None):
+def _recipe(name: str, steps: int | None):
     from benchmark.submission.manifest import load_manifest
 
     recipe = load_manifest(REPO / RECIPES[name]).submission.recipe
-    if steps is not None:
-        recipe = recipe.with_hyperparameters(steps=steps)
-    return recipe if seeds is None else recipe.model_copy(update={"seeds": list(seeds)})
+    return recipe if steps is None else recipe.with_hyperparameters(steps=steps)
 
 
 def train_seeds(name: str, steps: int | None, kernel: str | None, kernel_threads: int | None, torch_threads: int | None,
@@ -81,15 +79,17 @@ def train_seeds(name: str, steps: int | None, kernel: str | None, kernel_threads
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    recipe = _recipe(name, steps, seeds)
+    recipe = _recipe(name, steps)
+    seeds = list(recipe.seeds if seeds is None else seeds)
     hp = recipe.hyperparameters
     organism = Organism(recipe.presets[0])
     batches = organism.batches(hp.effective_batch_size, hp.steps)
     load_before = load_average()
     wall, cpu = time.perf_counter(), time.process_time()
-    result = train_batched(recipe, batches, d_in=organism.d_in, quiet=True, kernel=kernel, kernel_threads=kernel_threads)
+    result = train_batched(recipe, batches, d_in=organism.d_in, quiet=True, seeds=seeds, kernel=kernel,
+                           kernel_threads=kernel_threads)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"recipe": name, "steps": hp.steps, "seeds": list(recipe.seeds), "saes": result.saes, "train_s": wall,
+    return {"recipe": name, "steps": hp.steps, "seeds": seeds, "saes": result.saes, "train_s": wall,
             "train_cpu_s": cpu, "load_before": load_before, "load_after": load_average(),
             "final_mse": result.log["final"]["mse"], "kernel": result.log["kernel"]}
 
