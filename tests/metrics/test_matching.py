@@ -994,3 +994,22 @@ def test_stable_order_sorts_like_a_stable_argsort(bound):
     x = np.random.default_rng(31).integers(0, bound, 5000)
     x[:50] = bound - 1  # the largest value (uint16's last code at 2¹⁶) and many ties
     np.testing.assert_array_equal(_sets.stable_order(x, bound), np.argsort(x, kind="stable"))
+
+
+def test_top_per_group_keeps_each_groups_largest_scores_in_order():
+    """Against a plain loop over the groups: the cap largest scores of each group, largest first, ties
+    in input order (the certificate's worst entries per row and the pass's best rows per column)."""
+    from benchmark.metrics.matching import _sets
+
+    rng = np.random.default_rng(37)
+    groups = rng.integers(0, 40, 3000)
+    scores = rng.integers(0, 25, 3000).astype(np.float64)  # many ties
+    picked, rank = _sets.top_per_group(torch.from_numpy(groups), torch.from_numpy(scores), 4)
+    want_picked, want_rank = [], []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        best = members[np.argsort(-scores[members], kind="stable")][:4]
+        want_picked.extend(best)
+        want_rank.extend(range(len(best)))
+    np.testing.assert_array_equal(picked.numpy(), want_picked)
+    np.testing.assert_array_equal(rank.numpy(), want_rank)
