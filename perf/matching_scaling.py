@@ -120,7 +120,7 @@ def worker(solver: str, n: int, d: int, unshared: float, device: str, candidates
         det = match.details
         extra = {"certified": match.certified, "method": match.method, "kernel": match.kernel,
                  "kernel_timings": match.kernel_timings, "candidate_error": det.get("candidate_error"),
-                 **{key: det.get(key) for key in ("rounds", "solves", "repairs", "row_pass_rows", "column_pass_cols",
+                 **{key: det.get(key) for key in ("rounds", "solves", "warm_solves", "warm_rows", "repairs", "row_pass_rows", "column_pass_cols",
                                                   "column_candidate_cols", "graph_edges", "known_entries",
                                                   "exact_entries", "completions", "dual_search", "bf_iterations")},
                  "outlier_cols_cleared": det.get("outlier_cols_cleared"),
@@ -160,7 +160,7 @@ SPLIT = ("prices", "candidate_pass", "column_passes", "exact_values", "sparse_so
 
 def sweep_table(rows: list[tuple[dict, dict | None]]) -> str:
     lines = ["| unshared | exact matcher s | kernel | prices / candidate pass / column passes / exact / solve / duals / cert. row passes / cert. other s "
-             "| row passes (rows) | solves (+repairs) | peak GiB | scipy dense s (LSA) | peak GiB | speed-up | "
+             "| row passes (rows) | solves: scipy + warm (+repairs) | peak GiB | scipy dense s (LSA) | peak GiB | speed-up | "
              "CPU s exact / dense (ratio) | memory ratio | |Δ MCC| | MCC | certified | load 1-min (before→after) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for sparse, dense in rows:
@@ -177,7 +177,7 @@ def sweep_table(rows: list[tuple[dict, dict | None]]) -> str:
             cells = ["—"] * 3 + [f"{sparse['cpu_seconds']:.1f} / —"] + ["—"] * 2
             load = f"{sparse['load_before']:.1f}→{sparse['load_after']:.1f}"
         lines.append(f"| {sparse['unshared']:.0%} | {sparse['seconds']:.2f} | {sparse['kernel']} | {split} | "
-                     f"{sparse['row_pass_rows']:,} | {sparse['solves']} (+{sparse['repairs']}) | {_gib(sparse['peak_bytes'])} | "
+                     f"{sparse['row_pass_rows']:,} | {sparse['solves']} + {sparse.get('warm_solves') or 0} (+{sparse['repairs']}) | {_gib(sparse['peak_bytes'])} | "
                      + " | ".join(cells) + f" | {sparse['value']:.6f} | {sparse['certified']} | {load} |")
     return "\n".join(lines)
 

@@ -476,6 +476,121 @@ def test_native_exchange_search_reports_negative_cycles_that_improve_the_assignm
     pytest.fail("no seed gave a worse assignment")
 
 
+def _graph_optimum(m: int, n: int, er: np.ndarray, ec: np.ndarray, ev: np.ndarray) -> np.ndarray:
+    """σ of the maximum-value assignment of every row on the sparse graph (scipy's sparse LAPJV)."""
+    import scipy.sparse as sparse
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    rows, cols = min_weight_full_bipartite_matching(sparse.csr_matrix((3.0 - ev, (er, ec)), shape=(m, n)))
+    sigma = np.empty(m, dtype=np.int64)
+    sigma[rows] = cols
+    return sigma
+
+
+def _check_warm_optimum(found, x: np.ndarray, er: np.ndarray, ec: np.ndarray, want: np.ndarray) -> None:
+    m = x.shape[0]
+    assert found.status == "optimal"
+    assert len(np.unique(found.row_col)) == m and (found.row_col >= 0).all()
+    graph = set(zip(er.tolist(), ec.tolist()))
+    assert all((i, int(j)) in graph for i, j in enumerate(found.row_col))  # only graph entries
+    assert x[np.arange(m), found.row_col].sum() == pytest.approx(x[np.arange(m), want].sum(), abs=1e-9)
+    slack = found.row[er] + found.col[ec] - x[er, ec]
+    assert slack.min() >= -1e-9  # the duals it kept are feasible on every entry ...
+    np.testing.assert_allclose(found.row + found.col[found.row_col], x[np.arange(m), found.row_col], atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", ["square", "wide"])
+def test_warm_assignment_reaches_the_optimum_after_entries_join(shape):
+    """Continued from the optimum of a smaller graph (σ and its exchange-graph duals), the C++ warm solve
+    finds the optimum of the larger graph (scipy's sparse LAPJV on it from scratch), with duals that stay
+    feasible and tight on σ. Wide graphs (m < n) route paths through the dummy rows of free columns."""
+    from benchmark.metrics.matching import _exchange
+    from benchmark.metrics.matching._duals import Duals, exchange_duals
+
+    if not _exchange.available():
+        pytest.skip("needs a C++ compiler")
+    searched = cursor = 0
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        m = int(rng.integers(5, 60))
+        n = m if shape == "square" else m + int(rng.integers(1, 30))
+        x = rng.standard_normal((m, n))
+        known = rng.random((m, n)) < rng.uniform(0.1, 0.5)
+        known[np.arange(m), rng.permutation(n)[:m]] = True
+        er, ec = np.nonzero(known)
+        before = _graph_optimum(m, n, er, ec, x[er, ec])
+        duals = exchange_duals(before, x[np.arange(m), before], n, er, ec, x[er, ec])
+        assert isinstance(duals, Duals)
+        known |= rng.random((m, n)) < rng.uniform(0.01, 0.3)
+        er, ec = np.nonzero(known)
+        found = _exchange.warm_assignment(np.searchsorted(er, np.arange(m + 1)), ec, x[er, ec], before, duals.col,
+                                          1e-12)
+        _check_warm_optimum(found, x, er, ec, _graph_optimum(m, n, er, ec, x[er, ec]))
+        searched += found.augmented
+        cursor += found.cursor_steps
+    assert searched > 0  # some rows needed a shortest-path search, not only bids
+    if shape == "wide":
+        assert cursor > 0  # and some paths went through a dummy row
+
+
+def test_warm_assignment_starts_from_prices_alone():
+    """With no assignment at all (square graphs) any column prices are a valid start: the result is the
+    graph's optimum whatever the prices."""
+    from benchmark.metrics.matching import _exchange
+
+    if not _exchange.available():
+        pytest.skip("needs a C++ compiler")
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        m = int(rng.integers(5, 50))
+        x = rng.standard_normal((m, m))
+        known = rng.random((m, m)) < 0.3
+        known[np.arange(m), rng.permutation(m)] = True
+        er, ec = np.nonzero(known)
+        found = _exchange.warm_assignment(np.searchsorted(er, np.arange(m + 1)), ec, x[er, ec], np.full(m, -1),
+                                          rng.uniform(0, 2, m), 1e-12)
+        _check_warm_optimum(found, x, er, ec, _graph_optimum(m, m, er, ec, x[er, ec]))
+
+
+def test_warm_assignment_refuses_unusable_starts_and_graphs_without_a_full_matching():
+    from benchmark.metrics.matching import _exchange
+
+    if not _exchange.available():
+        pytest.skip("needs a C++ compiler")
+    ptr, cols, vals = np.array([0, 2, 4]), np.array([0, 1, 0, 1]), np.array([1.0, 0.5, 0.2, 0.9])
+    ok = _exchange.warm_assignment(ptr, cols, vals, np.array([0, 1]), np.zeros(2), 1e-12)
+    assert ok.status == "optimal" and ok.row_col.tolist() == [0, 1]
+    assert _exchange.warm_assignment(ptr, cols, vals, np.array([0, 0]), np.zeros(2), 1e-12).status == "bad-start"
+    # three columns, two rows, and the free column priced above the others: no dummy can sit on it
+    wide = _exchange.warm_assignment(ptr, cols, vals, np.array([0, 1]), np.array([0.0, 0.0, 0.5]), 1e-12)
+    assert wide.status == "bad-start"
+    # both rows know only column 0
+    lonely = _exchange.warm_assignment(ptr, np.array([0, 0, 0, 0]), vals, np.array([-1, -1]), np.zeros(2), 1e-12)
+    assert lonely.status == "no-full-matching"
+    with pytest.raises(ValueError, match="outside"):
+        _exchange.warm_assignment(ptr, np.array([0, 1, 0, 2]), vals, np.array([0, 1]), np.zeros(2), 1e-12)
+
+
+def test_sparse_matcher_continues_its_solves_from_the_previous_optimum(monkeypatch):
+    """When many promoted entries violate the duals, the matcher re-solves by continuing from its last
+    optimum (C++ augmenting paths) instead of scipy from scratch: same certified optimum, fewer scipy
+    solves. Without the C++ searches it falls back to scipy for every solve."""
+    from benchmark.metrics.matching import _exchange
+
+    if not _exchange.available():
+        pytest.skip("needs a C++ compiler")
+    pair = seed_like_pair(1500, 48, unshared=0.5, seed=3, cluster_size=8)
+    ua, ub = (_cosine.unit_rows64(torch.from_numpy(x))[0] for x in (pair.a, pair.b))
+    ref = dense_reference(pair.a, pair.b)
+    warm = solve_certified(ua, ub, device=torch.device("cpu"), price_sample=96, repair_max=0, quiet=True)
+    assert warm.certified and warm.stats.warm_solves >= 1 and warm.stats.warm_rows > 0
+    assert warm.row_value.mean() == pytest.approx(ref, abs=1e-12)
+    monkeypatch.setattr(_exchange, "warm_assignment", lambda *args, **kwargs: None)
+    cold = solve_certified(ua, ub, device=torch.device("cpu"), price_sample=96, repair_max=0, quiet=True)
+    assert cold.certified and cold.stats.warm_solves == 0 and cold.stats.solves > warm.stats.solves
+    assert cold.row_value.mean() == pytest.approx(ref, abs=1e-12)
+
+
 def test_without_a_compiler_the_numpy_search_gives_the_same_match(monkeypatch):
     """No C++ compiler: the dual search falls back to numpy, says so in the details, and the match is
     the same certified optimum."""

@@ -12,7 +12,10 @@ Route (rows = the smaller dictionary; every live row is matched):
    ranked from the same blocks of the pass.
 3. The known entries in the graph are solved with scipy's sparse LAPJV
    (``min_weight_full_bipartite_matching``); when the graph has no full matching it is completed
-   (maximum matching + unmatched rows paired with unmatched columns) and solved again.
+   (maximum matching + unmatched rows paired with unmatched columns) and solved again. Later solves
+   (after the certificate added entries that violate the duals) continue from the last optimum:
+   bids and shortest augmenting paths for the rows whose entries changed (``_exchange.cpp``), scipy
+   from scratch where the C++ searches are unavailable.
 4. LP duals of that assignment: shortest paths on its exchange graph (``_duals``; a C++ queue search,
    ``_exchange.cpp``, where the machine can build it, else numpy rounds); an improving cycle, if
    rounding ever produced one, is applied and the duals recomputed.
@@ -51,7 +54,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SolveStats:
     rounds: int = 0
-    solves: int = 0  # sparse LAPJV solves
+    solves: int = 0  # sparse LAPJV solves from scratch (scipy)
+    warm_solves: int = 0  # solves continued from the previous optimum (C++ shortest augmenting paths)
+    warm_rows: int = 0  # rows those solves re-assigned by an augmenting path
     completions: int = 0  # graphs completed because they had no full matching
     improvements: int = 0  # improving cycles/paths applied (after a solve's rounding, or a repair)
     repairs: int = 0  # dual updates after violating entries joined the graph, without a new solve
@@ -248,6 +253,29 @@ def _solve_graph(known: _Known, m: int, n: int, stats: SolveStats) -> tuple[np.n
     return row_col, False
 
 
+def _warm_solve(known: _Known, m: int, n: int, row_col: np.ndarray, v: np.ndarray,
+                stats: SolveStats) -> np.ndarray | None:
+    """σ optimal on the graph, continued from the previous optimum (σ, column duals v ≥ 0) after entries
+    joined: only rows whose entries violate v are re-assigned (C++ augmenting paths; see
+    ``_exchange.warm_assignment``). None where the C++ searches are unavailable or the start is unusable:
+    the caller solves from scratch. The answer needs no trust: :func:`_graph_duals` proves it optimal on
+    the graph (or improves it) before anything is certified."""
+    g = np.flatnonzero(known.graph)
+    keys = known.keys[g]  # sorted: rows ascending
+    rows = keys // n
+    found = _exchange.warm_assignment(np.searchsorted(rows, np.arange(m + 1)), keys % n, known.xval[g], row_col, v,
+                                      RELAX_TOL)
+    if found is None or found.status != "optimal":
+        if found is not None:
+            logger.debug("warm solve: %s; solving from scratch", found.status)
+        return None
+    stats.warm_solves += 1
+    logger.debug("warm solve: %d rows, %d entries scanned, %d cursor steps, graph %d", found.augmented,
+                 found.scanned, found.cursor_steps, len(g))
+    stats.warm_rows += found.augmented
+    return found.row_col
+
+
 def _free_rows_cols(known: _Known, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns left unmatched by a maximum matching of the graph's pattern."""
     g = np.flatnonzero(known.graph)
@@ -439,7 +467,11 @@ def solve_certified(
         stats.rounds = rnd + 1
         if need_solve:
             clock = time.perf_counter()
-            row_col, incomplete = _solve_graph(known, m, n, stats)
+            warm = _warm_solve(known, m, n, row_col, v, stats) if row_col is not None else None
+            if warm is not None:
+                row_col, incomplete = warm, False
+            else:
+                row_col, incomplete = _solve_graph(known, m, n, stats)
             if incomplete:
                 stats.completions += 1
                 _complete(known, a64, b64, ops, row_pot, max(col_k, 4), blk_c, rng, stats)
@@ -477,7 +509,7 @@ def solve_certified(
         if not violating.any():
             continue  # the duals stay feasible on the larger graph: same assignment, same proof
         if violating.sum() > max(repair_max, m // 200):
-            need_solve = True  # many changes: a new sparse solve is cheaper than chains of exchanges
+            need_solve = True  # many changes: a (warm) solve is cheaper than chains of exchanges
             continue
         clock = time.perf_counter()
         found = _repair_duals(known, row_col, row_value, duals, st.unique(pr[violating]), n, stats, v)

@@ -9,6 +9,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <functional>
+#include <new>
+#include <queue>
+#include <set>
+#include <utility>
+#include <vector>
+
 namespace {
 
 // A cycle in the predecessor graph (column j → column σ(pred[j])) is a negative cycle (each of its
@@ -101,4 +108,241 @@ int exchange_shortest_paths(long m, long n, const int64_t *row_col, const double
     return result;
 }
 
+// Warm-started successive shortest paths for the graph's assignment (maximise Σ x[i, σ(i)], every row
+// matched, each column at most once), continued from the previous optimum after entries joined.
+//
+// The rectangular problem is solved as the square one with n − m dummy rows joined to every column
+// with value 0 (a column left free by σ is a dummy's). Duals (max form): s_ij = u_i + v_j − x_ij ≥ 0 on
+// every entry, 0 on matched ones; a dummy on column c has u = −v_c, so its entries are feasible exactly
+// when v_c is the smallest v. Start: σ and v from the previous optimum on a smaller graph (v ≥ 0, 0 on
+// its free columns). Rows with an entry that now violates (s < −tol) lose their column, which becomes
+// unmatched (no row, no dummy); free rows get u_i = max_j (x_ij − v_j). Each free row then runs one
+// Dijkstra over reduced costs: row → column by s, matched column → its row (or dummy) at 0, ending at
+// the first unmatched column popped. A dummy row joins every column j at v_j − v_min: rather than
+// relaxing all n columns, a cursor walks the columns in order of v (a std::set kept up to date) and
+// offers each at (its dummy column's distance) + v_j − v_min as the heap reaches it. After augmenting
+// along the path, columns finalised below the end distance d* gain d* − d_j and rows reached at d_i lose
+// d* − d_i, which keeps every s ≥ 0 and makes the path tight (the usual Hungarian update).
+//
+// row_start/e_cols/e_vals: the graph in CSR (row i's entries [row_start[i], row_start[i+1])). row_col [m]:
+// in σ (−1: free), out the optimal σ. v [n]: in the previous column duals, out this solve's. u [m]: out.
+// stats_out [3]: rows augmented, entries scanned, dummy cursor steps.
+// At least n − m columns σ leaves free must hold the smallest v (within tol; set to it exactly).
+// Returns 0 on success; 1 when some row has no augmenting path (the graph has no full matching);
+// 2 when memory ran out; 3 when the start is unusable (σ repeats a column, fewer than n − m of its free
+// columns hold the smallest v, or m > n): the caller solves from scratch.
+int warm_assignment(long m, long n, const int64_t *row_start, const int64_t *e_cols, const double *e_vals,
+                    int64_t *row_col, double *u, double *v, double tol, int64_t *stats_out) {
+    if (m > n) return 3;
+    try {
+        const int REAL = 0, DUMMY = 1, OPEN = 2;
+        std::vector<int64_t> owner(n, -1);
+        std::vector<char> kind(n, DUMMY);
+        for (long i = 0; i < m; i++) {
+            const int64_t j = row_col[i];
+            if (j < 0) continue;
+            if (j >= n || owner[j] >= 0) return 3;
+            owner[j] = i;
+            kind[j] = REAL;
+        }
+        double vmin = 0.0;
+        for (long j = 0; j < n; j++) vmin = (j == 0 || v[j] < vmin) ? v[j] : vmin;
+        // n − m of the columns σ leaves free hold the dummies: they need the smallest v. The others are
+        // ends for the augmenting paths (a start from a partial σ, e.g. none at all with price estimates).
+        long dummies = 0;
+        for (long j = 0; j < n; j++) {
+            if (kind[j] != DUMMY) continue;
+            if (dummies < n - m && v[j] <= vmin + tol) {
+                v[j] = vmin;
+                dummies++;
+            } else {
+                kind[j] = OPEN;
+            }
+        }
+        if (dummies < n - m) return 3;
+        std::vector<int64_t> free_rows;
+        for (long i = 0; i < m; i++) {
+            const int64_t j = row_col[i];
+            bool keep = false;
+            if (j >= 0) {
+                for (int64_t e = row_start[i]; e < row_start[i + 1]; e++)
+                    if (e_cols[e] == j) { u[i] = e_vals[e] - v[j]; keep = true; break; }
+                for (int64_t e = row_start[i]; keep && e < row_start[i + 1]; e++)
+                    if (u[i] + v[e_cols[e]] - e_vals[e] < -tol) keep = false;
+            }
+            if (keep) continue;
+            if (j >= 0) {  // its column keeps no row and no dummy: an end for the augmenting paths
+                owner[j] = -1;
+                kind[j] = OPEN;
+                row_col[i] = -1;
+            }
+            if (row_start[i] == row_start[i + 1]) return 1;
+            double best = -1e300;
+            for (int64_t e = row_start[i]; e < row_start[i + 1]; e++) best = std::max(best, e_vals[e] - v[e_cols[e]]);
+            u[i] = best;
+            free_rows.push_back(i);
+        }
+
+        // Augmenting row reduction (Jonker & Volgenant): a free row bids for its best column, raising
+        // that column's v by the gap to its second best, and evicts the owner, which bids in turn. Each
+        // bid keeps every s ≥ 0 and matched entries tight; it settles most rows without a search. Rows
+        // whose bid would need a dummy's column, or more than the step budget, go to the searches.
+        {
+            std::vector<int64_t> queue(free_rows.begin(), free_rows.end()), pending;
+            long budget = 16 * (long)queue.size() + 64;
+            for (size_t head = 0; head < queue.size(); head++) {
+                const int64_t i = queue[head];
+                double best = -1e300, second = -1e300;
+                int64_t j1 = -1, j2 = -1;
+                for (int64_t e = row_start[i]; e < row_start[i + 1]; e++) {
+                    const double val = e_vals[e] - v[e_cols[e]];
+                    if (val > best) { second = best; j2 = j1; best = val; j1 = e_cols[e]; }
+                    else if (val > second) { second = val; j2 = e_cols[e]; }
+                }
+                if (kind[j1] == OPEN) {
+                    row_col[i] = j1; owner[j1] = i; kind[j1] = REAL; u[i] = best;
+                    continue;
+                }
+                if (j2 >= 0 && !(best > second)) {
+                    // a tie (duals of an optimum are degenerate: evicted rows often have two tight
+                    // entries): take the second column at no increment, as JV do; the budget ends cycles
+                    std::swap(j1, j2);
+                    if (kind[j1] == OPEN) {
+                        row_col[i] = j1; owner[j1] = i; kind[j1] = REAL; u[i] = best;
+                        continue;
+                    }
+                }
+                if (kind[j1] != REAL || j2 < 0 || budget-- <= 0) {
+                    pending.push_back(i);
+                    continue;
+                }
+                const int64_t evicted = owner[j1];
+                v[j1] += best - second;  // 0 after a tie
+                u[i] = second;
+                row_col[i] = j1; owner[j1] = i;
+                row_col[evicted] = -1;
+                queue.push_back(evicted);
+            }
+            for (int64_t i : pending) {  // v moved: the searches need u_i = max_j (x_ij − v_j)
+                double best = -1e300;
+                for (int64_t e = row_start[i]; e < row_start[i + 1]; e++) best = std::max(best, e_vals[e] - v[e_cols[e]]);
+                u[i] = best;
+            }
+            free_rows.swap(pending);
+        }
+        std::set<std::pair<double, int64_t>> by_v;
+        for (long j = 0; j < n; j++) by_v.insert({v[j], j});
+        const double INF = 1e300;
+        std::vector<double> dist(n, INF);
+        std::vector<int64_t> pred(n, -1);  // row that reached the column; −2 − c: the dummy of column c
+        std::vector<char> done(n, 0);
+        std::vector<int64_t> touched, finalised, reached;
+        std::vector<double> reached_at;
+        typedef std::pair<double, int64_t> Item;  // (distance, column); column −1 is the dummy cursor
+        std::priority_queue<Item, std::vector<Item>, std::greater<Item>> heap;
+        int64_t scanned = 0, cursor_steps = 0;
+
+        for (int64_t root : free_rows) {
+            touched.clear(); finalised.clear(); reached.clear(); reached_at.clear();
+            while (!heap.empty()) heap.pop();
+            double hub = INF;  // distance of the first dummy reached, minus v_min
+            int64_t hub_col = -1;
+            std::set<std::pair<double, int64_t>>::iterator cursor = by_v.end();
+            auto scan_row = [&](int64_t i, double d) {
+                reached.push_back(i);
+                reached_at.push_back(d);
+                for (int64_t e = row_start[i]; e < row_start[i + 1]; e++) {
+                    const int64_t j = e_cols[e];
+                    if (done[j]) continue;
+                    double s = u[i] + v[j] - e_vals[e];
+                    const double nd = d + (s > 0 ? s : 0);
+                    if (nd < dist[j]) {
+                        if (dist[j] == INF) touched.push_back(j);
+                        dist[j] = nd;
+                        pred[j] = i;
+                        heap.push({nd, j});
+                    }
+                }
+                scanned += row_start[i + 1] - row_start[i];
+            };
+            scan_row(root, 0.0);
+            int64_t end = -1;
+            double dstar = 0.0;
+            while (!heap.empty()) {
+                const Item top = heap.top();
+                heap.pop();
+                if (top.second < 0) {  // the dummy cursor: offer the next column in order of v
+                    while (cursor != by_v.end() && done[cursor->second]) ++cursor;
+                    if (cursor == by_v.end()) continue;
+                    const int64_t j = cursor->second;
+                    const double nd = hub + cursor->first;
+                    ++cursor;
+                    cursor_steps++;
+                    if (nd < dist[j]) {
+                        if (dist[j] == INF) touched.push_back(j);
+                        dist[j] = nd;
+                        pred[j] = -2 - hub_col;
+                        heap.push({nd, j});
+                    }
+                    while (cursor != by_v.end() && done[cursor->second]) ++cursor;
+                    if (cursor != by_v.end()) heap.push({hub + cursor->first, -1});
+                    continue;
+                }
+                const int64_t j = top.second;
+                if (done[j] || top.first > dist[j]) continue;
+                if (kind[j] == OPEN) { end = j; dstar = dist[j]; break; }
+                done[j] = 1;
+                finalised.push_back(j);
+                if (kind[j] == REAL) {
+                    scan_row(owner[j], dist[j]);
+                } else if (hub_col < 0) {  // the first dummy: every column is one dummy step away
+                    hub_col = j;
+                    hub = dist[j] - v[j];  // the dummy's u is −v_j; v_j is the smallest v
+                    cursor = by_v.begin();
+                    heap.push({hub + cursor->first, -1});
+                }
+            }
+            if (end < 0) {
+                for (int64_t j : touched) { dist[j] = INF; pred[j] = -1; done[j] = 0; }
+                return 1;
+            }
+            // duals first (they read the distances), then the augmentation along pred
+            for (int64_t j : finalised) {
+                if (dist[j] < dstar) {
+                    by_v.erase({v[j], j});
+                    v[j] += dstar - dist[j];
+                    by_v.insert({v[j], j});
+                }
+            }
+            for (size_t q = 0; q < reached.size(); q++)
+                if (reached_at[q] < dstar) u[reached[q]] -= dstar - reached_at[q];
+            int64_t j = end;
+            while (true) {
+                const int64_t p = pred[j];
+                if (p >= 0) {
+                    const int64_t previous = row_col[p];
+                    row_col[p] = j;
+                    owner[j] = p;
+                    kind[j] = REAL;
+                    if (p == root) break;
+                    j = previous;
+                } else {  // the dummy of column c moves to j; c takes the path's next row
+                    const int64_t c = -2 - p;
+                    owner[j] = -1;
+                    kind[j] = DUMMY;
+                    j = c;
+                }
+            }
+            for (int64_t t : touched) { dist[t] = INF; pred[t] = -1; done[t] = 0; }
+        }
+        stats_out[0] = (int64_t)free_rows.size();  // after the bidding: rows that needed a search
+        stats_out[1] = scanned;
+        stats_out[2] = cursor_steps;
+        return 0;
+    } catch (const std::bad_alloc &) {
+        return 2;
+    }
+}
+
 }  // extern "C"
+

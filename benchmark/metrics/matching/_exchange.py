@@ -1,8 +1,9 @@
-"""The exchange-graph search of :func:`benchmark.metrics.matching._duals.exchange_duals` in C++.
+"""The matcher's searches on the assignment graph in C++: the exchange-graph shortest paths of
+:func:`benchmark.metrics.matching._duals.exchange_duals` and a warm-started assignment solve.
 
 ``_exchange.cpp`` is built once per machine by :mod:`benchmark.native` (cached on disk) and loaded
-with :mod:`ctypes`. Where it cannot be built (no compiler) the numpy search runs instead: same
-distances, slower (at 16K × 16K and 15 % unshared the duals took ~5 s of a ~25 s match).
+with :mod:`ctypes`. Where it cannot be built (no compiler) the numpy search and scipy's sparse LAPJV
+run instead: same results, slower (at 16K × 16K and 15 % unshared the duals took ~5 s of a ~25 s match).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +26,34 @@ _state: dict[str, object] = {}
 _lock = threading.Lock()
 
 
-def _function():
-    """The loaded C function, or None when this machine cannot build it (tried once per process)."""
+_SIGNATURES = {
+    "exchange_shortest_paths": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 8
+    + [ctypes.c_long, ctypes.c_double, ctypes.c_long, ctypes.c_void_p],
+    "warm_assignment": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 6 + [ctypes.c_double, ctypes.c_void_p],
+}
+
+
+def _function(name: str = "exchange_shortest_paths"):
+    """The loaded C function ``name``, or None when this machine cannot build the library (tried once
+    per process)."""
     with _lock:
-        if "fn" not in _state:
-            _state["fn"] = None
-            target = native.build_library(SOURCE, "exchange_paths", what="exchange-graph search",
-                                          fallback="matching uses the numpy search")
+        if "lib" not in _state:
+            _state["lib"] = None
+            target = native.build_library(SOURCE, "exchange_paths", what="assignment-graph searches",
+                                          fallback="matching uses the numpy search and scipy's solver")
             if target is not None:
                 try:
-                    fn = ctypes.CDLL(str(target)).exchange_shortest_paths
-                    fn.restype = ctypes.c_int
-                    fn.argtypes = ([ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 8
-                                   + [ctypes.c_long, ctypes.c_double, ctypes.c_long, ctypes.c_void_p])
-                    _state["fn"] = fn
+                    lib = ctypes.CDLL(str(target))
+                    for symbol, argtypes in _SIGNATURES.items():
+                        fn = getattr(lib, symbol)
+                        fn.restype = ctypes.c_int
+                        fn.argtypes = argtypes
+                    _state["lib"] = lib
                 except (OSError, AttributeError) as exc:
-                    log.warning("exchange-graph search %s cannot be loaded: %s; matching uses the numpy search", target, exc)
-        return _state["fn"]
+                    log.warning("assignment-graph searches %s cannot be loaded: %s; matching uses the numpy "
+                                "search and scipy's solver", target, exc)
+        lib = _state["lib"]
+        return None if lib is None else getattr(lib, name)
 
 
 def available() -> bool:
@@ -57,7 +70,7 @@ def shortest_paths(row_col: np.ndarray, row_value: np.ndarray, row_start: np.nda
     Returns (final, rounds): final is False when the search stopped at a negative cycle (``pred``
     then holds it: a cycle of column j → σ(pred[j]), or more than n + 1 rounds); None when the C++
     search is unavailable."""
-    fn = _function()
+    fn = _function("exchange_shortest_paths")
     if fn is None:
         return None
     m, n = len(row_col), len(y)
@@ -74,3 +87,48 @@ def shortest_paths(row_col: np.ndarray, row_value: np.ndarray, row_start: np.nda
     if status == 2:
         raise MemoryError("exchange-graph search: scratch memory could not be allocated")
     return status == 0, int(rounds[0])
+
+
+@dataclass
+class WarmSolve:
+    status: str  # "optimal", "no-full-matching" or "bad-start" (the caller solves from scratch)
+    row_col: np.ndarray  # [m] σ (optimal on the graph when status is "optimal")
+    row: np.ndarray  # u [m], fp64
+    col: np.ndarray  # v [n], fp64
+    augmented: int  # rows that needed an augmenting path
+    scanned: int  # graph entries scanned by the searches
+    cursor_steps: int  # columns offered through a dummy row
+
+
+_WARM_STATUS = {0: "optimal", 1: "no-full-matching", 3: "bad-start"}
+
+
+def warm_assignment(row_start: np.ndarray, e_cols: np.ndarray, e_vals: np.ndarray, row_col: np.ndarray,
+                    col_duals: np.ndarray, tol: float) -> WarmSolve | None:
+    """Maximum-value assignment of every row on a sparse graph, continued from a previous optimum.
+
+    The graph: row i's entries are ``e_cols / e_vals [row_start[i]:row_start[i + 1]]`` (values
+    maximised, any sign). ``row_col [m]`` (−1: free) and ``col_duals [n]`` are the previous optimum's σ
+    and column duals on a graph that has since gained entries (v ≥ 0, 0 on σ's free columns). Rows
+    whose entries now violate those duals by more than ``tol`` (or that are free) are re-assigned by
+    shortest augmenting paths; the rest keep their columns unless a path moves them. None when the C++
+    searches are unavailable. Inputs are not modified."""
+    fn = _function("warm_assignment")
+    if fn is None:
+        return None
+    m, n = len(row_col), len(col_duals)
+    ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (row_start, e_cols)]
+    vals = np.ascontiguousarray(e_vals, dtype=np.float64)
+    if len(ints[0]) != m + 1 or len(ints[1]) != len(vals) or (len(vals) and int(ints[0][-1]) != len(vals)):
+        raise ValueError("assignment graph arrays disagree in length")
+    if len(ints[1]) and (int(ints[1].min()) < 0 or int(ints[1].max()) >= n):
+        raise ValueError("assignment graph has a column outside [0, n)")
+    sigma = np.array(row_col, dtype=np.int64)
+    u = np.zeros(m, dtype=np.float64)
+    v = np.array(col_duals, dtype=np.float64)
+    stats = np.zeros(3, dtype=np.int64)
+    status = fn(m, n, ints[0].ctypes.data, ints[1].ctypes.data, vals.ctypes.data, sigma.ctypes.data,
+                u.ctypes.data, v.ctypes.data, tol, stats.ctypes.data)
+    if status == 2:
+        raise MemoryError("warm assignment: scratch memory could not be allocated")
+    return WarmSolve(_WARM_STATUS[status], sigma, u, v, int(stats[0]), int(stats[1]), int(stats[2]))
