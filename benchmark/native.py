@@ -86,3 +86,25 @@ def build_library(source: Path, stem: str, defines: Sequence[str] = (), *, what:
         log.warning("%s build failed: %s; %s", what, exc, fallback)
         return None
     return target
+
+
+def load_library(source: Path, stem: str, signatures: dict[str, list], defines: Sequence[str] = (), *, what: str,
+                 fallback: str):
+    """The :class:`ctypes.CDLL` built from ``source`` (see :func:`build_library`) with each function in
+    ``signatures`` (name → argtypes; every one returns a C int) declared, or None when it cannot be built
+    or loaded (one log line naming ``what`` and the ``fallback``)."""
+    import ctypes
+
+    target = build_library(source, stem, defines, what=what, fallback=fallback)
+    if target is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(target))
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = argtypes
+    except (OSError, AttributeError) as exc:
+        log.warning("%s %s cannot be loaded: %s; %s", what, target, exc, fallback)
+        return None
+    return lib

@@ -892,8 +892,50 @@ def test_threshold_pass_reference_bound_holds(kind):
     assert (np.bincount(res.row, minlength=40)[:5] == 9).all()
 
 
+def _use_scan(scan: str, monkeypatch) -> None:
+    """Run the candidate pass's block work through the C++ scan ("c++"; skips without a compiler) or
+    torch ("torch")."""
+    from benchmark.metrics.matching import _blockscan
+
+    if scan == "torch":
+        monkeypatch.setattr(_blockscan, "available", lambda: False)
+    elif not _blockscan.available():
+        pytest.skip("needs a C++ compiler")
+
+
+@pytest.mark.parametrize("kind", ["bf16", "fp32"])
+def test_candidate_pass_block_scan_equals_the_torch_ops(kind, monkeypatch):
+    """The C++ block scan and the torch ops give the candidate pass the same columns, values, raw top
+    two and per-column rankings across uneven blocks. Among tied values torch's top-k order is
+    unspecified: a column's ranking ties at 0 for every row whose best column it is, and bf16 values
+    tie often, so there the rows are checked to hold the ranked values."""
+    from benchmark.metrics.matching import _blockscan, _passes
+
+    if not _blockscan.available() or not _verified(kind, 32):
+        pytest.skip("needs a C++ compiler and the kernel")
+    rng = np.random.default_rng(41)
+    ua, ub = _units(rng.standard_normal((300, 32)), rng.standard_normal((517, 32)))
+    ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+    shift = rng.uniform(-0.3, 0.8, 517)
+    got = _passes.row_pass(ops, None, shift, 9, 64, raw_top2=True, col_top=6)
+    monkeypatch.setattr(_blockscan, "available", lambda: False)
+    want = _passes.row_pass(ops, None, shift, 9, 64, raw_top2=True, col_top=6)
+    for field in ("index", "value", "raw_col", "raw_val", "col_index", "col_value"):
+        if field == "col_index" or (kind == "bf16" and field == "index"):
+            continue  # ties (every row whose best column is j puts a 0 there) come in any order: checked below
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    assert got.slack == want.slack
+    t = ops.raw(slice(None)).float() - torch.from_numpy(got.shift.astype(np.float32))
+    relative = (t - t.max(dim=1, keepdim=True).values).double().numpy()
+    np.testing.assert_array_equal(relative[got.col_index, np.arange(517)[:, None]], got.col_value)
+    assert all(len(set(rows)) == 6 for rows in got.col_index.tolist())
+    t_rows = t.double().numpy()
+    np.testing.assert_array_equal(np.take_along_axis(t_rows, got.index, 1), got.value)
+
+
+@pytest.mark.parametrize("scan", ["c++", "torch"])
 @pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
-def test_candidate_pass_raw_top_two_bound_every_other_column(kind):
+def test_candidate_pass_raw_top_two_bound_every_other_column(kind, scan, monkeypatch):
     """The candidate pass's raw (unshifted) best column and two largest kernel values, against the
     dense kernel matrix: cos_ij ≤ second + row_err_i must hold for every column but the best, which
     is what the certificate's raw bound relies on."""
@@ -901,6 +943,7 @@ def test_candidate_pass_raw_top_two_bound_every_other_column(kind):
 
     if not _verified(kind, 20):
         pytest.skip(f"{kind} kernel unavailable")
+    _use_scan(scan, monkeypatch)
     rng = np.random.default_rng(19)
     a = rng.standard_normal((70, 20))
     b = np.concatenate([a[:30] + 0.05 * rng.standard_normal((30, 20)), rng.standard_normal((60, 20))])
@@ -923,15 +966,18 @@ def test_candidate_pass_raw_top_two_bound_every_other_column(kind):
 
 @pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
 @pytest.mark.parametrize("block", [7, 16, 200])
-@pytest.mark.parametrize("floor_rows", [512, 4])
-def test_candidate_pass_ranks_each_columns_rows_like_a_column_pass(kind, block, floor_rows, monkeypatch):
+@pytest.mark.parametrize("scan", ["c++", "torch floor 512", "torch floor 4"])
+def test_candidate_pass_ranks_each_columns_rows_like_a_column_pass(kind, block, scan, monkeypatch):
     """The candidate pass's per-column ranking (col_top) against the dense kernel matrix: each
     column's rows by kernel(i, j) − best_i, best_i = the row's largest kernel(i, ·) − shift, across
-    blocks of rows (7 and 16 split the rows unevenly; 200 is one block). With ``floor_rows`` 4 every
-    block goes through the floor-and-rank path that large blocks take; 512 is the plain top-k here."""
+    blocks of rows (7 and 16 split the rows unevenly; 200 is one block). The C++ block scan serves float
+    kernels; on torch, a floor of 4 rows sends every block through the floor-and-rank path that large
+    blocks take, and 512 is the plain top-k here."""
     from benchmark.metrics.matching import _passes
 
-    monkeypatch.setattr(_passes, "_COLUMN_FLOOR_ROWS", floor_rows)
+    _use_scan(scan.split()[0], monkeypatch)
+    if scan.startswith("torch"):
+        monkeypatch.setattr(_passes, "_COLUMN_FLOOR_ROWS", int(scan.split()[-1]))
     rng, ops = _random_pass_operands(kind, 23)
     shift = rng.uniform(-0.3, 0.8, 130)
     res = _passes.row_pass(ops, None, shift, 5, block, raw_top2=True, col_top=6)

@@ -9,7 +9,6 @@ run instead: same results, slower (at 16K × 16K and 15 % unshared the duals too
 from __future__ import annotations
 
 import ctypes
-import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from benchmark import native
-
-log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_exchange.cpp")
 
@@ -38,20 +35,8 @@ def _function(name: str = "exchange_shortest_paths"):
     per process)."""
     with _lock:
         if "lib" not in _state:
-            _state["lib"] = None
-            target = native.build_library(SOURCE, "exchange_paths", what="assignment-graph searches",
-                                          fallback="matching uses the numpy search and scipy's solver")
-            if target is not None:
-                try:
-                    lib = ctypes.CDLL(str(target))
-                    for symbol, argtypes in _SIGNATURES.items():
-                        fn = getattr(lib, symbol)
-                        fn.restype = ctypes.c_int
-                        fn.argtypes = argtypes
-                    _state["lib"] = lib
-                except (OSError, AttributeError) as exc:
-                    log.warning("assignment-graph searches %s cannot be loaded: %s; matching uses the numpy "
-                                "search and scipy's solver", target, exc)
+            _state["lib"] = native.load_library(SOURCE, "exchange_paths", _SIGNATURES, what="assignment-graph searches",
+                                                fallback="matching uses the numpy search and scipy's solver")
         lib = _state["lib"]
         return None if lib is None else getattr(lib, name)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from benchmark.metrics.matching import _blockscan
 from benchmark.metrics.matching import _sets as st
 from benchmark.metrics.matching._kernels import U32, KernelOperands, exact_matmul
 
@@ -110,11 +111,24 @@ def row_pass(
     raw_val = np.empty((len(rows_all), 2)) if raw_top2 else None
     col_top = min(col_top, len(rows_all))
     col_vals = col_rows = None  # running per-column best [col_top, n] (kernel domain) and their rows
+    # float blocks on the CPU with nothing to exclude: one C++ read per block does what the torch ops below do
+    native_scan = not integer and dev.type == "cpu" and known_ptr is None and _blockscan.available()
+    ranking = _blockscan.ColumnRanking.empty(col_top, n) if native_scan and col_top else None
     with exact_matmul():
         for start in tqdm(range(0, len(rows_all), block_rows), desc="kernel rows", disable=not progress, leave=False):
             sel = rows_all[start : start + block_rows]
             take = slice(int(sel[0]), int(sel[-1]) + 1) if contiguous else torch.from_numpy(sel).to(dev)
             block = _block_values(ops, ops.raw(take), integer)
+            if native_scan:
+                found = _blockscan.scan_block(block, shift_t, cap, raw_top2, ranking, start)
+                del block
+                if raw_top2:
+                    raw_val[start : start + len(sel)] = found.raw_value
+                    raw_col[start : start + len(sel)] = found.raw_col
+                v, t_max = _top_values(torch.from_numpy(found.top_value), ops, integer, t_max)
+                value[start : start + len(sel)] = v
+                index[start : start + len(sel)] = found.top_col
+                continue
             if raw_top2:
                 rr = torch.arange(len(sel), device=dev)
                 best = block.argmax(dim=1)
@@ -143,6 +157,8 @@ def row_pass(
             index[start : start + len(sel)] = idx.cpu().numpy()
     result = PassResult(index, value, shift_used, _pass_slack(integer, t_max, shift_used), raw_col, raw_val)
     if col_top:
+        if ranking is not None:
+            col_vals, col_rows = torch.from_numpy(ranking.value), torch.from_numpy(ranking.row)
         result.col_value = _top_values(col_vals.T.contiguous(), ops, integer, 0.0)[0]
         result.col_index = rows_all[col_rows.T.cpu().numpy()]
     return result
