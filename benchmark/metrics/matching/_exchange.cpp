@@ -9,9 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include <functional>
 #include <new>
-#include <queue>
 #include <set>
 #include <utility>
 #include <vector>
@@ -33,6 +31,74 @@ bool has_predecessor_cycle(long n, const int64_t *row_col, const int64_t *pred, 
     }
     return false;
 }
+
+// A 4-ary min-heap of columns keyed by dist[], with each column's slot kept so a shorter distance
+// moves it up in place (no stale copies to pop). Ties pop the lower column first.
+class ColumnHeap {
+  public:
+    ColumnHeap(long n, const double *dist) : slot_(n, -1), dist_(dist) { items_.reserve(1024); }
+    bool empty() const { return items_.empty(); }
+    int64_t top() const { return items_[0]; }
+    double top_key() const { return dist_[items_[0]]; }
+    void push_or_decrease(int64_t j) {  // dist[j] was just lowered (or set)
+        if (slot_[j] < 0) {
+            slot_[j] = (int64_t)items_.size();
+            items_.push_back(j);
+        }
+        up(slot_[j]);
+    }
+    int64_t pop() {
+        const int64_t j = items_[0];
+        slot_[j] = -1;
+        const int64_t last = items_.back();
+        items_.pop_back();
+        if (!items_.empty()) {
+            items_[0] = last;
+            slot_[last] = 0;
+            down(0);
+        }
+        return j;
+    }
+    void clear() {
+        for (int64_t j : items_) slot_[j] = -1;
+        items_.clear();
+    }
+
+  private:
+    bool before(int64_t a, int64_t b) const { return dist_[a] < dist_[b] || (dist_[a] == dist_[b] && a < b); }
+    void up(int64_t at) {
+        const int64_t j = items_[at];
+        while (at > 0) {
+            const int64_t parent = (at - 1) / 4;
+            if (!before(j, items_[parent])) break;
+            items_[at] = items_[parent];
+            slot_[items_[at]] = at;
+            at = parent;
+        }
+        items_[at] = j;
+        slot_[j] = at;
+    }
+    void down(int64_t at) {
+        const int64_t j = items_[at];
+        const int64_t size = (int64_t)items_.size();
+        while (true) {
+            const int64_t first = 4 * at + 1;
+            if (first >= size) break;
+            int64_t best = first;
+            for (int64_t c = first + 1; c < std::min(size, first + 4); c++)
+                if (before(items_[c], items_[best])) best = c;
+            if (!before(items_[best], j)) break;
+            items_[at] = items_[best];
+            slot_[items_[at]] = at;
+            at = best;
+        }
+        items_[at] = j;
+        slot_[j] = at;
+    }
+    std::vector<int64_t> slot_;
+    const double *dist_;
+    std::vector<int64_t> items_;
+};
 
 }  // namespace
 
@@ -230,66 +296,65 @@ int warm_assignment(long m, long n, const int64_t *row_start, const int64_t *e_c
             }
             free_rows.swap(pending);
         }
+        // columns in order of v, for the dummy cursor; kept only where there are dummies (m < n)
+        const bool has_dummies = n > m;
         std::set<std::pair<double, int64_t>> by_v;
-        for (long j = 0; j < n; j++) by_v.insert({v[j], j});
+        if (has_dummies)
+            for (long j = 0; j < n; j++) by_v.insert({v[j], j});
         const double INF = 1e300;
         std::vector<double> dist(n, INF);
         std::vector<int64_t> pred(n, -1);  // row that reached the column; −2 − c: the dummy of column c
         std::vector<char> done(n, 0);
         std::vector<int64_t> touched, finalised, reached;
         std::vector<double> reached_at;
-        typedef std::pair<double, int64_t> Item;  // (distance, column); column −1 is the dummy cursor
-        std::priority_queue<Item, std::vector<Item>, std::greater<Item>> heap;
+        ColumnHeap heap(n, dist.data());
         int64_t scanned = 0, cursor_steps = 0;
 
         for (int64_t root : free_rows) {
             touched.clear(); finalised.clear(); reached.clear(); reached_at.clear();
-            while (!heap.empty()) heap.pop();
+            heap.clear();
             double hub = INF;  // distance of the first dummy reached, minus v_min
             int64_t hub_col = -1;
             std::set<std::pair<double, int64_t>>::iterator cursor = by_v.end();
+            double cursor_key = INF;  // hub + v of the cursor's column (INF: no cursor)
+            auto relax = [&](int64_t j, double nd, int64_t from) {
+                if (nd < dist[j]) {
+                    if (dist[j] == INF) touched.push_back(j);
+                    dist[j] = nd;
+                    pred[j] = from;
+                    heap.push_or_decrease(j);
+                }
+            };
             auto scan_row = [&](int64_t i, double d) {
                 reached.push_back(i);
                 reached_at.push_back(d);
+                const double ui = u[i];
                 for (int64_t e = row_start[i]; e < row_start[i + 1]; e++) {
                     const int64_t j = e_cols[e];
                     if (done[j]) continue;
-                    double s = u[i] + v[j] - e_vals[e];
-                    const double nd = d + (s > 0 ? s : 0);
-                    if (nd < dist[j]) {
-                        if (dist[j] == INF) touched.push_back(j);
-                        dist[j] = nd;
-                        pred[j] = i;
-                        heap.push({nd, j});
-                    }
+                    const double s = ui + v[j] - e_vals[e];
+                    relax(j, d + (s > 0 ? s : 0), i);
                 }
                 scanned += row_start[i + 1] - row_start[i];
+            };
+            auto advance_cursor = [&]() {
+                while (cursor != by_v.end() && done[cursor->second]) ++cursor;
+                cursor_key = cursor == by_v.end() ? INF : hub + cursor->first;
             };
             scan_row(root, 0.0);
             int64_t end = -1;
             double dstar = 0.0;
-            while (!heap.empty()) {
-                const Item top = heap.top();
-                heap.pop();
-                if (top.second < 0) {  // the dummy cursor: offer the next column in order of v
-                    while (cursor != by_v.end() && done[cursor->second]) ++cursor;
-                    if (cursor == by_v.end()) continue;
+            while (!heap.empty() || cursor_key < INF) {
+                if (cursor_key < INF && (heap.empty() || cursor_key < heap.top_key())) {
+                    // the dummy cursor: offer the next column in order of v
                     const int64_t j = cursor->second;
-                    const double nd = hub + cursor->first;
                     ++cursor;
                     cursor_steps++;
-                    if (nd < dist[j]) {
-                        if (dist[j] == INF) touched.push_back(j);
-                        dist[j] = nd;
-                        pred[j] = -2 - hub_col;
-                        heap.push({nd, j});
-                    }
-                    while (cursor != by_v.end() && done[cursor->second]) ++cursor;
-                    if (cursor != by_v.end()) heap.push({hub + cursor->first, -1});
+                    relax(j, cursor_key, -2 - hub_col);
+                    advance_cursor();
                     continue;
                 }
-                const int64_t j = top.second;
-                if (done[j] || top.first > dist[j]) continue;
+                const int64_t j = heap.pop();
                 if (kind[j] == OPEN) { end = j; dstar = dist[j]; break; }
                 done[j] = 1;
                 finalised.push_back(j);
@@ -299,7 +364,7 @@ int warm_assignment(long m, long n, const int64_t *row_start, const int64_t *e_c
                     hub_col = j;
                     hub = dist[j] - v[j];  // the dummy's u is −v_j; v_j is the smallest v
                     cursor = by_v.begin();
-                    heap.push({hub + cursor->first, -1});
+                    advance_cursor();
                 }
             }
             if (end < 0) {
@@ -309,9 +374,9 @@ int warm_assignment(long m, long n, const int64_t *row_start, const int64_t *e_c
             // duals first (they read the distances), then the augmentation along pred
             for (int64_t j : finalised) {
                 if (dist[j] < dstar) {
-                    by_v.erase({v[j], j});
+                    if (has_dummies) by_v.erase({v[j], j});
                     v[j] += dstar - dist[j];
-                    by_v.insert({v[j], j});
+                    if (has_dummies) by_v.insert({v[j], j});
                 }
             }
             for (size_t q = 0; q < reached.size(); q++)
