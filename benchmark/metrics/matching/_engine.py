@@ -161,6 +161,12 @@ class _Known:
     def cols(self) -> np.ndarray:
         return self.keys % self.n
 
+    def graph_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, cols, exact values) of the graph's entries, in key order (rows ascending)."""
+        g = np.flatnonzero(self.graph)
+        keys = self.keys[g]
+        return keys // self.n, keys % self.n, self.xval[g]
+
     def csr(self) -> tuple[np.ndarray, np.ndarray]:
         if self._csr is None:
             ptr = np.searchsorted(self.keys, np.arange(self.m + 1, dtype=np.int64) * self.n)
@@ -239,8 +245,7 @@ def _sample_prices(a64, b64, ops: KernelOperands, sample: int, ratio: int, dense
 def _solve_graph(known: _Known, m: int, n: int, stats: SolveStats) -> tuple[np.ndarray, bool]:
     """Optimal assignment of every row on the graph's entries (sparse LAPJV). Returns (σ, completed):
     completed is True when the graph had no full matching and pairing edges must be added first."""
-    g = np.flatnonzero(known.graph)
-    rows, cols, vals = known.keys[g] // n, known.keys[g] % n, known.xval[g]
+    rows, cols, vals = known.graph_entries()
     # weights shifted to [1, 3]: positive, so no stored entry is an explicit zero
     graph = sp.csr_matrix((2.0 - vals, (rows, cols)), shape=(m, n))
     stats.solves += 1
@@ -260,26 +265,23 @@ def _warm_solve(known: _Known, m: int, n: int, row_col: np.ndarray, v: np.ndarra
     ``_exchange.warm_assignment``). None where the C++ searches are unavailable or the start is unusable:
     the caller solves from scratch. The answer needs no trust: :func:`_graph_duals` proves it optimal on
     the graph (or improves it) before anything is certified."""
-    g = np.flatnonzero(known.graph)
-    keys = known.keys[g]  # sorted: rows ascending
-    rows = keys // n
-    found = _exchange.warm_assignment(np.searchsorted(rows, np.arange(m + 1)), keys % n, known.xval[g], row_col, v,
-                                      RELAX_TOL)
+    rows, cols, vals = known.graph_entries()
+    found = _exchange.warm_assignment(np.searchsorted(rows, np.arange(m + 1)), cols, vals, row_col, v, RELAX_TOL)
     if found is None or found.status != "optimal":
         if found is not None:
             logger.debug("warm solve: %s; solving from scratch", found.status)
         return None
     stats.warm_solves += 1
     logger.debug("warm solve: %d rows, %d entries scanned, %d cursor steps, graph %d", found.augmented,
-                 found.scanned, found.cursor_steps, len(g))
+                 found.scanned, found.cursor_steps, len(rows))
     stats.warm_rows += found.augmented
     return found.row_col
 
 
 def _free_rows_cols(known: _Known, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns left unmatched by a maximum matching of the graph's pattern."""
-    g = np.flatnonzero(known.graph)
-    pattern = sp.csr_matrix((np.ones(len(g)), (known.keys[g] // n, known.keys[g] % n)), shape=(m, n))
+    rows, cols, _ = known.graph_entries()
+    pattern = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(m, n))
     match = maximum_bipartite_matching(pattern, perm_type="column")
     used = np.zeros(n, dtype=bool)
     used[match[match >= 0]] = True
@@ -530,8 +532,7 @@ def _repair_duals(known: _Known, row_col, row_value, duals: Duals, changed_rows,
     """Duals after entries that violate the current ones joined the graph, without a new solve:
     shortest paths continued from the current duals (only the changed rows start); improving
     exchanges, if they show up, are applied and the duals recomputed. None: solve again."""
-    g = np.flatnonzero(known.graph)
-    rows, cols, vals = known.keys[g] // n, known.keys[g] % n, known.xval[g]
+    rows, cols, vals = known.graph_entries()
     result = exchange_duals(row_col, row_value, n, rows, cols, vals, warm=duals, warm_rows=changed_rows)
     stats.bf_iterations += result.iterations
     if isinstance(result, Duals):
@@ -557,8 +558,7 @@ def _graph_duals(known: _Known, row_col: np.ndarray, n: int, stats: SolveStats, 
     columns), under which rows certified earlier stay certified unless their own column's price
     rose. Neither is better in general (warm duals drift upwards over rounds on clean pairs, cold
     ones move every price), so ``score(u, v)`` (rows left unproven) picks one."""
-    g = np.flatnonzero(known.graph)
-    rows, cols, vals = known.keys[g] // n, known.keys[g] % n, known.xval[g]
+    rows, cols, vals = known.graph_entries()
     m = len(row_col)
     for _ in range(attempts):
         pos = np.searchsorted(known.keys, np.arange(m, dtype=np.int64) * n + row_col)
