@@ -1,4 +1,5 @@
-"""Build and cache small C++ helpers at run time (the fused training kernel, the matcher's shortest paths).
+"""Build and cache small C++ helpers at run time (the fused training kernel, the matcher's searches and
+candidate-pass block scan).
 
 A helper is one C++ source file with a C interface, compiled for this machine (``-march=native``) into a
 shared library and loaded with :mod:`ctypes`: no Python or torch headers, so a build takes a second or
@@ -17,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -108,3 +110,25 @@ def load_library(source: Path, stem: str, signatures: dict[str, list], defines: 
         log.warning("%s %s cannot be loaded: %s; %s", what, target, exc, fallback)
         return None
     return lib
+
+
+class LazyLibrary:
+    """A helper library built and loaded on first use (once per process, thread-safe), for modules that
+    keep a pure-Python path: :meth:`function` is None when this machine cannot build it. The arguments
+    are those of :func:`load_library`."""
+
+    def __init__(self, source: Path, stem: str, signatures: dict[str, list], defines: Sequence[str] = (), *,
+                 what: str, fallback: str):
+        self._args = (source, stem, signatures, tuple(defines))
+        self._names = {"what": what, "fallback": fallback}
+        self._lock = threading.Lock()
+        self._tried = False
+        self._lib = None
+
+    def function(self, name: str):
+        """The C function ``name`` of the loaded library, or None where it cannot be built or loaded."""
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                self._lib = load_library(*self._args, **self._names)
+        return None if self._lib is None else getattr(self._lib, name)

@@ -601,7 +601,8 @@ def test_without_a_compiler_the_numpy_search_gives_the_same_match(monkeypatch):
     with_native = match_dictionaries(a, b, method="sparse")
     assert with_native.details["dual_search"] == ("c++" if native.compiler() else "numpy")
     monkeypatch.setattr(native, "compiler", lambda: None)
-    monkeypatch.setattr(_exchange, "_state", {})
+    monkeypatch.setattr(_exchange, "LIBRARY", native.LazyLibrary(_exchange.SOURCE, "exchange_paths", _exchange._SIGNATURES,
+                                                                 what="test", fallback="numpy"))  # not yet built
     assert not _exchange.available()
     plain = match_dictionaries(a, b, method="sparse")
     assert plain.details["dual_search"] == "numpy" and plain.certified

@@ -11,7 +11,6 @@ is unspecified; here the lower column comes first).
 from __future__ import annotations
 
 import ctypes
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,21 +24,12 @@ _SIGNATURES = {
     "candidate_block": [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long]
     + [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long],
 }
-_state: dict[str, object] = {}
-_lock = threading.Lock()
-
-
-def _function():
-    with _lock:
-        if "lib" not in _state:
-            _state["lib"] = native.load_library(SOURCE, "candidate_block", _SIGNATURES, ("-pthread",),
-                                                what="candidate-pass block scan", fallback="the pass uses torch")
-        lib = _state["lib"]
-        return None if lib is None else lib.candidate_block
+LIBRARY = native.LazyLibrary(SOURCE, "candidate_block", _SIGNATURES, ("-pthread",),
+                             what="candidate-pass block scan", fallback="the pass uses torch")
 
 
 def available() -> bool:
-    return _function() is not None
+    return LIBRARY.function("candidate_block") is not None
 
 
 @dataclass
@@ -68,7 +58,7 @@ def scan_block(block: torch.Tensor, shift: torch.Tensor, cap: int, raw_top2: boo
     """One block ``[r, n]`` of fp32 kernel values (CPU) against the column shifts ``[n]`` (fp32): see
     :class:`BlockScan`; ``ranking`` (if any) is updated in place with rows ``first_row …``. Requires
     :func:`available`."""
-    fn = _function()
+    fn = LIBRARY.function("candidate_block")
     if fn is None:
         raise RuntimeError("the candidate-pass block scan is not built on this machine")
     values = np.ascontiguousarray(block.numpy(), dtype=np.float32)

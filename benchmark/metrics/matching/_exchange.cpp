@@ -1,11 +1,13 @@
-// Shortest paths on an assignment's exchange graph: the inner search of
-// benchmark/metrics/matching/_duals.py (exchange_duals), which has the maths.
+// Two searches on the matcher's assignment graph: shortest paths on an assignment's exchange graph
+// (the inner search of benchmark/metrics/matching/_duals.py's exchange_duals, which has the maths),
+// and warm_assignment below, a solve continued from the previous optimum (its maths in its comment).
 //
 // Built at run time by benchmark/metrics/matching/_exchange.py (c++ -O3 -march=native -shared -fPIC)
-// and called through ctypes. The numpy search relaxes every edge of the changed rows per round;
-// here a FIFO queue of rows relaxes each edge as soon as its row's potential changed, which needs far
-// fewer relaxations and no temporary arrays. Both converge to the same distances: the largest y ≤ the
-// starting values that satisfies every edge (up to tol per relaxation), whatever the order.
+// and called through ctypes. Exchange paths: the numpy search relaxes every edge of the changed rows
+// per round; here a FIFO queue of rows relaxes each edge as soon as its row's potential changed,
+// which needs far fewer relaxations and no temporary arrays. Both converge to the same distances: the
+// largest y ≤ the starting values that satisfies every edge (up to tol per relaxation), whatever the
+// order.
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -313,7 +315,7 @@ int warm_assignment(long m, long n, const int64_t *row_start, const int64_t *e_c
         for (int64_t root : free_rows) {
             touched.clear(); finalised.clear(); reached.clear(); reached_at.clear();
             heap.clear();
-            double hub = INF;  // distance of the first dummy reached, minus v_min
+            double hub = INF;  // distance of the first dummy reached, minus its column's v
             int64_t hub_col = -1;
             std::set<std::pair<double, int64_t>>::iterator cursor = by_v.end();
             double cursor_key = INF;  // hub + v of the cursor's column (INF: no cursor)

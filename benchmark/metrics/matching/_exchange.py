@@ -9,7 +9,6 @@ run instead: same results, slower (at 16K × 16K and 15 % unshared the duals too
 from __future__ import annotations
 
 import ctypes
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,30 +18,17 @@ from benchmark import native
 
 SOURCE = Path(__file__).with_name("_exchange.cpp")
 
-_state: dict[str, object] = {}
-_lock = threading.Lock()
-
-
 _SIGNATURES = {
     "exchange_shortest_paths": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 8
     + [ctypes.c_long, ctypes.c_double, ctypes.c_long, ctypes.c_void_p],
     "warm_assignment": [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 6 + [ctypes.c_double, ctypes.c_void_p],
 }
-
-
-def _function(name: str = "exchange_shortest_paths"):
-    """The loaded C function ``name``, or None when this machine cannot build the library (tried once
-    per process)."""
-    with _lock:
-        if "lib" not in _state:
-            _state["lib"] = native.load_library(SOURCE, "exchange_paths", _SIGNATURES, what="assignment-graph searches",
-                                                fallback="matching uses the numpy search and scipy's solver")
-        lib = _state["lib"]
-        return None if lib is None else getattr(lib, name)
+LIBRARY = native.LazyLibrary(SOURCE, "exchange_paths", _SIGNATURES, what="assignment-graph searches",
+                             fallback="matching uses the numpy search and scipy's solver")
 
 
 def available() -> bool:
-    return _function() is not None
+    return LIBRARY.function("exchange_shortest_paths") is not None
 
 
 def shortest_paths(row_col: np.ndarray, row_value: np.ndarray, row_start: np.ndarray, e_cols: np.ndarray,
@@ -55,7 +41,7 @@ def shortest_paths(row_col: np.ndarray, row_value: np.ndarray, row_start: np.nda
     Returns (final, rounds): final is False when the search stopped at a negative cycle (``pred``
     then holds it: a cycle of column j → σ(pred[j]), or more than n + 1 rounds); None when the C++
     search is unavailable."""
-    fn = _function("exchange_shortest_paths")
+    fn = LIBRARY.function("exchange_shortest_paths")
     if fn is None:
         return None
     m, n = len(row_col), len(y)
@@ -98,7 +84,7 @@ def warm_assignment(row_start: np.ndarray, e_cols: np.ndarray, e_vals: np.ndarra
     whose entries now violate those duals by more than ``tol`` (or that are free) are re-assigned by
     shortest augmenting paths; the rest keep their columns unless a path moves them. None when the C++
     searches are unavailable. Inputs are not modified."""
-    fn = _function("warm_assignment")
+    fn = LIBRARY.function("warm_assignment")
     if fn is None:
         return None
     m, n = len(row_col), len(col_duals)
