@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
+from benchmark import native
 from benchmark.errors import CanonBenchError
 from benchmark.metrics.matching import (
     Matching,
@@ -866,12 +867,14 @@ def test_row_pass_reference_bound_holds(kind):
         assert (res.shift <= shift).all() and res.slack == 0.0  # rounded down onto the integer grid
 
 
+@pytest.mark.parametrize("scan", ["c++", "torch"])
 @pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
-def test_threshold_pass_reference_bound_holds(kind):
+def test_threshold_pass_reference_bound_holds(kind, scan, monkeypatch):
     """A threshold pass proves: every entry it neither returns nor knew has t ≤ ref + slack; rows
     with more entries above the threshold than the cap keep their cap largest."""
     from benchmark.metrics.matching import _passes
 
+    _use_scan(scan, monkeypatch)
     rng, ops = _random_pass_operands(kind, 18)
     shift = rng.uniform(-0.5, 0.5, 130)
     known = np.unique(rng.integers(0, 90 * 130, 900))
@@ -893,6 +896,49 @@ def test_threshold_pass_reference_bound_holds(kind):
     assert (np.bincount(res.row, minlength=40)[:5] == 9).all()
 
 
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
+def test_threshold_pass_block_scan_equals_the_torch_ops(kind, monkeypatch):
+    """The C++ threshold scan and the torch ops return the same entries, t values and row bounds, known
+    entries left out, across uneven blocks; rows over the cap keep the same values (ties at the cap
+    may keep other columns)."""
+    from benchmark.metrics.matching import _passes
+
+    _use_scan("c++", monkeypatch)
+    rng = np.random.default_rng(43)
+    ua, ub = _units(rng.standard_normal((300, 24)), rng.standard_normal((517, 24)))
+    if not _verified(kind, 24):
+        pytest.skip(f"{kind} kernel unavailable")
+    ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+    shift = rng.uniform(-0.3, 0.3, 517)
+    known = np.unique(rng.integers(0, 300 * 517, 20000))
+    ptr = np.searchsorted(known, np.arange(301) * 517)
+    rows = np.sort(rng.choice(300, 200, replace=False))
+    threshold = rng.uniform(-0.2, 0.6, 200)
+    threshold[::7] = -3.0  # every entry above: over the cap
+
+    def run():
+        res = _passes.threshold_pass(ops, rows, shift, threshold, 12, 64, ptr, known % 517)
+        order = np.lexsort((res.col, res.row))
+        return res, res.row[order], res.col[order], res.t[order]
+
+    got, g_row, g_col, g_t = run()
+    _use_scan("torch", monkeypatch)
+    want, w_row, w_col, w_t = run()
+    np.testing.assert_array_equal(got.ref, want.ref)
+    assert got.slack == want.slack
+    over = np.zeros(200, dtype=bool)
+    over[np.flatnonzero(np.bincount(w_row, minlength=200) == 12)] = True
+    assert over[::7].all()
+    plain = ~over[w_row]
+    np.testing.assert_array_equal(g_row, w_row)
+    np.testing.assert_array_equal(g_col[plain], w_col[plain])
+    np.testing.assert_array_equal(g_t[plain], w_t[plain])
+    for p in np.flatnonzero(over):  # same values, largest first after sorting
+        np.testing.assert_array_equal(np.sort(g_t[g_row == p]), np.sort(w_t[w_row == p]))
+    known_keys = set((rows[g_row] * 517 + g_col).tolist()) & set(known.tolist())
+    assert not known_keys
+
+
 def _use_scan(scan: str, monkeypatch) -> None:
     """Run the candidate pass's block work through the C++ scan ("c++"; skips without a compiler) or
     torch ("torch")."""
@@ -900,20 +946,23 @@ def _use_scan(scan: str, monkeypatch) -> None:
 
     if scan == "torch":
         monkeypatch.setattr(_blockscan, "available", lambda: False)
-    elif not _blockscan.available():
+    elif native.compiler() is None:
         pytest.skip("needs a C++ compiler")
+    else:
+        assert _blockscan.available(), "a C++ compiler is here but the block scan did not build"
 
 
-@pytest.mark.parametrize("kind", ["bf16", "fp32"])
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
 def test_candidate_pass_block_scan_equals_the_torch_ops(kind, monkeypatch):
-    """The C++ block scan and the torch ops give the candidate pass the same columns, values, raw top
-    two and per-column rankings across uneven blocks. Among tied values torch's top-k order is
-    unspecified: a column's ranking ties at 0 for every row whose best column it is, and bf16 values
-    tie often, so there the rows are checked to hold the ranked values."""
+    """The C++ block scan (fp32 blocks, or int32 for int8) and the torch ops give the candidate pass the
+    same columns, values, raw top two and per-column rankings across uneven blocks. Among tied values
+    torch's top-k order is unspecified: a column's ranking ties at 0 for every row whose best column it
+    is, and bf16 and int8 values tie often, so there the rows are checked to hold the ranked values."""
     from benchmark.metrics.matching import _blockscan, _passes
 
-    if not _blockscan.available() or not _verified(kind, 32):
+    if native.compiler() is None or not _verified(kind, 32):
         pytest.skip("needs a C++ compiler and the kernel")
+    assert _blockscan.available(), "a C++ compiler is here but the block scan did not build"
     rng = np.random.default_rng(41)
     ua, ub = _units(rng.standard_normal((300, 32)), rng.standard_normal((517, 32)))
     ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
@@ -922,16 +971,21 @@ def test_candidate_pass_block_scan_equals_the_torch_ops(kind, monkeypatch):
     monkeypatch.setattr(_blockscan, "available", lambda: False)
     want = _passes.row_pass(ops, None, shift, 9, 64, raw_top2=True, col_top=6)
     for field in ("index", "value", "raw_col", "raw_val", "col_index", "col_value"):
-        if field == "col_index" or (kind == "bf16" and field == "index"):
+        if field == "col_index" or (kind != "fp32" and field == "index"):
             continue  # ties (every row whose best column is j puts a 0 there) come in any order: checked below
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
     assert got.slack == want.slack
-    t = ops.raw(slice(None)).float() - torch.from_numpy(got.shift.astype(np.float32))
+    if kind == "int8":  # exact in fp64: integer sums and shifts on the grid of one scale
+        t = ops.raw(slice(None)).double() * ops.scale - torch.from_numpy(got.shift)
+    else:
+        t = ops.raw(slice(None)).float() - torch.from_numpy(got.shift.astype(np.float32))
     relative = (t - t.max(dim=1, keepdim=True).values).double().numpy()
     np.testing.assert_array_equal(relative[got.col_index, np.arange(517)[:, None]], got.col_value)
     assert all(len(set(rows)) == 6 for rows in got.col_index.tolist())
     t_rows = t.double().numpy()
     np.testing.assert_array_equal(np.take_along_axis(t_rows, got.index, 1), got.value)
+    for p, row in enumerate(t_rows):  # every column left out of a row's list is at or below its last value
+        assert (np.delete(row, got.index[p]) <= got.value[p, -1]).all()
 
 
 @pytest.mark.parametrize("scan", ["c++", "torch"])
@@ -971,8 +1025,8 @@ def test_candidate_pass_raw_top_two_bound_every_other_column(kind, scan, monkeyp
 def test_candidate_pass_ranks_each_columns_rows_like_a_column_pass(kind, block, scan, monkeypatch):
     """The candidate pass's per-column ranking (col_top) against the dense kernel matrix: each
     column's rows by kernel(i, j) − best_i, best_i = the row's largest kernel(i, ·) − shift, across
-    blocks of rows (7 and 16 split the rows unevenly; 200 is one block). The C++ block scan serves float
-    kernels; on torch, a floor of 4 rows sends every block through the floor-and-rank path that large
+    blocks of rows (7 and 16 split the rows unevenly; 200 is one block). The C++ block scan serves every
+    kernel; on torch, a floor of 4 rows sends every block through the floor-and-rank path that large
     blocks take, and 512 is the plain top-k here."""
     from benchmark.metrics.matching import _passes
 
@@ -1147,6 +1201,57 @@ def test_cleared_columns_hold_on_the_dense_problem(candidates, cap):
     slack = (u[:, None] + v[None, :] - cos)[:, cols[cleared]]
     assert slack[~excluded[:, cols[cleared]]].min() >= -1e-12
     assert (~cleared).any() or cap == 1024  # a small cap leaves columns with more violators uncleared
+
+
+def test_known_column_lists_of_chosen_columns_equal_the_full_lists():
+    """``_Known.csc(cols)`` fills the chosen columns' row lists exactly as the full CSC does (rows
+    ascending: the threshold scan walks them in order) and leaves every other column empty."""
+    from benchmark.metrics.matching import _engine
+
+    rng = np.random.default_rng(5)
+    known = _engine._Known(300, 500)
+    known.add(rng.choice(300 * 500, 20000, replace=False))
+    full_ptr, full_rows = known.csc()
+    chosen = rng.choice(500, 40, replace=False)
+    ptr, rows = known.csc(chosen)
+    for col in range(500):
+        want = full_rows[full_ptr[col]:full_ptr[col + 1]] if col in set(chosen.tolist()) else np.empty(0)
+        np.testing.assert_array_equal(rows[ptr[col]:ptr[col + 1]], want)
+        assert (np.diff(rows[ptr[col]:ptr[col + 1]]) > 0).all()
+    assert ptr[-1] == len(rows) > 0
+
+
+def test_positions_equal_searchsorted_for_keys_in_any_order():
+    from benchmark.metrics.matching import _sets
+
+    rng = np.random.default_rng(6)
+    haystack = np.sort(rng.choice(10**9, 50000, replace=False))
+    for keys in (rng.choice(haystack, 3000), np.sort(rng.integers(0, 10**9, 3000)), rng.integers(0, 10**9, 3000),
+                 haystack[:1], np.empty(0, dtype=np.int64)):
+        np.testing.assert_array_equal(_sets.positions(haystack, keys), np.searchsorted(haystack, keys))
+
+
+@pytest.mark.parametrize("cap", [1, 3, 50])
+def test_worst_per_row_keeps_each_rows_largest_excess(cap):
+    """The entries put into the graph per row: the ``cap`` with the largest exact c − u − v, against
+    a per-row sort; rows with no more than ``cap`` keys keep them all."""
+    from benchmark.metrics.matching import _engine
+
+    rng = np.random.default_rng(7)
+    m, n = 40, 60
+    known = _engine._Known(m, n)
+    known.add(np.arange(m * n), xval=rng.uniform(-1, 1, m * n))
+    u, v = rng.uniform(-0.5, 0.5, m), rng.uniform(0, 0.5, n)
+    counts = rng.integers(0, n + 1, m)
+    counts[:3] = [cap, cap + 1, cap + 2]  # at, just over and over the cap
+    asked = np.concatenate([row * n + rng.choice(n, count, replace=False) for row, count in enumerate(counts)])
+    got = _engine._worst_per_row(np.concatenate([asked, asked[:20]]), known, u, v, cap)  # repeats count once
+    want = []
+    for row in range(m):
+        mine = np.sort(asked[asked // n == row])
+        excess = known.xval[np.searchsorted(known.keys, mine)] - u[row] - v[mine % n]
+        want.extend(mine[np.argsort(-excess, kind="stable")[:cap]])
+    np.testing.assert_array_equal(got, np.sort(want))
 
 
 @pytest.mark.parametrize("bound", [7, 2**16, 2**16 + 1, 2**40])

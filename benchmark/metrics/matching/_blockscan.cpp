@@ -1,16 +1,17 @@
-// One pass over a block of fp32 kernel values for the matcher's candidate pass: the per-row work of
+// One pass over a block of kernel values for the matcher's candidate pass: the per-row work of
 // benchmark/metrics/matching/_passes.py (row_pass) that torch did as five full sweeps of the block
 // (argmax, masked max, shift, top-k, column ranking), here in one read of each row while it is in
-// cache. Same arithmetic, same results: t = value − shift[j] and t − best_i are the same fp32
-// subtractions torch makes, ties keep the lower column (rows) or the earlier row (columns).
+// cache. Two value types: fp32 (fp32/bf16 kernels) and int32 (exact sums of int8 codes, shifts on the
+// integer grid). Same arithmetic, same results: t = value − shift[j] and t − best_i are the same fp32
+// or int32 subtractions torch makes, ties keep the lower column (rows) or the earlier row (columns).
 //
 // Built at run time by benchmark/metrics/matching/_blockscan.py (c++ -O3 -march=native -shared -fPIC
 // -pthread) and called through ctypes, on up to `threads` threads: rows are split for the row
 // results, then columns for the column ranking (each column's running list has one owner).
-#include <math.h>
 #include <stdint.h>
 
 #include <algorithm>
+#include <limits>
 #include <atomic>
 #include <new>
 #include <system_error>
@@ -19,37 +20,47 @@
 
 namespace {
 
+template <typename T>
 struct Entry {
-    float value;
+    T value;
     int64_t col;
 };
 
 // a before b in the output: larger value, then lower column
-inline bool ahead(const Entry &a, const Entry &b) { return a.value > b.value || (a.value == b.value && a.col < b.col); }
+template <typename T>
+inline bool ahead(const Entry<T> &a, const Entry<T> &b) {
+    return a.value > b.value || (a.value == b.value && a.col < b.col);
+}
+
+// below every value: −inf for fp32; for int32 the marker torch's path uses for "nothing" (INT32_MIN)
+template <typename T>
+inline T lowest() {
+    return std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::min();
+}
 
 // Entries are tested a chunk at a time with a branch-free OR of comparisons (vectorised): only a chunk
 // holding an entry above the running thresholds (the row's second-largest value, the heap's smallest
 // t, a column's last listed value) is walked one entry at a time, in order, as a plain loop would.
 const long CHUNK = 64;
 
-template <bool RAW>
-void scan_rows(const float *block, long n, const float *shift, long cap, long lo, long hi, float *top_val,
-               int64_t *top_col, float *raw_val, int64_t *raw_col) {
-    std::vector<Entry> heap;  // min-heap by `ahead`: heap.front() is the entry leaving first
+template <typename T, bool RAW>
+void scan_rows(const T *block, long n, const T *shift, long cap, long lo, long hi, T *top_val,
+               int64_t *top_col, T *raw_val, int64_t *raw_col) {
+    std::vector<Entry<T>> heap;  // min-heap by `ahead`: heap.front() is the entry leaving first
     heap.reserve(cap);
-    auto worse = [](const Entry &a, const Entry &b) { return ahead(a, b); };
+    auto worse = [](const Entry<T> &a, const Entry<T> &b) { return ahead(a, b); };
     for (long i = lo; i < hi; i++) {
-        const float *row = block + i * n;
-        float b1 = -INFINITY, b2 = -INFINITY;
+        const T *row = block + i * n;
+        T b1 = lowest<T>(), b2 = lowest<T>();
         int64_t j1 = 0;
         heap.clear();
         auto visit = [&](long j) {
-            const float x = row[j];
+            const T x = row[j];
             if (RAW) {
                 if (x > b1) { b2 = b1; b1 = x; j1 = j; }
                 else if (x > b2) b2 = x;
             }
-            const float t = x - shift[j];
+            const T t = x - shift[j];
             if ((long)heap.size() < cap) {
                 heap.push_back({t, j});
                 std::push_heap(heap.begin(), heap.end(), worse);
@@ -63,7 +74,7 @@ void scan_rows(const float *block, long n, const float *shift, long cap, long lo
         for (; j < n && (long)heap.size() < cap; j++) visit(j);
         for (; j < n; j += CHUNK) {
             const long end = std::min(n, j + CHUNK);
-            const float floor_t = heap.front().value;
+            const T floor_t = heap.front().value;
             int hit = 0;
             if (RAW) {
                 for (long k = j; k < end; k++) hit |= (row[k] > b2) | ((row[k] - shift[k]) > floor_t);
@@ -78,7 +89,7 @@ void scan_rows(const float *block, long n, const float *shift, long cap, long lo
             raw_val[2 * i + 1] = b2;
             raw_col[i] = j1;
         }
-        std::sort(heap.begin(), heap.end(), ahead);
+        std::sort(heap.begin(), heap.end(), ahead<T>);
         for (long q = 0; q < cap; q++) {
             top_val[i * cap + q] = heap[q].value;
             top_col[i * cap + q] = heap[q].col;
@@ -86,19 +97,20 @@ void scan_rows(const float *block, long n, const float *shift, long cap, long lo
     }
 }
 
-void rank_columns(const float *block, long r, long n, const float *shift, const float *best, long count,
-                  long first_row, long lo, long hi, float *col_val, int64_t *col_row) {
-    const float *floor_c = col_val + (count - 1) * n;  // each column's last listed value
+template <typename T>
+void rank_columns(const T *block, long r, long n, const T *shift, const T *best, long count,
+                  long first_row, long lo, long hi, T *col_val, int64_t *col_row) {
+    const T *floor_c = col_val + (count - 1) * n;  // each column's last listed value
     for (long i = 0; i < r; i++) {
-        const float *row = block + i * n;
-        const float b = best[i];
+        const T *row = block + i * n;
+        const T b = best[i];
         for (long j = lo; j < hi; j += CHUNK) {
             const long end = std::min(hi, j + CHUNK);
             int hit = 0;
             for (long k = j; k < end; k++) hit |= ((row[k] - shift[k]) - b) > floor_c[k];
             if (!hit) continue;
             for (long k = j; k < end; k++) {
-                const float c = (row[k] - shift[k]) - b;
+                const T c = (row[k] - shift[k]) - b;
                 if (!(c > floor_c[k])) continue;  // an equal value keeps the earlier row
                 long q = count - 1;
                 while (q > 0 && c > col_val[(q - 1) * n + k]) {
@@ -110,6 +122,107 @@ void rank_columns(const float *block, long r, long n, const float *shift, const 
                 col_row[q * n + k] = first_row + i;
             }
         }
+    }
+}
+
+// Rows [lo, hi) of a threshold pass: entries with t = value − shift[j] > thr[i], known entries (the
+// ascending columns known_idx[known_ptr[i] .. known_ptr[i + 1]]) left out. A row with more than `cap` such
+// entries keeps its `cap` largest (larger value, then lower column first) and reports the (cap+1)-th
+// value in ref[i] (over[i] = 1); other rows keep all of theirs (over[i] = 0).
+template <typename T>
+void threshold_rows(const T *block, long n, const T *shift, const T *thr, long cap, const int64_t *known_ptr,
+                    const int64_t *known_idx, long lo, long hi, int64_t *out_col, T *out_t, int64_t *out_count,
+                    T *ref, uint8_t *over) {
+    std::vector<Entry<T>> heap;  // the cap + 1 largest so far, min-heap by `ahead`
+    heap.reserve(cap + 1);
+    auto worse = [](const Entry<T> &a, const Entry<T> &b) { return ahead(a, b); };
+    for (long i = lo; i < hi; i++) {
+        const T *row = block + i * n;
+        const T limit = thr[i];
+        const int64_t *known = known_idx + known_ptr[i];
+        const int64_t *known_end = known_idx + known_ptr[i + 1];
+        heap.clear();
+        for (long j = 0; j < n; j += CHUNK) {
+            const long end = std::min(n, j + CHUNK);
+            // the running floor: the threshold, or the heap's smallest once it holds cap + 1 entries
+            const T floor_t = (long)heap.size() > cap ? heap.front().value : limit;
+            int hit = 0;
+            for (long k = j; k < end; k++) hit |= (row[k] - shift[k]) > floor_t;
+            if (!hit) continue;
+            for (long k = j; k < end; k++) {
+                const T t = row[k] - shift[k];
+                if (!(t > limit)) continue;
+                while (known != known_end && *known < k) known++;
+                if (known != known_end && *known == k) continue;
+                if ((long)heap.size() <= cap) {
+                    heap.push_back({t, k});
+                    std::push_heap(heap.begin(), heap.end(), worse);
+                } else if (t > heap.front().value) {
+                    std::pop_heap(heap.begin(), heap.end(), worse);
+                    heap.back() = {t, k};
+                    std::push_heap(heap.begin(), heap.end(), worse);
+                }
+            }
+        }
+        std::sort(heap.begin(), heap.end(), ahead<T>);
+        long kept = (long)heap.size();
+        over[i] = kept > cap;
+        if (kept > cap) {
+            ref[i] = heap[cap].value;
+            kept = cap;
+        } else {
+            ref[i] = limit;
+        }
+        out_count[i] = kept;
+        for (long q = 0; q < kept; q++) {
+            out_col[i * cap + q] = heap[q].col;
+            out_t[i * cap + q] = heap[q].value;
+        }
+    }
+}
+
+// rows [0, total) split into up to `threads` ranges, one thread each; a thread that cannot start runs inline
+template <typename Work>
+void split_rows(long total, long threads, Work &&work) {
+    std::atomic<bool> failed(false);
+    const long parts = std::max(1L, std::min(threads, total));
+    const long share = (total + parts - 1) / parts;
+    std::vector<std::thread> pool;
+    for (long lo = share; lo < total; lo += share) {
+        const long hi = std::min(total, lo + share);
+        try {
+            pool.emplace_back([&work, &failed, lo, hi] {
+                try { work(lo, hi); } catch (const std::bad_alloc &) { failed = true; }
+            });
+        } catch (const std::system_error &) {
+            work(lo, hi);
+        }
+    }
+    work(0, std::min(total, share));
+    for (auto &th : pool) th.join();
+    if (failed) throw std::bad_alloc();
+}
+
+// see candidate_block below; T is the block's value type
+template <typename T>
+int scan_block(const T *block, long r, long n, const T *shift, long cap, T *top_val, int64_t *top_col, T *raw_val,
+               int64_t *raw_col, long count, T *col_val, int64_t *col_row, long first_row, long threads) {
+    if (r <= 0) return 0;
+    try {
+        auto split = [threads](long total, auto &&work) { split_rows(total, threads, work); };
+        split(r, [&](long lo, long hi) {
+            if (raw_val) scan_rows<T, true>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
+            else scan_rows<T, false>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
+        });
+        if (count <= 0) return 0;
+        std::vector<T> best(r);
+        for (long i = 0; i < r; i++) best[i] = top_val[i * cap];
+        split(n, [&](long lo, long hi) {
+            rank_columns<T>(block, r, n, shift, best.data(), count, first_row, lo, hi, col_val, col_row);
+        });
+        return 0;
+    } catch (const std::bad_alloc &) {
+        return 2;
     }
 }
 
@@ -126,37 +239,45 @@ extern "C" {
 int candidate_block(const float *block, long r, long n, const float *shift, long cap, float *top_val,
                     int64_t *top_col, float *raw_val, int64_t *raw_col, long count, float *col_val,
                     int64_t *col_row, long first_row, long threads) {
-    if (r <= 0) return 0;
+    return scan_block<float>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val, col_row,
+                             first_row, threads);
+}
+
+// The same for int32 values and shifts (int8 kernels): INT32_MIN stands for −inf (the second raw value
+// when n = 1, and the start of the running column lists). The caller keeps |value| + |shift| far from
+// int32 overflow, as torch's path needs too.
+int candidate_block_i32(const int32_t *block, long r, long n, const int32_t *shift, long cap, int32_t *top_val,
+                        int64_t *top_col, int32_t *raw_val, int64_t *raw_col, long count, int32_t *col_val,
+                        int64_t *col_row, long first_row, long threads) {
+    return scan_block<int32_t>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val, col_row,
+                               first_row, threads);
+}
+
+
+// A threshold pass over a block [r, n] (see threshold_rows): thr [r], known_ptr [r + 1] (offsets into
+// known_idx, ascending columns per row); out_col / out_t [r, cap], out_count / ref / over [r]. Returns 0,
+// or 2 when memory ran out.
+int threshold_block(const float *block, long r, long n, const float *shift, const float *thr, long cap,
+                    const int64_t *known_ptr, const int64_t *known_idx, int64_t *out_col, float *out_t,
+                    int64_t *out_count, float *ref, uint8_t *over, long threads) {
     try {
-        // ranges [lo, hi) of `total` on up to `threads` threads; a thread that cannot start runs inline
-        std::atomic<bool> failed(false);
-        auto split = [threads, &failed](long total, auto &&work) {
-            const long parts = std::max(1L, std::min(threads, total));
-            const long share = (total + parts - 1) / parts;
-            std::vector<std::thread> pool;
-            for (long lo = share; lo < total; lo += share) {
-                const long hi = std::min(total, lo + share);
-                try {
-                    pool.emplace_back([&work, &failed, lo, hi] {
-                        try { work(lo, hi); } catch (const std::bad_alloc &) { failed = true; }
-                    });
-                } catch (const std::system_error &) {
-                    work(lo, hi);
-                }
-            }
-            work(0, std::min(total, share));
-            for (auto &th : pool) th.join();
-            if (failed) throw std::bad_alloc();
-        };
-        split(r, [&](long lo, long hi) {
-            if (raw_val) scan_rows<true>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
-            else scan_rows<false>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
+        split_rows(r, threads, [&](long lo, long hi) {
+            threshold_rows<float>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t, out_count,
+                                  ref, over);
         });
-        if (count <= 0) return 0;
-        std::vector<float> best(r);
-        for (long i = 0; i < r; i++) best[i] = top_val[i * cap];
-        split(n, [&](long lo, long hi) {
-            rank_columns(block, r, n, shift, best.data(), count, first_row, lo, hi, col_val, col_row);
+        return 0;
+    } catch (const std::bad_alloc &) {
+        return 2;
+    }
+}
+
+int threshold_block_i32(const int32_t *block, long r, long n, const int32_t *shift, const int32_t *thr, long cap,
+                        const int64_t *known_ptr, const int64_t *known_idx, int64_t *out_col, int32_t *out_t,
+                        int64_t *out_count, int32_t *ref, uint8_t *over, long threads) {
+    try {
+        split_rows(r, threads, [&](long lo, long hi) {
+            threshold_rows<int32_t>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t,
+                                    out_count, ref, over);
         });
         return 0;
     } catch (const std::bad_alloc &) {

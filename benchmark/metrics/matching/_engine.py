@@ -173,7 +173,20 @@ class _Known:
             self._csr = (ptr, self.cols)
         return self._csr
 
-    def csc(self) -> tuple[np.ndarray, np.ndarray]:
+    def csc(self, of_cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ptr [n + 1], rows): the known rows of each column, ascending. With ``of_cols``, only those
+        columns' lists are filled (the others are empty): a column pass over a few hundred columns
+        then reads the known keys once instead of sorting all of them (~0.1 s at 3.5M keys)."""
+        if of_cols is not None:
+            wanted = np.zeros(self.n, dtype=bool)
+            wanted[of_cols] = True
+            cols = self.cols
+            sel = np.flatnonzero(wanted[cols])
+            order = st.stable_order(cols[sel], self.n)
+            counts = np.bincount(cols[sel], minlength=self.n)
+            ptr = np.zeros(self.n + 1, dtype=np.int64)
+            np.cumsum(counts, out=ptr[1:])
+            return ptr, self.keys[sel[order]] // self.n
         if self._csc is None:
             cols = self.cols
             order = st.stable_order(cols, self.n)
@@ -301,7 +314,7 @@ def _complete(known: _Known, a64, b64, ops: KernelOperands, row_pot: np.ndarray,
         if attempt == tries:
             keys = free_rows.astype(np.int64) * n + rng.permutation(free_cols)[: len(free_rows)]
         else:
-            ptr, idx = known.csc()
+            ptr, idx = known.csc(free_cols)
             colp = ps.column_pass(ops, free_cols, row_pot, per_col * 2**attempt, blk_c, ptr, idx)
             stats.column_pass_cols += len(free_cols)
             keys = (colp.index.astype(np.int64) * n + free_cols[:, None])[np.isfinite(colp.value)]
@@ -317,7 +330,7 @@ def check_columns(known: _Known, ops: KernelOperands, u: np.ndarray, v: np.ndarr
     violate the duals (at most ``cap``, largest first). Claim of ``cleared[p]``: every entry
     (i, cols[p]) that is neither known nor returned has cos ≤ u_i + v_j, so the column need not enter
     any row's minimum."""
-    ptr, idx = known.csc()
+    ptr, idx = known.csc(cols)
     # every row i whose entry may violate: kernel(i, j) − (u_i − err_i) > v_j
     shift = u - ops.row_err
     # the threshold sits below v_j by the pass's float rounding (its slack, and the fp32 rounding of
@@ -431,7 +444,7 @@ def solve_certified(
     keys_g, exact_g = _exact(top_keys[in_graph], a64, b64, stats)
     known.add(keys_g, xval=exact_g, graph=True)
     known.add(top_keys[~in_graph], kval=top_kval[~in_graph])
-    known.kval[np.searchsorted(known.keys, top_keys)] = top_kval
+    known.kval[st.positions(known.keys, top_keys)] = top_kval
     # each row's best column by raw kernel value joins the graph too: the estimated prices only add
     # candidates, they can never hide a clean partner
     raw_keys = np.arange(m, dtype=np.int64) * n + first.raw_col
@@ -594,10 +607,16 @@ def _worst_per_row(keys: np.ndarray, known: _Known, u: np.ndarray, v: np.ndarray
         return keys
     keys = st.unique(keys)
     n = known.n
-    rows, cols = keys // n, keys % n
-    excess = known.xval[np.searchsorted(known.keys, keys)] - u[rows] - v[cols]
-    picked, _ = st.top_per_group(torch.from_numpy(rows), torch.from_numpy(excess), cap)
-    return np.sort(keys[picked.numpy()])
+    rows = keys // n
+    # only rows with more than cap keys are ranked (a column pass can return ~1M keys, most rows few)
+    crowded = np.bincount(rows, minlength=known.m)[rows] > cap
+    if not crowded.any():
+        return keys
+    busy = keys[crowded]
+    busy_rows = rows[crowded]
+    excess = known.xval[np.searchsorted(known.keys, busy)] - u[busy_rows] - v[busy - busy_rows * n]
+    picked, _ = st.top_per_group(torch.from_numpy(busy_rows), torch.from_numpy(excess), cap)
+    return np.sort(np.concatenate([keys[~crowded], busy[picked.numpy()]]))
 
 
 def _promote(known: _Known, keys: np.ndarray, u: np.ndarray, v: np.ndarray, cap: int) -> np.ndarray:
@@ -632,13 +651,18 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
     # 1. known entries outside the graph (the pool): kernel value first, exact value when needed
     pool = np.flatnonzero(~known.graph)
     if len(pool):
-        pr, pc = known.keys[pool] // n, known.keys[pool] % n
-        have = ~np.isnan(known.xval[pool])
-        bound = np.where(have, known.xval[pool], known.kval[pool] + err[pr])
-        unsure = pool[(bound > u[pr] + v[pc] - near) & ~have]
-        known.ensure_exact(unsure, a64, b64, stats)
+        # one sweep over millions of pool entries each round finds the few that may be near: the exact
+        # value where known, else the kernel value plus the row's bound; only those are looked at again
+        keys = known.keys[pool]
+        pr = keys // n
+        limit = u[pr] + v[keys - pr * n] - near
         x = known.xval[pool]
-        hot = pool[~np.isnan(x) & (x > u[pr] + v[pc] - near)]
+        have = ~np.isnan(x)
+        x[~have] = known.kval[pool[~have]] + err[pr[~have]]
+        near_pool = np.flatnonzero(x > limit)
+        pool, limit, have = pool[near_pool], limit[near_pool], have[near_pool]
+        known.ensure_exact(pool[~have], a64, b64, stats)
+        hot = pool[known.xval[pool] > limit]
         to_graph.append(known.keys[hot])
 
     if to_graph and len(to_graph[0]):
@@ -661,7 +685,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             rows_hit, cols_hit = colp.col, outliers[colp.row]
             keys = rows_hit.astype(np.int64) * n + cols_hit
             known.add(keys, kval=colp.t + colp.slack + colp.shift[rows_hit])  # ≥ kernel value
-            idx_new = np.searchsorted(known.keys, keys)
+            idx_new = st.positions(known.keys, keys)
             known.ensure_exact(idx_new, a64, b64, stats)
             x = known.xval[idx_new]
             to_graph.append(keys[x > u[rows_hit] + v[cols_hit] - near])
@@ -721,7 +745,7 @@ def _certify_round(known: _Known, a64, b64, ops: KernelOperands, u, v, refs, ref
             score = res.t + res.slack + excess + err[rows_t] - u[rows_t]
             keys = rows_t.astype(np.int64) * n + cols_t
             known.add(keys, kval=res.t + res.slack + res.shift[cols_t])  # ≥ kernel value
-            idx_new = np.searchsorted(known.keys, keys)
+            idx_new = st.positions(known.keys, keys)
             maybe = score > -near
             clock = _tick(stats, "cert_bookkeeping", clock)
             known.ensure_exact(idx_new[maybe], a64, b64, stats)

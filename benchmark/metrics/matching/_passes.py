@@ -111,9 +111,10 @@ def row_pass(
     raw_val = np.empty((len(rows_all), 2)) if raw_top2 else None
     col_top = min(col_top, len(rows_all))
     col_vals = col_rows = None  # running per-column best [col_top, n] (kernel domain) and their rows
-    # float blocks on the CPU with nothing to exclude: one C++ read per block does what the torch ops below do
-    native_scan = not integer and dev.type == "cpu" and known_ptr is None and _blockscan.available()
-    ranking = _blockscan.ColumnRanking.empty(col_top, n) if native_scan and col_top else None
+    # blocks on the CPU with nothing to exclude: one C++ read per block does what the torch ops below do
+    native_scan = dev.type == "cpu" and known_ptr is None and _blockscan.available()
+    ranking = (_blockscan.ColumnRanking.empty(col_top, n, np.int32 if integer else np.float32)
+               if native_scan and col_top else None)
     with exact_matmul():
         for start in tqdm(range(0, len(rows_all), block_rows), desc="kernel rows", disable=not progress, leave=False):
             sel = rows_all[start : start + block_rows]
@@ -123,7 +124,7 @@ def row_pass(
                 found = _blockscan.scan_block(block, shift_t, cap, raw_top2, ranking, start)
                 del block
                 if raw_top2:
-                    raw_val[start : start + len(sel)] = found.raw_value
+                    raw_val[start : start + len(sel)] = _raw_pair(found.raw_value, ops, integer)
                     raw_col[start : start + len(sel)] = found.raw_col
                 v, t_max = _top_values(torch.from_numpy(found.top_value), ops, integer, t_max)
                 value[start : start + len(sel)] = v
@@ -136,10 +137,7 @@ def row_pass(
                 block[rr, best] = INT32_MIN if integer else -torch.inf
                 second = block.amax(dim=1) if n > 1 else torch.full_like(top, INT32_MIN if integer else -torch.inf)
                 block[rr, best] = top
-                pair = torch.stack([top, second], dim=1).cpu().numpy().astype(np.float64)
-                if integer:
-                    pair = np.where(pair == INT32_MIN, -np.inf, pair * ops.scale)
-                raw_val[start : start + len(sel)] = pair
+                raw_val[start : start + len(sel)] = _raw_pair(torch.stack([top, second], dim=1).cpu().numpy(), ops, integer)
                 raw_col[start : start + len(sel)] = best.cpu().numpy()
             block -= shift_t
             if known_ptr is not None:
@@ -162,6 +160,12 @@ def row_pass(
         result.col_value = _top_values(col_vals.T.contiguous(), ops, integer, 0.0)[0]
         result.col_index = rows_all[col_rows.T.cpu().numpy()]
     return result
+
+
+def _raw_pair(pair: np.ndarray, ops: KernelOperands, integer: bool) -> np.ndarray:
+    """[r, 2] raw kernel values of a block in fp64 (int8 sums scaled; the INT32_MIN marker becomes −inf)."""
+    pair = pair.astype(np.float64)
+    return np.where(pair == INT32_MIN, -np.inf, pair * ops.scale) if integer else pair
 
 
 #: Rows of a block whose per-column top values set the first block's floor (see _merge_column_top).
@@ -342,7 +346,8 @@ def threshold_pass(
     progress: bool = False,
 ) -> ThresholdPass:
     """Entries with t_ij > threshold_i (at most ``cap`` per row: rows with more keep their ``cap``
-    largest) for the listed rows. One comparison per entry instead of a top-k."""
+    largest) for the listed rows. One comparison per entry instead of a top-k. Known entries (CSR
+    ``known_ptr``/``known_idx`` over all rows, each row's columns ascending) are left out."""
     from tqdm.auto import tqdm
 
     dev = ops.b.device
@@ -362,10 +367,30 @@ def threshold_pass(
     ref = thr_used.copy()
     out_r, out_c, out_t = [], [], []
     fill = INT32_MIN if integer else -torch.inf
+    # on the CPU one C++ read per block does what the torch ops below do
+    native_scan = dev.type == "cpu" and _blockscan.available()
     with exact_matmul():
         for start in tqdm(range(0, len(rows), block_rows), desc="kernel rows", disable=not progress, leave=False):
             sel = rows[start : start + block_rows]
             block = _block_values(ops, ops.raw(torch.from_numpy(sel).to(dev)), integer)
+            if native_scan:
+                local_ptr = np.zeros(len(sel) + 1, dtype=np.int64)
+                local_idx = np.empty(0, dtype=np.int64)
+                if known_ptr is not None:
+                    np.cumsum(known_ptr[sel + 1] - known_ptr[sel], out=local_ptr[1:])
+                    local_idx = _known_positions(known_ptr, known_idx, sel)[1]
+                found = _blockscan.threshold_scan(block, shift_t, thr_t[start : start + len(sel)], cap, local_ptr,
+                                                  local_idx)
+                del block
+                kept = np.arange(found.col.shape[1])[None, :] < found.count[:, None]
+                t = found.t[kept].astype(np.float64)
+                out_r.append(start + np.repeat(np.arange(len(sel)), found.count))
+                out_c.append(found.col[kept])
+                out_t.append(t * ops.scale if integer else t)
+                over = np.flatnonzero(found.over)
+                bound = found.ref[over].astype(np.float64)
+                ref[start + over] = bound * ops.scale if integer else bound
+                continue
             block -= shift_t
             if known_ptr is not None:
                 lr, kc = _known_positions(known_ptr, known_idx, sel)

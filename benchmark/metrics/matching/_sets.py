@@ -43,6 +43,20 @@ def setdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a[b[pos] != a]
 
 
+def positions(haystack: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(haystack, keys)`` for a sorted ``haystack`` [H] and keys [N] in any order.
+    Unordered keys are searched in sorted order: numpy narrows each search from the previous one's
+    answer only when the keys ascend, and 300K keys in column order against 3.5M known entries took
+    6× as long as sorting them first."""
+    keys = np.asarray(keys)
+    if len(keys) < 2 or bool(np.all(keys[1:] >= keys[:-1])):
+        return np.searchsorted(haystack, keys)
+    order = np.argsort(keys)
+    out = np.empty(len(keys), dtype=np.int64)
+    out[order] = np.searchsorted(haystack, keys[order])
+    return out
+
+
 def stable_order(x: np.ndarray, bound: int) -> np.ndarray:
     """Indices that sort the integer array ``x`` [N] (values in [0, bound)) stably, as
     ``np.argsort(x, kind="stable")``. Values below 2¹⁶ are sorted as uint16, which numpy sorts by radix
