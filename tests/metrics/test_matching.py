@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -735,7 +736,7 @@ def test_dispatch_follows_the_timings_never_a_fixed_choice(monkeypatch):
     """choose_kernel picks the fastest timed kind, prefers a tighter bound within 10 %, and only
     times kinds the CPU flags say are native (all kinds where the flags cannot be read)."""
     timings = {}
-    monkeypatch.setattr(_kernels, "probe_timings", lambda device, dim: dict(timings))
+    monkeypatch.setattr(_kernels, "probe_timings", lambda device, dim, *shape: dict(timings))
     cpu = torch.device("cpu")
     for fake, want in [({"int8": 1.0, "bf16": 2.0, "fp32": 4.0}, "int8"),
                        ({"int8": 3.0, "bf16": 1.0, "fp32": 4.0}, "bf16"),
@@ -762,6 +763,46 @@ def test_cpu_flags_and_which_kinds_are_timed(tmp_path, monkeypatch):
         assert ("bf16" in timed) == _verified("bf16", 32)
     finally:
         _kernels.probe_timings.cache_clear()
+
+
+def test_kernel_probe_is_shaped_like_the_pass(monkeypatch):
+    """The kinds are timed on a product of about the pass's block shape (int32 outputs lose at scale
+    what they win in cache), capped at PROBE_ROWS × PROBE_COLS; with one kind to time there is
+    nothing to choose and the small probe serves; a kind already twice as slow as the best after its
+    warm-up call is not timed again."""
+    shapes = []
+    monkeypatch.setattr(_kernels, "probe_timings", lambda device, dim, *shape: shapes.append(shape) or {"fp32": 1.0})
+    rng = np.random.default_rng(8)
+    ua, ub = _units(rng.standard_normal((300, 8)), rng.standard_normal((_kernels.PROBE_COLS + 5, 8)))
+    _kernels.kernel_operands(ua, ub, torch.device("cpu"))
+    assert shapes == [(300, _kernels.PROBE_COLS)]
+    monkeypatch.undo()
+
+    calls = []
+    real = _kernels.raw_matmul
+
+    def timed(kind, a, b):
+        calls.append((kind, a.shape[0], b.shape[0]))
+        if kind == "fp32":
+            time.sleep(0.05)  # far slower than any other kind's product here
+        return real(kind, a, b)
+
+    monkeypatch.setattr(_kernels, "raw_matmul", timed)
+    for flags, kinds in [(frozenset({"avx2"}), ["fp32"]), (None, [k for k in _kernels.KINDS if _verified(k, 16)])]:
+        monkeypatch.setattr(_kernels, "cpu_flags", lambda path="/proc/cpuinfo", flags=flags: flags)
+        _kernels.probe_timings.cache_clear()
+        calls.clear()
+        try:
+            timed_kinds = _kernels.probe_timings("cpu", 16, 300, 700)
+        finally:
+            _kernels.probe_timings.cache_clear()
+        assert sorted(timed_kinds) == sorted(kinds)
+        probe_calls = [c for c in calls if c[1:] in {(300, 700), (128, 512)}]
+        if kinds == ["fp32"]:
+            assert probe_calls == [("fp32", 128, 512)] * 3
+        else:
+            assert {c[1:] for c in probe_calls} == {(300, 700)}
+            assert [c[0] for c in probe_calls].count("fp32") == (1 if len(kinds) > 1 else 3)
 
 
 def test_self_checks_reject_kernels_that_break_their_bound(monkeypatch):

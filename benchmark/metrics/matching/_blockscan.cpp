@@ -1,9 +1,11 @@
-// One pass over a block of kernel values for the matcher's candidate pass: the per-row work of
-// benchmark/metrics/matching/_passes.py (row_pass) that torch did as five full sweeps of the block
-// (argmax, masked max, shift, top-k, column ranking), here in one read of each row while it is in
-// cache. Two value types: fp32 (fp32/bf16 kernels) and int32 (exact sums of int8 codes, shifts on the
-// integer grid). Same arithmetic, same results: t = value − shift[j] and t − best_i are the same fp32
-// or int32 subtractions torch makes, ties keep the lower column (rows) or the earlier row (columns).
+// One read of each block of kernel values for the matcher's passes (benchmark/metrics/matching/_passes.py):
+// - the candidate pass (row_pass), which torch did as five full sweeps of the block (argmax, masked
+//   max, shift, top-k, column ranking);
+// - threshold passes: the entries above each row's threshold, known entries left out, at most cap.
+// Blocks hold fp32 (fp32 kernels), bf16 (bf16 kernels, read as fp32) or int32 (exact sums of int8 codes,
+// with shifts on the integer grid). Same arithmetic, same results: t = value − shift[j] and t − best_i
+// are the same fp32 or int32 subtractions torch makes; ties keep the lower column (rows) or the earlier
+// row (columns).
 //
 // Built at run time by benchmark/metrics/matching/_blockscan.py (c++ -O3 -march=native -shared -fPIC
 // -pthread) and called through ctypes, on up to `threads` threads: rows are split for the row
@@ -11,6 +13,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <atomic>
 #include <new>
@@ -38,24 +41,38 @@ inline T lowest() {
     return std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::min();
 }
 
+// Blocks are stored as fp32, int32 or bf16; bf16 values are read as the fp32 numbers they are (the
+// upper half of an fp32 bit pattern: exact), as torch's conversion gives them.
+struct bf16 {
+    uint16_t bits;
+};
+inline float load(const float *p) { return *p; }
+inline int32_t load(const int32_t *p) { return *p; }
+inline float load(const bf16 *p) {
+    const uint32_t wide = (uint32_t)p->bits << 16;
+    float value;
+    std::memcpy(&value, &wide, sizeof value);
+    return value;
+}
+
 // Entries are tested a chunk at a time with a branch-free OR of comparisons (vectorised): only a chunk
 // holding an entry above the running thresholds (the row's second-largest value, the heap's smallest
 // t, a column's last listed value) is walked one entry at a time, in order, as a plain loop would.
 const long CHUNK = 64;
 
-template <typename T, bool RAW>
-void scan_rows(const T *block, long n, const T *shift, long cap, long lo, long hi, T *top_val,
+template <typename In, typename T, bool RAW>
+void scan_rows(const In *block, long n, const T *shift, long cap, long lo, long hi, T *top_val,
                int64_t *top_col, T *raw_val, int64_t *raw_col) {
     std::vector<Entry<T>> heap;  // min-heap by `ahead`: heap.front() is the entry leaving first
     heap.reserve(cap);
     auto worse = [](const Entry<T> &a, const Entry<T> &b) { return ahead(a, b); };
     for (long i = lo; i < hi; i++) {
-        const T *row = block + i * n;
+        const In *row = block + i * n;
         T b1 = lowest<T>(), b2 = lowest<T>();
         int64_t j1 = 0;
         heap.clear();
         auto visit = [&](long j) {
-            const T x = row[j];
+            const T x = load(row + j);
             if (RAW) {
                 if (x > b1) { b2 = b1; b1 = x; j1 = j; }
                 else if (x > b2) b2 = x;
@@ -77,9 +94,9 @@ void scan_rows(const T *block, long n, const T *shift, long cap, long lo, long h
             const T floor_t = heap.front().value;
             int hit = 0;
             if (RAW) {
-                for (long k = j; k < end; k++) hit |= (row[k] > b2) | ((row[k] - shift[k]) > floor_t);
+                for (long k = j; k < end; k++) hit |= (load(row + k) > b2) | ((load(row + k) - shift[k]) > floor_t);
             } else {
-                for (long k = j; k < end; k++) hit |= (row[k] - shift[k]) > floor_t;
+                for (long k = j; k < end; k++) hit |= (load(row + k) - shift[k]) > floor_t;
             }
             if (!hit) continue;
             for (long k = j; k < end; k++) visit(k);
@@ -97,20 +114,20 @@ void scan_rows(const T *block, long n, const T *shift, long cap, long lo, long h
     }
 }
 
-template <typename T>
-void rank_columns(const T *block, long r, long n, const T *shift, const T *best, long count,
+template <typename In, typename T>
+void rank_columns(const In *block, long r, long n, const T *shift, const T *best, long count,
                   long first_row, long lo, long hi, T *col_val, int64_t *col_row) {
     const T *floor_c = col_val + (count - 1) * n;  // each column's last listed value
     for (long i = 0; i < r; i++) {
-        const T *row = block + i * n;
+        const In *row = block + i * n;
         const T b = best[i];
         for (long j = lo; j < hi; j += CHUNK) {
             const long end = std::min(hi, j + CHUNK);
             int hit = 0;
-            for (long k = j; k < end; k++) hit |= ((row[k] - shift[k]) - b) > floor_c[k];
+            for (long k = j; k < end; k++) hit |= ((load(row + k) - shift[k]) - b) > floor_c[k];
             if (!hit) continue;
             for (long k = j; k < end; k++) {
-                const T c = (row[k] - shift[k]) - b;
+                const T c = (load(row + k) - shift[k]) - b;
                 if (!(c > floor_c[k])) continue;  // an equal value keeps the earlier row
                 long q = count - 1;
                 while (q > 0 && c > col_val[(q - 1) * n + k]) {
@@ -129,15 +146,15 @@ void rank_columns(const T *block, long r, long n, const T *shift, const T *best,
 // ascending columns known_idx[known_ptr[i] .. known_ptr[i + 1]]) left out. A row with more than `cap` such
 // entries keeps its `cap` largest (larger value, then lower column first) and reports the (cap+1)-th
 // value in ref[i] (over[i] = 1); other rows keep all of theirs (over[i] = 0).
-template <typename T>
-void threshold_rows(const T *block, long n, const T *shift, const T *thr, long cap, const int64_t *known_ptr,
+template <typename In, typename T>
+void threshold_rows(const In *block, long n, const T *shift, const T *thr, long cap, const int64_t *known_ptr,
                     const int64_t *known_idx, long lo, long hi, int64_t *out_col, T *out_t, int64_t *out_count,
                     T *ref, uint8_t *over) {
     std::vector<Entry<T>> heap;  // the cap + 1 largest so far, min-heap by `ahead`
     heap.reserve(cap + 1);
     auto worse = [](const Entry<T> &a, const Entry<T> &b) { return ahead(a, b); };
     for (long i = lo; i < hi; i++) {
-        const T *row = block + i * n;
+        const In *row = block + i * n;
         const T limit = thr[i];
         const int64_t *known = known_idx + known_ptr[i];
         const int64_t *known_end = known_idx + known_ptr[i + 1];
@@ -147,10 +164,10 @@ void threshold_rows(const T *block, long n, const T *shift, const T *thr, long c
             // the running floor: the threshold, or the heap's smallest once it holds cap + 1 entries
             const T floor_t = (long)heap.size() > cap ? heap.front().value : limit;
             int hit = 0;
-            for (long k = j; k < end; k++) hit |= (row[k] - shift[k]) > floor_t;
+            for (long k = j; k < end; k++) hit |= (load(row + k) - shift[k]) > floor_t;
             if (!hit) continue;
             for (long k = j; k < end; k++) {
-                const T t = row[k] - shift[k];
+                const T t = load(row + k) - shift[k];
                 if (!(t > limit)) continue;
                 while (known != known_end && *known < k) known++;
                 if (known != known_end && *known == k) continue;
@@ -204,21 +221,21 @@ void split_rows(long total, long threads, Work &&work) {
 }
 
 // see candidate_block below; T is the block's value type
-template <typename T>
-int scan_block(const T *block, long r, long n, const T *shift, long cap, T *top_val, int64_t *top_col, T *raw_val,
+template <typename In, typename T>
+int scan_block(const In *block, long r, long n, const T *shift, long cap, T *top_val, int64_t *top_col, T *raw_val,
                int64_t *raw_col, long count, T *col_val, int64_t *col_row, long first_row, long threads) {
     if (r <= 0) return 0;
     try {
         auto split = [threads](long total, auto &&work) { split_rows(total, threads, work); };
         split(r, [&](long lo, long hi) {
-            if (raw_val) scan_rows<T, true>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
-            else scan_rows<T, false>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
+            if (raw_val) scan_rows<In, T, true>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
+            else scan_rows<In, T, false>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
         });
         if (count <= 0) return 0;
         std::vector<T> best(r);
         for (long i = 0; i < r; i++) best[i] = top_val[i * cap];
         split(n, [&](long lo, long hi) {
-            rank_columns<T>(block, r, n, shift, best.data(), count, first_row, lo, hi, col_val, col_row);
+            rank_columns<In, T>(block, r, n, shift, best.data(), count, first_row, lo, hi, col_val, col_row);
         });
         return 0;
     } catch (const std::bad_alloc &) {
@@ -239,7 +256,7 @@ extern "C" {
 int candidate_block(const float *block, long r, long n, const float *shift, long cap, float *top_val,
                     int64_t *top_col, float *raw_val, int64_t *raw_col, long count, float *col_val,
                     int64_t *col_row, long first_row, long threads) {
-    return scan_block<float>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val, col_row,
+    return scan_block<float, float>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val, col_row,
                              first_row, threads);
 }
 
@@ -249,7 +266,7 @@ int candidate_block(const float *block, long r, long n, const float *shift, long
 int candidate_block_i32(const int32_t *block, long r, long n, const int32_t *shift, long cap, int32_t *top_val,
                         int64_t *top_col, int32_t *raw_val, int64_t *raw_col, long count, int32_t *col_val,
                         int64_t *col_row, long first_row, long threads) {
-    return scan_block<int32_t>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val, col_row,
+    return scan_block<int32_t, int32_t>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val, col_row,
                                first_row, threads);
 }
 
@@ -262,7 +279,7 @@ int threshold_block(const float *block, long r, long n, const float *shift, cons
                     int64_t *out_count, float *ref, uint8_t *over, long threads) {
     try {
         split_rows(r, threads, [&](long lo, long hi) {
-            threshold_rows<float>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t, out_count,
+            threshold_rows<float, float>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t, out_count,
                                   ref, over);
         });
         return 0;
@@ -276,8 +293,31 @@ int threshold_block_i32(const int32_t *block, long r, long n, const int32_t *shi
                         int64_t *out_count, int32_t *ref, uint8_t *over, long threads) {
     try {
         split_rows(r, threads, [&](long lo, long hi) {
-            threshold_rows<int32_t>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t,
+            threshold_rows<int32_t, int32_t>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t,
                                     out_count, ref, over);
+        });
+        return 0;
+    } catch (const std::bad_alloc &) {
+        return 2;
+    }
+}
+
+
+// bf16 blocks (bf16 kernels: torch's bf16 products, read as fp32) with fp32 shifts and results.
+int candidate_block_bf16(const bf16 *block, long r, long n, const float *shift, long cap, float *top_val,
+                         int64_t *top_col, float *raw_val, int64_t *raw_col, long count, float *col_val,
+                         int64_t *col_row, long first_row, long threads) {
+    return scan_block<bf16, float>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val,
+                                   col_row, first_row, threads);
+}
+
+int threshold_block_bf16(const bf16 *block, long r, long n, const float *shift, const float *thr, long cap,
+                         const int64_t *known_ptr, const int64_t *known_idx, int64_t *out_col, float *out_t,
+                         int64_t *out_count, float *ref, uint8_t *over, long threads) {
+    try {
+        split_rows(r, threads, [&](long lo, long hi) {
+            threshold_rows<bf16, float>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t,
+                                        out_count, ref, over);
         });
         return 0;
     } catch (const std::bad_alloc &) {

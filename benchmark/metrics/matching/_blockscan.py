@@ -7,7 +7,8 @@
   left out, at most ``cap`` (the largest) with the next value as the row's bound, instead of a boolean
   mask, ``nonzero``, a filter and a top-k over every row with too many entries.
 
-Blocks are fp32 (fp32 and bf16 kernels) or int32 (int8 kernels: exact sums, integer shifts).
+Blocks are fp32, bf16 (read as the fp32 numbers they are, without a converted copy of the block) or
+int32 (int8 kernels: exact sums, integer shifts).
 
 Built once per machine by :mod:`benchmark.native` (cached on disk), loaded with :mod:`ctypes`. Where it
 cannot be built, :func:`benchmark.metrics.matching._passes.row_pass` keeps its torch path: same values,
@@ -29,17 +30,37 @@ from benchmark import native
 SOURCE = Path(__file__).with_name("_blockscan.cpp")
 _ARGS = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long] + [ctypes.c_void_p] * 4
          + [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long])
-#: the C function for each block value type
-_FUNCTIONS = {np.dtype(np.float32): "candidate_block", np.dtype(np.int32): "candidate_block_i32"}
 _THRESHOLD_ARGS = ([ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
                    + [ctypes.c_void_p] * 7 + [ctypes.c_long])
-_THRESHOLD_FUNCTIONS = {np.dtype(np.float32): "threshold_block", np.dtype(np.int32): "threshold_block_i32"}
+#: per block type: (candidate scan, threshold scan, the type of shifts, thresholds and results)
+_SCANS = {
+    torch.float32: ("candidate_block", "threshold_block", np.dtype(np.float32)),
+    torch.bfloat16: ("candidate_block_bf16", "threshold_block_bf16", np.dtype(np.float32)),
+    torch.int32: ("candidate_block_i32", "threshold_block_i32", np.dtype(np.int32)),
+}
 LIBRARY = native.LazyLibrary(SOURCE, "candidate_block",
-                             {**{name: _ARGS for name in _FUNCTIONS.values()},
-                              **{name: _THRESHOLD_ARGS for name in _THRESHOLD_FUNCTIONS.values()}}, ("-pthread",),
+                             {**{scan[0]: _ARGS for scan in _SCANS.values()},
+                              **{scan[1]: _THRESHOLD_ARGS for scan in _SCANS.values()}}, ("-pthread",),
                              what="pass block scans", fallback="the passes use torch")
-#: what stands for "no value" in each type (the torch path's markers too)
+#: what stands for "no value" in each result type (the torch path's markers too)
 _LOWEST = {np.dtype(np.float32): -np.inf, np.dtype(np.int32): np.iinfo(np.int32).min}
+
+
+def value_dtype(block_dtype: torch.dtype) -> np.dtype:
+    """The type of the shifts, thresholds and results that go with blocks of ``block_dtype``."""
+    return _SCANS[block_dtype][2]
+
+
+def _block_array(block: torch.Tensor, which: int, what: str):
+    """(C function, contiguous block as numpy (bf16 as its 16-bit patterns), result dtype)."""
+    if block.dtype not in _SCANS:
+        raise TypeError(f"{what}: no scan for {block.dtype} blocks (fp32, bf16 or int32)")
+    fn = LIBRARY.function(_SCANS[block.dtype][which])
+    if fn is None:
+        raise RuntimeError(f"the {what} is not built on this machine")
+    block = block.contiguous()
+    values = block.view(torch.int16).numpy() if block.dtype == torch.bfloat16 else block.numpy()
+    return fn, values, _SCANS[block.dtype][2]
 
 
 def available() -> bool:
@@ -71,28 +92,23 @@ class BlockScan:
 
 def scan_block(block: torch.Tensor, shift: torch.Tensor, cap: int, raw_top2: bool, ranking: ColumnRanking | None,
                first_row: int) -> BlockScan:
-    """One block ``[r, n]`` of kernel values (CPU; fp32, or int32 for int8 kernels) against the column
-    shifts ``[n]`` of the same type: see :class:`BlockScan`; ``ranking`` (if any, same type) is updated in
-    place with rows ``first_row …``. Requires :func:`available`."""
-    values = block.numpy()
-    if values.dtype not in _FUNCTIONS:
-        raise TypeError(f"block scan: no scan for {values.dtype} blocks (fp32 or int32)")
-    fn = LIBRARY.function(_FUNCTIONS[values.dtype])
-    if fn is None:
-        raise RuntimeError("the candidate-pass block scan is not built on this machine")
-    values = np.ascontiguousarray(values)
+    """One block ``[r, n]`` of kernel values (CPU; fp32, bf16, or int32 for int8 kernels) against the
+    column shifts ``[n]`` (:func:`value_dtype`: fp32, int32 for int32 blocks): see :class:`BlockScan`,
+    whose values have that type too; ``ranking`` (if any) is updated in place with rows ``first_row …``.
+    Requires :func:`available`."""
+    fn, values, dtype = _block_array(block, 0, "candidate-pass block scan")
     r, n = values.shape
     shift_np = np.ascontiguousarray(shift.numpy())
-    if shift_np.dtype != values.dtype or len(shift_np) != n or not 0 < cap <= n:
-        raise ValueError(f"block scan: shift has {len(shift_np)} {shift_np.dtype} entries for {n} {values.dtype} "
+    if shift_np.dtype != dtype or len(shift_np) != n or not 0 < cap <= n:
+        raise ValueError(f"block scan: shift has {len(shift_np)} {shift_np.dtype} entries for {n} {block.dtype} "
                          f"columns, cap {cap}")
-    top_value = np.empty((r, cap), dtype=values.dtype)
+    top_value = np.empty((r, cap), dtype=dtype)
     top_col = np.empty((r, cap), dtype=np.int64)
-    raw_value = np.empty((r, 2), dtype=values.dtype) if raw_top2 else None
+    raw_value = np.empty((r, 2), dtype=dtype) if raw_top2 else None
     raw_col = np.empty(r, dtype=np.int64) if raw_top2 else None
     count = 0 if ranking is None else ranking.value.shape[0]
     if ranking is not None and (ranking.value.shape != (count, n) or ranking.row.shape != (count, n)
-                                or ranking.value.dtype != values.dtype):
+                                or ranking.value.dtype != dtype):
         raise ValueError("block scan: the column ranking does not fit the block")
     null = ctypes.c_void_p(None)
     status = fn(values.ctypes.data, r, n, shift_np.ctypes.data, cap, top_value.ctypes.data, top_col.ctypes.data,
@@ -115,29 +131,24 @@ class ThresholdScan:
 
 def threshold_scan(block: torch.Tensor, shift: torch.Tensor, threshold: torch.Tensor, cap: int,
                    known_ptr: np.ndarray, known_idx: np.ndarray) -> ThresholdScan:
-    """Entries of a block ``[r, n]`` of kernel values (CPU; fp32, or int32 for int8 kernels) with
-    t = value − shift_j ``[n]`` above the row's ``threshold`` ``[r]`` (all three of one type), the known
+    """Entries of a block ``[r, n]`` of kernel values (CPU; fp32, bf16, or int32 for int8 kernels) with
+    t = value − shift_j ``[n]`` above the row's ``threshold`` ``[r]`` (both :func:`value_dtype`), the known
     columns of row p (``known_idx[known_ptr[p]:known_ptr[p + 1]]``, ascending) left out: see
     :class:`ThresholdScan`. Requires :func:`available`."""
-    values = np.ascontiguousarray(block.numpy())
-    if values.dtype not in _THRESHOLD_FUNCTIONS:
-        raise TypeError(f"threshold scan: no scan for {values.dtype} blocks (fp32 or int32)")
-    fn = LIBRARY.function(_THRESHOLD_FUNCTIONS[values.dtype])
-    if fn is None:
-        raise RuntimeError("the threshold block scan is not built on this machine")
+    fn, values, dtype = _block_array(block, 1, "threshold block scan")
     r, n = values.shape
     shift_np = np.ascontiguousarray(shift.numpy())
     thr_np = np.ascontiguousarray(threshold.numpy())
     ptr = np.ascontiguousarray(known_ptr, dtype=np.int64)
     idx = np.ascontiguousarray(known_idx, dtype=np.int64)
-    if (shift_np.dtype != values.dtype or thr_np.dtype != values.dtype or len(shift_np) != n or len(thr_np) != r
+    if (shift_np.dtype != dtype or thr_np.dtype != dtype or len(shift_np) != n or len(thr_np) != r
             or len(ptr) != r + 1 or not 0 < cap <= n):
         raise ValueError(f"threshold scan: shift {shift_np.dtype}[{len(shift_np)}], threshold {thr_np.dtype}[{len(thr_np)}], "
-                         f"known_ptr [{len(ptr)}] for a {values.dtype} block [{r}, {n}], cap {cap}")
+                         f"known_ptr [{len(ptr)}] for a {block.dtype} block [{r}, {n}], cap {cap}")
     count = np.empty(r, dtype=np.int64)
     col = np.empty((r, cap), dtype=np.int64)
-    t = np.empty((r, cap), dtype=values.dtype)
-    ref = np.empty(r, dtype=values.dtype)
+    t = np.empty((r, cap), dtype=dtype)
+    ref = np.empty(r, dtype=dtype)
     over = np.empty(r, dtype=np.uint8)
     status = fn(values.ctypes.data, r, n, shift_np.ctypes.data, thr_np.ctypes.data, cap, ptr.ctypes.data,
                 idx.ctypes.data, col.ctypes.data, t.ctypes.data, count.ctypes.data, ref.ctypes.data, over.ctypes.data,

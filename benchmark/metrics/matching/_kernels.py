@@ -12,9 +12,11 @@ and device (cached):
    exact int32 (no int16 saturation); bf16 products are accumulated in at least fp32 and only the
    result is rounded to bf16 (checked on sums with heavy cancellation, where bf16 partial sums
    would show). A kind that fails is never used.
-3. One small matmul of each remaining kind is timed (best of 3 after a warm-up; ~10–40 ms in all)
-   and the fastest wins; a kind with a tighter bound (fp32 < bf16 < int8) is preferred when it is
-   within 10 % of the fastest. Nothing measured on one machine is hard-coded.
+3. One matmul of each remaining kind, shaped like a block of the pass (up to 1024 × 8192 outputs:
+   large enough that an int32 output's memory traffic shows), is timed (best of 2 after a warm-up;
+   ~0.1 s in all for 16K dictionaries on an AMX machine, ~10 ms where one kind qualifies) and the
+   fastest wins; a kind with a tighter bound (fp32 < bf16 < int8) is preferred when it is within
+   10 % of the fastest. Nothing measured on one machine is hard-coded.
 
 ``candidates=`` (argument) or the ``CANONBENCH_MATCH_KERNEL`` environment variable force a kind
 (tests do); a forced kind that fails its self-check raises.
@@ -178,38 +180,56 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: Largest probe: one block of about the pass's shape. Smaller products fit in cache and hide what
+#: decides at scale: on one AMX machine int8 won a 128 × 512 probe (0.09 vs 0.14 ms) while its int32
+#: output made the 16K × 16K pass's products 2.5× slower than bf16's (0.9 vs 0.36 s on 2 threads);
+#: the difference shows once the output outgrows the caches (1024 × 8192: int8 1.8-2× bf16).
+PROBE_ROWS, PROBE_COLS = 1024, 8192
+SMALL_PROBE = (128, 512)
+
+
 @functools.lru_cache(maxsize=None)
-def probe_timings(device: str = "cpu", dim: int = 768) -> dict[str, float]:
-    """Seconds for one [128, dim] × [dim, 512] matmul of each native, verified kind (one CPU thread,
-    best of 3 after a warm-up)."""
+def probe_timings(device: str = "cpu", dim: int = 768, rows: int = SMALL_PROBE[0],
+                  cols: int = SMALL_PROBE[1]) -> dict[str, float]:
+    """Seconds for one [rows, dim] × [dim, cols] matmul of each native, verified kind (best of 2 after
+    a warm-up). A kind whose warm-up call already took twice the best time so far cannot win and is
+    not timed again (its warm-up time is recorded). Products up to the small probe's size run on one
+    CPU thread (on a loaded machine a descheduled second thread costs milliseconds, which would swamp
+    them); larger ones on the threads the pass will use. Where only one kind qualifies there is
+    nothing to choose: it is timed on the small probe, for the record."""
     dev = torch.device(device)
-    with _one_thread():
-        flags = cpu_flags() if dev.type == "cpu" else None
-        gen = torch.Generator().manual_seed(2)
-        a = torch.randn(128, dim, generator=gen)
-        b = torch.randn(512, dim, generator=gen)
-        operands = {
-            "int8": lambda: (a.mul(20).round().clamp(-127, 127).to(torch.int8), b.mul(20).round().clamp(-127, 127).to(torch.int8)),
-            "bf16": lambda: (a.to(torch.bfloat16), b.to(torch.bfloat16)),
-            "fp32": lambda: (a, b),
-        }
-        out: dict[str, float] = {}
-        for kind in KINDS:
-            if kind != "fp32" and flags is not None and not any(f in flags for f in NATIVE_FLAGS[kind]):
-                continue  # no native instructions: emulated, never the fastest
-            if not kernel_verified(kind, device, dim):
-                continue
+    flags = cpu_flags() if dev.type == "cpu" else None
+    kinds = [kind for kind in KINDS
+             if (kind == "fp32" or flags is None or any(f in flags for f in NATIVE_FLAGS[kind]))  # else emulated
+             and kernel_verified(kind, device, dim)]
+    if len(kinds) == 1 or rows * cols <= SMALL_PROBE[0] * SMALL_PROBE[1]:
+        rows, cols = min(rows, SMALL_PROBE[0]), min(cols, SMALL_PROBE[1])
+        threads = _one_thread()
+    else:
+        threads = contextlib.nullcontext()
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(rows, dim, generator=gen) - 0.5
+    b = torch.rand(cols, dim, generator=gen) - 0.5
+    operands = {
+        "int8": lambda: (a.mul(254).round().to(torch.int8), b.mul(254).round().to(torch.int8)),
+        "bf16": lambda: (a.to(torch.bfloat16), b.to(torch.bfloat16)),
+        "fp32": lambda: (a, b),
+    }
+    out: dict[str, float] = {}
+    with threads:
+        for kind in kinds:
             x, y = (t.to(dev) for t in operands[kind]())
-            best = math.inf
+            times = []
             with exact_matmul():
-                for rep in range(4):
+                for rep in range(3):
                     _sync(dev)
                     start = time.perf_counter()
                     raw_matmul(kind, x, y)
                     _sync(dev)
-                    if rep:  # the first call is a warm-up
-                        best = min(best, time.perf_counter() - start)
-            out[kind] = best
+                    times.append(time.perf_counter() - start)
+                    if rep == 0 and out and times[0] > 2 * min(out.values()):
+                        break
+            out[kind] = min(times[1:]) if len(times) > 1 else times[0]
     return out
 
 
@@ -221,8 +241,10 @@ class KernelChoice:
     flags: tuple = ()  # the CPU flags that informed the choice
 
 
-def choose_kernel(device: torch.device, dim: int, requested: str = "auto") -> KernelChoice:
-    """The candidate-pass kernel for ``device`` and rows of length ``dim`` (see the module doc)."""
+def choose_kernel(device: torch.device, dim: int, requested: str = "auto",
+                  probe: tuple[int, int] = SMALL_PROBE) -> KernelChoice:
+    """The candidate-pass kernel for ``device`` and rows of length ``dim`` (see the module doc), timed
+    on a ``probe`` = (rows, cols) product (:func:`probe_timings`)."""
     if requested not in CANDIDATE_PRECISIONS:
         raise CanonBenchError(f"unknown candidates {requested!r} {CANDIDATE_PRECISIONS}", field="candidates")
     reason = "argument"
@@ -238,7 +260,7 @@ def choose_kernel(device: torch.device, dim: int, requested: str = "auto") -> Ke
             raise CanonBenchError(f"{requested} candidates failed their self-check on {key} (dim {dim})",
                                   field="candidates")
         return KernelChoice(requested, f"forced by {reason}", {}, relevant)
-    timings = probe_timings(key, dim)
+    timings = probe_timings(key, dim, *probe)
     fastest = min(timings, key=timings.get)
     kind = fastest
     for tighter in KINDS[KINDS.index(fastest) + 1:]:
@@ -354,7 +376,7 @@ def kernel_operands(a64: torch.Tensor, b64: torch.Tensor, device: torch.device, 
     dimensions) moves "auto" to the next verified kind.
     """
     dim = a64.shape[1]
-    choice = choose_kernel(device, dim, requested)
+    choice = choose_kernel(device, dim, requested, (min(a64.shape[0], PROBE_ROWS), min(b64.shape[0], PROBE_COLS)))
     key = _device_key(device)
     # after the chosen kind: the others by probe time (untimed ones last), fp32 always available
     others = sorted((k for k in KINDS if k != choice.kind and k != "int8"),
