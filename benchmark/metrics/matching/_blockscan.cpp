@@ -243,6 +243,22 @@ int scan_block(const In *block, long r, long n, const T *shift, long cap, T *top
     }
 }
 
+// see threshold_block below; In is the block's storage type, T its value type
+template <typename In, typename T>
+int threshold_scan(const In *block, long r, long n, const T *shift, const T *thr, long cap, const int64_t *known_ptr,
+                   const int64_t *known_idx, int64_t *out_col, T *out_t, int64_t *out_count, T *ref, uint8_t *over,
+                   long threads) {
+    try {
+        split_rows(r, threads, [&](long lo, long hi) {
+            threshold_rows<In, T>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t, out_count,
+                                  ref, over);
+        });
+        return 0;
+    } catch (const std::bad_alloc &) {
+        return 2;
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -256,8 +272,16 @@ extern "C" {
 int candidate_block(const float *block, long r, long n, const float *shift, long cap, float *top_val,
                     int64_t *top_col, float *raw_val, int64_t *raw_col, long count, float *col_val,
                     int64_t *col_row, long first_row, long threads) {
-    return scan_block<float, float>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val, col_row,
-                             first_row, threads);
+    return scan_block<float, float>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val,
+                                    col_row, first_row, threads);
+}
+
+// The same for bf16 blocks (bf16 kernels: torch's bf16 products, read as fp32), fp32 shifts and results.
+int candidate_block_bf16(const bf16 *block, long r, long n, const float *shift, long cap, float *top_val,
+                         int64_t *top_col, float *raw_val, int64_t *raw_col, long count, float *col_val,
+                         int64_t *col_row, long first_row, long threads) {
+    return scan_block<bf16, float>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val,
+                                   col_row, first_row, threads);
 }
 
 // The same for int32 values and shifts (int8 kernels): INT32_MIN stands for −inf (the second raw value
@@ -266,63 +290,32 @@ int candidate_block(const float *block, long r, long n, const float *shift, long
 int candidate_block_i32(const int32_t *block, long r, long n, const int32_t *shift, long cap, int32_t *top_val,
                         int64_t *top_col, int32_t *raw_val, int64_t *raw_col, long count, int32_t *col_val,
                         int64_t *col_row, long first_row, long threads) {
-    return scan_block<int32_t, int32_t>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val, col_row,
-                               first_row, threads);
+    return scan_block<int32_t, int32_t>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val,
+                                        col_row, first_row, threads);
 }
 
-
 // A threshold pass over a block [r, n] (see threshold_rows): thr [r], known_ptr [r + 1] (offsets into
-// known_idx, ascending columns per row); out_col / out_t [r, cap], out_count / ref / over [r]. Returns 0,
-// or 2 when memory ran out.
+// known_idx, ascending columns per row); out_col / out_t [r, cap], out_count / ref / over [r]. Blocks,
+// shifts, thresholds and results as for the candidate scans. Returns 0, or 2 when memory ran out.
 int threshold_block(const float *block, long r, long n, const float *shift, const float *thr, long cap,
                     const int64_t *known_ptr, const int64_t *known_idx, int64_t *out_col, float *out_t,
                     int64_t *out_count, float *ref, uint8_t *over, long threads) {
-    try {
-        split_rows(r, threads, [&](long lo, long hi) {
-            threshold_rows<float, float>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t, out_count,
-                                  ref, over);
-        });
-        return 0;
-    } catch (const std::bad_alloc &) {
-        return 2;
-    }
-}
-
-int threshold_block_i32(const int32_t *block, long r, long n, const int32_t *shift, const int32_t *thr, long cap,
-                        const int64_t *known_ptr, const int64_t *known_idx, int64_t *out_col, int32_t *out_t,
-                        int64_t *out_count, int32_t *ref, uint8_t *over, long threads) {
-    try {
-        split_rows(r, threads, [&](long lo, long hi) {
-            threshold_rows<int32_t, int32_t>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t,
-                                    out_count, ref, over);
-        });
-        return 0;
-    } catch (const std::bad_alloc &) {
-        return 2;
-    }
-}
-
-
-// bf16 blocks (bf16 kernels: torch's bf16 products, read as fp32) with fp32 shifts and results.
-int candidate_block_bf16(const bf16 *block, long r, long n, const float *shift, long cap, float *top_val,
-                         int64_t *top_col, float *raw_val, int64_t *raw_col, long count, float *col_val,
-                         int64_t *col_row, long first_row, long threads) {
-    return scan_block<bf16, float>(block, r, n, shift, cap, top_val, top_col, raw_val, raw_col, count, col_val,
-                                   col_row, first_row, threads);
+    return threshold_scan<float, float>(block, r, n, shift, thr, cap, known_ptr, known_idx, out_col, out_t, out_count,
+                                        ref, over, threads);
 }
 
 int threshold_block_bf16(const bf16 *block, long r, long n, const float *shift, const float *thr, long cap,
                          const int64_t *known_ptr, const int64_t *known_idx, int64_t *out_col, float *out_t,
                          int64_t *out_count, float *ref, uint8_t *over, long threads) {
-    try {
-        split_rows(r, threads, [&](long lo, long hi) {
-            threshold_rows<bf16, float>(block, n, shift, thr, cap, known_ptr, known_idx, lo, hi, out_col, out_t,
-                                        out_count, ref, over);
-        });
-        return 0;
-    } catch (const std::bad_alloc &) {
-        return 2;
-    }
+    return threshold_scan<bf16, float>(block, r, n, shift, thr, cap, known_ptr, known_idx, out_col, out_t, out_count,
+                                       ref, over, threads);
+}
+
+int threshold_block_i32(const int32_t *block, long r, long n, const int32_t *shift, const int32_t *thr, long cap,
+                        const int64_t *known_ptr, const int64_t *known_idx, int64_t *out_col, int32_t *out_t,
+                        int64_t *out_count, int32_t *ref, uint8_t *over, long threads) {
+    return threshold_scan<int32_t, int32_t>(block, r, n, shift, thr, cap, known_ptr, known_idx, out_col, out_t,
+                                            out_count, ref, over, threads);
 }
 
 }  // extern "C"
