@@ -466,8 +466,8 @@ def test_native_exchange_search_reports_negative_cycles_that_improve_the_assignm
         if cos[np.arange(m), worse].sum() >= cos[np.arange(m), sigma].sum() - 1e-9:
             continue  # the rotation happened not to lose value
         value = cos[np.arange(m), worse]
-        for native in (True, False):
-            found = _duals.exchange_duals(worse, value, n, er_all, ec_all, cos[er_all, ec_all], native=native)
+        for use_native in (True, False):
+            found = _duals.exchange_duals(worse, value, n, er_all, ec_all, cos[er_all, ec_all], native=use_native)
             assert isinstance(found, _duals.NegativeCycle) and len(found.columns)
             better = _duals.apply_improvement(worse, found)
             assert better is not None and len(np.unique(better)) == m

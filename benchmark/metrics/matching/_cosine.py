@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from benchmark.errors import CanonBenchError
-from benchmark.metrics.matching._kernels import exact_matmul, fp32_cosine_error_bound  # noqa: F401
+from benchmark.metrics.matching._kernels import exact_matmul
 
 logger = logging.getLogger(__name__)
 
