@@ -1,5 +1,5 @@
 """Build and cache small C++ helpers at run time (the fused training kernel, the matcher's searches and
-candidate-pass block scan).
+block scans).
 
 A helper is one C++ source file with a C interface, compiled for this machine (``-march=native``) into a
 shared library and loaded with :mod:`ctypes`: no Python or torch headers, so a build takes a second or

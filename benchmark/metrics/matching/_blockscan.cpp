@@ -226,15 +226,14 @@ int scan_block(const In *block, long r, long n, const T *shift, long cap, T *top
                int64_t *raw_col, long count, T *col_val, int64_t *col_row, long first_row, long threads) {
     if (r <= 0) return 0;
     try {
-        auto split = [threads](long total, auto &&work) { split_rows(total, threads, work); };
-        split(r, [&](long lo, long hi) {
+        split_rows(r, threads, [&](long lo, long hi) {
             if (raw_val) scan_rows<In, T, true>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
             else scan_rows<In, T, false>(block, n, shift, cap, lo, hi, top_val, top_col, raw_val, raw_col);
         });
         if (count <= 0) return 0;
         std::vector<T> best(r);
         for (long i = 0; i < r; i++) best[i] = top_val[i * cap];
-        split(n, [&](long lo, long hi) {
+        split_rows(n, threads, [&](long lo, long hi) {
             rank_columns<In, T>(block, r, n, shift, best.data(), count, first_row, lo, hi, col_val, col_row);
         });
         return 0;

@@ -11,9 +11,9 @@ Blocks are fp32, bf16 (read as the fp32 numbers they are, without a converted co
 int32 (int8 kernels: exact sums, integer shifts).
 
 Built once per machine by :mod:`benchmark.native` (cached on disk), loaded with :mod:`ctypes`. Where it
-cannot be built, :func:`benchmark.metrics.matching._passes.row_pass` keeps its torch path: same values,
-and the same columns except where two t values of a row tie at its cap (torch's top-k order among ties
-is unspecified; here the lower column comes first).
+cannot be built, :func:`benchmark.metrics.matching._passes.row_pass` and ``threshold_pass`` keep their
+torch paths: same values, and the same columns except where two t values of a row tie at its cap
+(torch's top-k order among ties is unspecified; here the lower column comes first).
 """
 
 from __future__ import annotations
@@ -44,11 +44,6 @@ LIBRARY = native.LazyLibrary(SOURCE, "candidate_block",
                              what="pass block scans", fallback="the passes use torch")
 #: what stands for "no value" in each result type (the torch path's markers too)
 _LOWEST = {np.dtype(np.float32): -np.inf, np.dtype(np.int32): np.iinfo(np.int32).min}
-
-
-def value_dtype(block_dtype: torch.dtype) -> np.dtype:
-    """The type of the shifts, thresholds and results that go with blocks of ``block_dtype``."""
-    return _SCANS[block_dtype][2]
 
 
 def _block_array(block: torch.Tensor, which: int, what: str):
@@ -93,7 +88,7 @@ class BlockScan:
 def scan_block(block: torch.Tensor, shift: torch.Tensor, cap: int, raw_top2: bool, ranking: ColumnRanking | None,
                first_row: int) -> BlockScan:
     """One block ``[r, n]`` of kernel values (CPU; fp32, bf16, or int32 for int8 kernels) against the
-    column shifts ``[n]`` (:func:`value_dtype`: fp32, int32 for int32 blocks): see :class:`BlockScan`,
+    column shifts ``[n]`` (fp32; int32 for int32 blocks): see :class:`BlockScan`,
     whose values have that type too; ``ranking`` (if any) is updated in place with rows ``first_row …``.
     Requires :func:`available`."""
     fn, values, dtype = _block_array(block, 0, "candidate-pass block scan")
@@ -132,7 +127,7 @@ class ThresholdScan:
 def threshold_scan(block: torch.Tensor, shift: torch.Tensor, threshold: torch.Tensor, cap: int,
                    known_ptr: np.ndarray, known_idx: np.ndarray) -> ThresholdScan:
     """Entries of a block ``[r, n]`` of kernel values (CPU; fp32, bf16, or int32 for int8 kernels) with
-    t = value − shift_j ``[n]`` above the row's ``threshold`` ``[r]`` (both :func:`value_dtype`), the known
+    t = value − shift_j ``[n]`` above the row's ``threshold`` ``[r]`` (both fp32; int32 for int32 blocks), the known
     columns of row p (``known_idx[known_ptr[p]:known_ptr[p + 1]]``, ascending) left out: see
     :class:`ThresholdScan`. Requires :func:`available`."""
     fn, values, dtype = _block_array(block, 1, "threshold block scan")

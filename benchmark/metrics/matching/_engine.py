@@ -118,7 +118,6 @@ class _Known:
         self.xval = np.empty(0)  # exact fp64 value (nan: not computed)
         self.graph = np.empty(0, dtype=bool)
         self._csr = None
-        self._csc = None
 
     def add(self, keys: np.ndarray, kval: np.ndarray | None = None, xval: np.ndarray | None = None,
             graph: bool = False) -> int:
@@ -150,7 +149,7 @@ class _Known:
             merged[old_slots] = getattr(self, name)
             merged[fresh] = values
             setattr(self, name, merged)
-        self._csr = self._csc = None
+        self._csr = None
         return len(fresh)
 
     @property
@@ -173,26 +172,18 @@ class _Known:
             self._csr = (ptr, self.cols)
         return self._csr
 
-    def csc(self, of_cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ptr [n + 1], rows): the known rows of each column, ascending. With ``of_cols``, only those
-        columns' lists are filled (the others are empty): a column pass over a few hundred columns
-        then reads the known keys once instead of sorting all of them (~0.1 s at 3.5M keys)."""
-        if of_cols is not None:
-            wanted = np.zeros(self.n, dtype=bool)
-            wanted[of_cols] = True
-            cols = self.cols
-            sel = np.flatnonzero(wanted[cols])
-            order = st.stable_order(cols[sel], self.n)
-            counts = np.bincount(cols[sel], minlength=self.n)
-            ptr = np.zeros(self.n + 1, dtype=np.int64)
-            np.cumsum(counts, out=ptr[1:])
-            return ptr, self.keys[sel[order]] // self.n
-        if self._csc is None:
-            cols = self.cols
-            order = st.stable_order(cols, self.n)
-            ptr = np.searchsorted(cols[order], np.arange(self.n + 1))
-            self._csc = (ptr, self.rows[order])
-        return self._csc
+    def csc(self, of_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ptr [n + 1], rows): the known rows of the columns ``of_cols``, ascending; every other
+        column's list is empty. A column pass over a few hundred columns then reads the known keys
+        once instead of sorting all of them (~0.1 s at 3.5M keys)."""
+        wanted = np.zeros(self.n, dtype=bool)
+        wanted[of_cols] = True
+        cols = self.cols
+        sel = np.flatnonzero(wanted[cols])
+        order = st.stable_order(cols[sel], self.n)
+        ptr = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cols[sel], minlength=self.n), out=ptr[1:])
+        return ptr, self.keys[sel[order]] // self.n
 
     def ensure_exact(self, idx: np.ndarray, a64: torch.Tensor, b64: torch.Tensor, stats: SolveStats) -> None:
         todo = st.unique(idx[np.isnan(self.xval[idx])])

@@ -203,9 +203,9 @@ def probe_timings(device: str = "cpu", dim: int = 768, rows: int = SMALL_PROBE[0
              and kernel_verified(kind, device, dim)]
     if len(kinds) == 1 or rows * cols <= SMALL_PROBE[0] * SMALL_PROBE[1]:
         rows, cols = min(rows, SMALL_PROBE[0]), min(cols, SMALL_PROBE[1])
-        threads = _one_thread()
+        thread_scope = _one_thread()
     else:
-        threads = contextlib.nullcontext()
+        thread_scope = contextlib.nullcontext()
     gen = torch.Generator().manual_seed(2)
     a = torch.rand(rows, dim, generator=gen) - 0.5
     b = torch.rand(cols, dim, generator=gen) - 0.5
@@ -215,7 +215,7 @@ def probe_timings(device: str = "cpu", dim: int = 768, rows: int = SMALL_PROBE[0
         "fp32": lambda: (a, b),
     }
     out: dict[str, float] = {}
-    with threads:
+    with thread_scope:
         for kind in kinds:
             x, y = (t.to(dev) for t in operands[kind]())
             times = []

@@ -69,15 +69,21 @@ def _scan_values(ops: KernelOperands, raw: torch.Tensor, integer: bool, native_s
     return _block_values(ops, raw, integer)
 
 
+def _local_csr(known_ptr: np.ndarray, known_idx: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ptr [len(sel) + 1], columns): the known entries of the selected rows as their own CSR, from
+    the CSR ``known_ptr``/``known_idx`` over all rows."""
+    lo = known_ptr[sel]
+    counts = known_ptr[sel + 1] - lo
+    ptr = np.zeros(len(sel) + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    pos = np.repeat(lo - ptr[:-1], counts) + np.arange(ptr[-1])
+    return ptr, known_idx[pos]
+
+
 def _known_positions(known_ptr: np.ndarray, known_idx: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(local row, column) of the known entries of the selected rows (CSR ptr/idx over all rows)."""
-    lo, hi = known_ptr[sel], known_ptr[sel + 1]
-    counts = hi - lo
-    if counts.sum() == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    local = np.repeat(np.arange(len(sel)), counts)
-    pos = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-    return local, known_idx[pos]
+    ptr, cols = _local_csr(known_ptr, known_idx, sel)
+    return np.repeat(np.arange(len(sel)), np.diff(ptr)), cols
 
 
 def row_pass(
@@ -382,11 +388,10 @@ def threshold_pass(
             sel = rows[start : start + block_rows]
             block = _scan_values(ops, ops.raw(torch.from_numpy(sel).to(dev)), integer, native_scan)
             if native_scan:
-                local_ptr = np.zeros(len(sel) + 1, dtype=np.int64)
-                local_idx = np.empty(0, dtype=np.int64)
                 if known_ptr is not None:
-                    np.cumsum(known_ptr[sel + 1] - known_ptr[sel], out=local_ptr[1:])
-                    local_idx = _known_positions(known_ptr, known_idx, sel)[1]
+                    local_ptr, local_idx = _local_csr(known_ptr, known_idx, sel)
+                else:
+                    local_ptr, local_idx = np.zeros(len(sel) + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
                 found = _blockscan.threshold_scan(block, shift_t, thr_t[start : start + len(sel)], cap, local_ptr,
                                                   local_idx)
                 del block
