@@ -1031,6 +1031,75 @@ def test_candidate_pass_block_scan_equals_the_torch_ops(kind, monkeypatch):
 
 @pytest.mark.parametrize("scan", ["c++", "torch"])
 @pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
+def test_price_passes_argmax_and_column_maxima(kind, scan, monkeypatch):
+    """The price sample's passes against the dense kernel matrix: each row's and each column's first
+    largest kernel value, and max over listed rows of (kernel − shift_i) per column (int8 shifts on the
+    integer grid, rounded down), across uneven blocks, by the C++ scan and by torch."""
+    from benchmark.metrics.matching import _blockscan, _passes
+
+    if not _verified(kind, 24):
+        pytest.skip(f"{kind} kernel unavailable here")
+    if scan == "torch":
+        monkeypatch.setattr(_blockscan, "available", lambda: False)
+    elif native.compiler() is None:
+        pytest.skip("needs a C++ compiler")
+    rng = np.random.default_rng(8)
+    ua, ub = _units(rng.standard_normal((130, 24)), rng.standard_normal((301, 24)))
+    ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+    raw = ops.raw(slice(None)).to(torch.float64).numpy()  # exact: int32 sums, bf16 or fp32 values
+    rows = rng.choice(130, 57, replace=False)
+    cols = rng.choice(301, 90, replace=False)
+    np.testing.assert_array_equal(_passes.argmax_rows(ops, rows, 16), raw[rows].argmax(axis=1))
+    np.testing.assert_array_equal(_passes.argmax_cols(ops, cols, 16), raw[:, cols].argmax(axis=0))
+    shift = rng.uniform(-0.2, 0.6, len(rows))
+    got = _passes.max_over_rows(ops, rows, shift, 40)
+    if kind == "int8":
+        want = ((raw[rows] - np.floor(shift / ops.scale)[:, None]) * ops.scale).max(axis=0)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    else:
+        t = raw[rows].astype(np.float32) - shift.astype(np.float32)[:, None]  # fp32 subtraction, as the pass
+        np.testing.assert_array_equal(got, t.max(axis=0).astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32])
+@pytest.mark.parametrize("cap", [1, 3, 40])
+def test_block_scan_top_and_raw_pair_on_wide_rows_with_ties(dtype, cap):
+    """Rows wider than the scan's chunks (n = 3001: chunks of uneven length) whose values repeat a lot,
+    against a plain sort: the top ``cap`` of t = value − shift by (larger value, lower column), the two
+    largest raw values (a repeated maximum counts twice) and the first column holding the largest."""
+    from benchmark.metrics.matching import _blockscan
+
+    if native.compiler() is None:
+        pytest.skip("needs a C++ compiler")
+    assert _blockscan.available(), "a C++ compiler is here but the block scan did not build"
+    rng = np.random.default_rng(5)
+    r, n = 37, 3001
+    levels = rng.integers(-6, 7, size=(r, n))  # 13 values: every row is full of ties
+    levels[3] = 0  # a constant row
+    levels[4, [17, 2900]] = 9  # the maximum twice, in different chunks
+    levels[5, [2000, 2001]] = 9  # the maximum twice, side by side
+    levels[6, 2999] = 9  # the maximum once, in the last columns
+    for row, gap in zip(range(7, 12), (1, 256, 320, 1280, 2560)):  # twice, at distances that chunks may share
+        levels[row, [50, 50 + gap]] = 9
+    shift_levels = rng.integers(0, 3, size=n)
+    if dtype == torch.int32:
+        block = torch.from_numpy(levels.astype(np.int32))
+        shift = torch.from_numpy(shift_levels.astype(np.int32))
+    else:
+        block = torch.from_numpy((levels / 8).astype(np.float32)).to(dtype)
+        shift = torch.from_numpy((shift_levels / 4).astype(np.float32))
+    got = _blockscan.scan_block(block, shift, cap, True, None, 0)
+    x = block.to(torch.float64).numpy()
+    t = x - shift.double().numpy()
+    for i in range(r):
+        order = np.lexsort((np.arange(n), -t[i]))[:cap]  # larger t first, then the lower column
+        np.testing.assert_array_equal(got.top_col[i], order, err_msg=f"row {i}")
+        np.testing.assert_array_equal(got.top_value[i].astype(np.float64), t[i, order], err_msg=f"row {i}")
+        desc = np.sort(x[i])[::-1]
+        np.testing.assert_array_equal(got.raw_value[i].astype(np.float64), desc[:2], err_msg=f"row {i}")
+        assert got.raw_col[i] == int(np.argmax(x[i])), f"row {i}"
+@pytest.mark.parametrize("scan", ["c++", "torch"])
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
 def test_candidate_pass_raw_top_two_bound_every_other_column(kind, scan, monkeypatch):
     """The candidate pass's raw (unshifted) best column and two largest kernel values, against the
     dense kernel matrix: cos_ij ≤ second + row_err_i must hold for every column but the best, which

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstring>
 #include <limits>
 #include <atomic>
@@ -60,56 +61,91 @@ inline float load(const bf16 *p) {
 // t, a column's last listed value) is walked one entry at a time, in order, as a plain loop would.
 const long CHUNK = 64;
 
+// Row i's top `cap` by t = value − shift[j] in two reads of the row (it sits in cache after the first).
+// The row's columns fall into `chunks` strided sets, chunk c = {c, c + chunks, c + 2·chunks, …}, so the
+// first read is an element-wise running maximum over consecutive stretches of the row (vectorised, no
+// reduction across lanes):
+// 1. the maximum of t (and of the raw value) in each chunk;
+// 2. F = the cap-th largest chunk maximum. At least cap entries (one per chunk) have t ≥ F, so every
+//    entry of the top cap has t ≥ F and lies in a chunk whose maximum is ≥ F: only those ~cap chunks
+//    are walked, and only their entries with t ≥ F are ranked (larger value, then lower column).
+// A running heap over the row instead walks most of the row one entry at a time while its floor is
+// still low.
 template <typename In, typename T, bool RAW>
 void scan_rows(const In *block, long n, const T *shift, long cap, long lo, long hi, T *top_val,
                int64_t *top_col, T *raw_val, int64_t *raw_col) {
-    std::vector<Entry<T>> heap;  // min-heap by `ahead`: heap.front() is the entry leaving first
-    heap.reserve(cap);
-    auto worse = [](const Entry<T> &a, const Entry<T> &b) { return ahead(a, b); };
+    // cap·8 chunks (at least 256): the walk reads ~cap·n/chunks entries, nth_element ranks the chunks
+    const long chunks = std::min(n, std::max(256L, (cap * 8 + 15) / 16 * 16));
+    std::vector<T> chunk_t(chunks), chunk_raw(RAW ? chunks : 0), floor_pick(chunks);
+    std::vector<Entry<T>> found;
+    found.reserve(4 * cap + 64);
     for (long i = lo; i < hi; i++) {
         const In *row = block + i * n;
-        T b1 = lowest<T>(), b2 = lowest<T>();
-        int64_t j1 = 0;
-        heap.clear();
-        auto visit = [&](long j) {
-            const T x = load(row + j);
-            if (RAW) {
-                if (x > b1) { b2 = b1; b1 = x; j1 = j; }
-                else if (x > b2) b2 = x;
+        std::fill(chunk_t.begin(), chunk_t.end(), lowest<T>());
+        if (RAW) std::fill(chunk_raw.begin(), chunk_raw.end(), lowest<T>());
+        T *ct = chunk_t.data();
+        T *cr = chunk_raw.data();
+        for (long s = 0; s < n; s += chunks) {
+            const long width = std::min(chunks, n - s);
+            const In *part = row + s;
+            const T *sh = shift + s;
+            for (long c = 0; c < width; c++) {
+                const T x = load(part + c);
+                const T t = x - sh[c];
+                ct[c] = t > ct[c] ? t : ct[c];
+                if (RAW) cr[c] = x > cr[c] ? x : cr[c];
             }
-            const T t = x - shift[j];
-            if ((long)heap.size() < cap) {
-                heap.push_back({t, j});
-                std::push_heap(heap.begin(), heap.end(), worse);
-            } else if (t > heap.front().value) {  // a later column never displaces an equal value
-                std::pop_heap(heap.begin(), heap.end(), worse);
-                heap.back() = {t, j};
-                std::push_heap(heap.begin(), heap.end(), worse);
+        }
+        T floor_t = lowest<T>();
+        if (chunks > cap) {
+            std::copy(chunk_t.begin(), chunk_t.end(), floor_pick.begin());
+            std::nth_element(floor_pick.begin(), floor_pick.begin() + (cap - 1), floor_pick.end(), std::greater<T>());
+            floor_t = floor_pick[cap - 1];
+        }
+        found.clear();
+        for (long c = 0; c < chunks; c++) {
+            if (!(ct[c] >= floor_t)) continue;
+            for (long j = c; j < n; j += chunks) {
+                const T t = load(row + j) - shift[j];
+                if (t >= floor_t) found.push_back({t, j});
             }
-        };
-        long j = 0;
-        for (; j < n && (long)heap.size() < cap; j++) visit(j);
-        for (; j < n; j += CHUNK) {
-            const long end = std::min(n, j + CHUNK);
-            const T floor_t = heap.front().value;
-            int hit = 0;
-            if (RAW) {
-                for (long k = j; k < end; k++) hit |= (load(row + k) > b2) | ((load(row + k) - shift[k]) > floor_t);
-            } else {
-                for (long k = j; k < end; k++) hit |= (load(row + k) - shift[k]) > floor_t;
-            }
-            if (!hit) continue;
-            for (long k = j; k < end; k++) visit(k);
+        }
+        const long keep = std::min(cap, (long)found.size());
+        std::partial_sort(found.begin(), found.begin() + keep, found.end(), ahead<T>);
+        for (long q = 0; q < cap; q++) {
+            top_val[i * cap + q] = q < keep ? found[q].value : lowest<T>();
+            top_col[i * cap + q] = q < keep ? found[q].col : 0;
         }
         if (RAW) {
+            // the largest raw value b1, the first column holding it, and the second largest b2 (a repeat of
+            // the largest counts): from the chunk maxima, walking only the chunks that hold b1
+            T b1 = cr[0];
+            for (long c = 1; c < chunks; c++) b1 = cr[c] > b1 ? cr[c] : b1;
+            T b2 = lowest<T>();
+            int64_t j1 = n;
+            long holders = 0;
+            for (long c = 0; c < chunks; c++) {
+                if (cr[c] == b1) {
+                    holders++;
+                    bool seen = false;  // a second b1 in the same chunk makes b2 = b1
+                    for (long j = c; j < n; j += chunks) {
+                        const T x = load(row + j);
+                        if (x == b1) {
+                            if (seen) b2 = b1;
+                            seen = true;
+                            if (j < j1) j1 = j;
+                        } else if (x > b2) {
+                            b2 = x;
+                        }
+                    }
+                } else if (cr[c] > b2) {
+                    b2 = cr[c];
+                }
+            }
+            if (holders > 1) b2 = b1;
             raw_val[2 * i] = b1;
             raw_val[2 * i + 1] = b2;
-            raw_col[i] = j1;
-        }
-        std::sort(heap.begin(), heap.end(), ahead<T>);
-        for (long q = 0; q < cap; q++) {
-            top_val[i * cap + q] = heap[q].value;
-            top_col[i * cap + q] = heap[q].col;
+            raw_col[i] = j1 < n ? j1 : 0;
         }
     }
 }

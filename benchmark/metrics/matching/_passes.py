@@ -273,18 +273,32 @@ def column_pass(
     return PassResult(index, value, shift_used, _pass_slack(integer, t_max, shift_used))
 
 
+def _block_best(ops: KernelOperands, raw: torch.Tensor, shift_t: torch.Tensor, integer: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(largest t, its first position) of each row of a block of raw kernel values, t = value − shift
+    (``shift_t`` [block columns] in the kernel's domain: int32 for int8 kernels, else fp32); t in fp64
+    cosine units. On the CPU one C++ read of the block; elsewhere torch's convert, subtract and max."""
+    if raw.device.type == "cpu" and _blockscan.available():
+        found = _blockscan.scan_block(_scan_values(ops, raw, integer, True), shift_t, 1, False, None, 0)
+        best = found.top_value[:, 0].astype(np.float64)
+        return (best * ops.scale if integer else best), found.top_col[:, 0]
+    vals = _block_values(ops, raw, integer)
+    best, where = (vals - shift_t).max(dim=1)
+    best = best.cpu().numpy().astype(np.float64)
+    return (best * ops.scale if integer else best), where.cpu().numpy()
+
+
 def max_over_rows(ops: KernelOperands, rows: np.ndarray, row_shift: np.ndarray, block_cols: int) -> np.ndarray:
     """max over the listed rows i of (kernel(i, j) − row_shift_i), for every column j (a heuristic:
-    no bound is attached). Used for the c-transform of sampled row prices."""
+    no bound is attached; for int8 kernels the shifts are rounded to the integer grid first). Used for
+    the c-transform of sampled row prices."""
     dev = ops.b.device
     a_rows = ops.a[torch.from_numpy(rows).to(dev)]
-    shift = torch.from_numpy(row_shift.astype(np.float32)).to(dev)[None, :]
+    _, shift_t, integer = _shift_for(ops, row_shift, dev)
     out = np.empty(ops.b.shape[0])
     with exact_matmul():
         for start in range(0, ops.b.shape[0], block_cols):
             raw = _raw_t(ops, a_rows, slice(start, start + block_cols))
-            vals = raw.to(torch.float32) * ops.scale - shift
-            out[start : start + len(vals)] = vals.amax(dim=1).cpu().numpy()
+            out[start : start + len(raw)] = _block_best(ops, raw, shift_t, integer)[0]
     return out
 
 
@@ -298,10 +312,12 @@ def argmax_rows(ops: KernelOperands, rows: np.ndarray, block: int) -> np.ndarray
     """For each listed row, the column with the largest kernel value (a heuristic: no bound)."""
     dev = ops.b.device
     out = np.empty(len(rows), dtype=np.int64)
+    integer = ops.integer
+    zero = torch.zeros(ops.b.shape[0], dtype=torch.int32 if integer else torch.float32, device=dev)
     with exact_matmul():
         for start in range(0, len(rows), block):
             sel = torch.from_numpy(np.asarray(rows[start : start + block])).to(dev)
-            out[start : start + len(sel)] = ops.raw(sel).argmax(dim=1).cpu().numpy()
+            out[start : start + len(sel)] = _block_best(ops, ops.raw(sel), zero, integer)[1]
     return out
 
 
@@ -309,10 +325,12 @@ def argmax_cols(ops: KernelOperands, cols: np.ndarray, block: int) -> np.ndarray
     """For each listed column, the row with the largest kernel value (a heuristic: no bound)."""
     dev = ops.b.device
     out = np.empty(len(cols), dtype=np.int64)
+    integer = ops.integer
+    zero = torch.zeros(ops.a.shape[0], dtype=torch.int32 if integer else torch.float32, device=dev)
     with exact_matmul():
         for start in range(0, len(cols), block):
             sel = torch.from_numpy(np.asarray(cols[start : start + block])).to(dev)
-            out[start : start + len(sel)] = ops.raw_t(sel).argmax(dim=1).cpu().numpy()
+            out[start : start + len(sel)] = _block_best(ops, ops.raw_t(sel), zero, integer)[1]
     return out
 
 
