@@ -137,6 +137,24 @@ def test_dead_rows_rectangular(shape):
     assert match.value == pytest.approx(dense_reference(a, b), abs=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unit_rows_divide_exactly_and_leave_the_input_alone(dtype):
+    """unit_rows64: each row divided by its fp64 norm (one correctly rounded division per entry, as numpy
+    does it), zero rows stay zero and live is False for them, and the caller's array is not modified."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((50, 33)) * rng.uniform(1e-3, 1e3, (50, 1))).astype(dtype)
+    x[[4, 17]] = 0.0
+    before = x.copy()
+    unit, live = _cosine.unit_rows64(torch.from_numpy(x))
+    np.testing.assert_array_equal(x, before)
+    norms = torch.linalg.vector_norm(torch.from_numpy(x), dim=1, dtype=torch.float64).numpy()
+    want = x.astype(np.float64) / np.where(norms > 0, norms, 1.0)[:, None]
+    assert unit.dtype == torch.float64
+    np.testing.assert_array_equal(unit.numpy(), want)
+    np.testing.assert_array_equal(live, norms > 0)
+    assert not live[[4, 17]].any() and (unit.numpy()[[4, 17]] == 0).all()
+
+
 def test_all_rows_dead():
     a = np.zeros((5, 4))
     b = np.random.default_rng(0).standard_normal((8, 4))
@@ -788,7 +806,8 @@ def test_kernel_probe_is_shaped_like_the_pass(monkeypatch):
     """The kinds are timed on a product of about the pass's block shape (int32 outputs lose at scale
     what they win in cache), capped at PROBE_ROWS × PROBE_COLS; with one kind to time there is
     nothing to choose and the small probe serves; a kind already twice as slow as the best after its
-    warm-up call is not timed again."""
+    warm-up call is not timed again, and on a large probe a kind whose product on an eighth of the rows
+    shows it three times slower than the best is not timed on the whole probe."""
     shapes = []
     monkeypatch.setattr(_kernels, "probe_timings", lambda device, dim, *shape: shapes.append(shape) or {"fp32": 1.0})
     rng = np.random.default_rng(8)
@@ -800,28 +819,38 @@ def test_kernel_probe_is_shaped_like_the_pass(monkeypatch):
     calls = []
     real = _kernels.raw_matmul
 
-    def timed(kind, a, b):
+    def timed(kind, a, b, out=None):
         calls.append((kind, a.shape[0], b.shape[0]))
         if kind == "fp32":
             time.sleep(0.05)  # far slower than any other kind's product here
-        return real(kind, a, b)
+        return real(kind, a, b, out)
 
     monkeypatch.setattr(_kernels, "raw_matmul", timed)
-    for flags, kinds in [(frozenset({"avx2"}), ["fp32"]), (None, [k for k in _kernels.KINDS if _verified(k, 16)])]:
+    everything = [k for k in _kernels.KINDS if _verified(k, 16)]
+    large = (_kernels.PROBE_ROWS, _kernels.PROBE_COLS)
+    for flags, kinds, (rows, cols) in [(frozenset({"avx2"}), ["fp32"], (300, 700)), (None, everything, (300, 700)),
+                                       (None, everything, large)]:
         monkeypatch.setattr(_kernels, "cpu_flags", lambda path="/proc/cpuinfo", flags=flags: flags)
         _kernels.probe_timings.cache_clear()
         calls.clear()
         try:
-            timed_kinds = _kernels.probe_timings("cpu", 16, 300, 700)
+            timed_kinds = _kernels.probe_timings("cpu", 16, rows, cols)
         finally:
             _kernels.probe_timings.cache_clear()
         assert sorted(timed_kinds) == sorted(kinds)
-        probe_calls = [c for c in calls if c[1:] in {(300, 700), (128, 512)}]
+        probe_calls = [c for c in calls if c[1:] in {(rows, cols), (rows // 8, cols), (128, 512)}]
         if kinds == ["fp32"]:
             assert probe_calls == [("fp32", 128, 512)] * 3
-        else:
-            assert {c[1:] for c in probe_calls} == {(300, 700)}
-            assert [c[0] for c in probe_calls].count("fp32") == (1 if len(kinds) > 1 else 3)
+            continue
+        whole = [c[0] for c in probe_calls if c[1:] == (rows, cols)]
+        assert set(whole) | {"fp32"} == set(kinds) | {"fp32"}  # every other kind runs the whole probe
+        fp32_calls = [c for c in probe_calls if c[0] == "fp32"]
+        if len(kinds) == 1:
+            assert fp32_calls == [("fp32", rows, cols)] * 3
+        elif (rows, cols) == large:  # an eighth of the rows, after its warm-up, told it
+            assert fp32_calls == [("fp32", rows // 8, cols)] * 2
+        else:  # its warm-up call told it
+            assert fp32_calls == [("fp32", rows, cols)]
 
 
 def test_self_checks_reject_kernels_that_break_their_bound(monkeypatch):
@@ -1046,6 +1075,25 @@ def test_candidate_pass_block_scan_equals_the_torch_ops(kind, monkeypatch):
     np.testing.assert_array_equal(np.take_along_axis(t_rows, got.index, 1), got.value)
     for p, row in enumerate(t_rows):  # every column left out of a row's list is at or below its last value
         assert (np.delete(row, got.index[p]) <= got.value[p, -1]).all()
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
+def test_products_into_the_reused_buffer_equal_fresh_ones(kind):
+    """Blocks written into the shared output buffer hold the same values as fresh products, for blocks
+    of every shape in turn (the buffer grows; a transposed view shares it)."""
+    if not _verified(kind, 40):
+        pytest.skip(f"{kind} kernel unavailable here")
+    rng = np.random.default_rng(12)
+    ua, ub = _units(rng.standard_normal((70, 40)), rng.standard_normal((90, 40)))
+    ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
+    flipped = ops.transposed()
+    for rows in (slice(0, 5), slice(3, 70), torch.tensor([7, 2, 60])):
+        want = ops.raw(rows).clone()
+        assert torch.equal(ops.raw(rows, reuse=True), want)
+        cols = torch.tensor([1, 50, 89, 4])
+        assert torch.equal(flipped.raw(cols, reuse=True), ops.raw_t(cols))
+        assert torch.equal(ops.raw_t(cols, reuse=True), ops.raw_t(cols))
+    assert ops._scratch is flipped._scratch and ops._scratch[0] is not None
 
 
 @pytest.mark.parametrize("scan", ["c++", "torch"])

@@ -102,11 +102,12 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def raw_matmul(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b.T in the kernel's own arithmetic: int32 for int8, bf16 for bf16, fp32 for fp32."""
+def raw_matmul(kind: str, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b.T in the kernel's own arithmetic: int32 for int8, bf16 for bf16, fp32 for fp32; into ``out``
+    (contiguous [len(a), len(b)] of that type) when given."""
     if kind == "int8":
-        return torch._int_mm(a, b.T)
-    return a @ b.T
+        return torch._int_mm(a, b.T) if out is None else torch._int_mm(a, b.T, out=out)
+    return a @ b.T if out is None else torch.matmul(a, b.T, out=out)
 
 
 # --- self-checks ---------------------------------------------------------------------------------
@@ -182,20 +183,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: Largest probe: one block of about the pass's shape. Smaller products fit in cache and hide what
-#: decides at scale: on one AMX machine int8 won a 128 × 512 probe (0.09 vs 0.14 ms) while its int32
-#: output made the 16K × 16K pass's products 2.5× slower than bf16's (0.9 vs 0.36 s on 2 threads);
-#: the difference shows once the output outgrows the caches (1024 × 8192: int8 1.8-2× bf16).
-PROBE_ROWS, PROBE_COLS = 1024, 8192
+#: Largest probe: about the pass's shape. Smaller products hide what decides at scale: on one AMX
+#: machine, into a reused output, int8 and bf16 took the same time per output at 1024 × 8192 (0.65 ns)
+#: while a 16K × 16K pass's products took 0.31 s in int8 against 0.17 s in bf16 (2 threads); int8
+#: slows as the columns grow (1.08 ns at 1024 × 16384, bf16 0.77 ns).
+PROBE_ROWS, PROBE_COLS = 1024, 16384
 SMALL_PROBE = (128, 512)
 
 
 @functools.lru_cache(maxsize=None)
 def probe_timings(device: str = "cpu", dim: int = 768, rows: int = SMALL_PROBE[0],
                   cols: int = SMALL_PROBE[1]) -> dict[str, float]:
-    """Seconds for one [rows, dim] × [dim, cols] matmul of each native, verified kind (best of 2 after
-    a warm-up). A kind whose warm-up call already took twice the best time so far cannot win and is
-    not timed again (its warm-up time is recorded). Products up to the small probe's size run on one
+    """Seconds for one [rows, dim] × [dim, cols] matmul of each native, verified kind into a reused
+    output (best of 2 after a warm-up). A kind whose product on an eighth of the rows, scaled up, took
+    three times the best so far (large probes only), or whose warm-up call took twice it, cannot win
+    and is not timed again (that estimate is recorded). Products up to the small probe's size run on one
     CPU thread (on a loaded machine a descheduled second thread costs milliseconds, which would swamp
     them); larger ones on the threads the pass will use. Where only one kind qualifies there is
     nothing to choose: it is timed on the small probe, for the record."""
@@ -211,24 +213,44 @@ def probe_timings(device: str = "cpu", dim: int = 768, rows: int = SMALL_PROBE[0
         thread_scope = contextlib.nullcontext()
     gen = torch.Generator().manual_seed(2)
     a = torch.rand(rows, dim, generator=gen) - 0.5
-    b = torch.rand(cols, dim, generator=gen) - 0.5
-    operands = {
-        "int8": lambda: (a.mul(254).round().to(torch.int8), b.mul(254).round().to(torch.int8)),
-        "bf16": lambda: (a.to(torch.bfloat16), b.to(torch.bfloat16)),
-        "fp32": lambda: (a, b),
+    convert = {
+        "int8": lambda t: t.mul(254).round().to(torch.int8),
+        "bf16": lambda t: t.to(torch.bfloat16),
+        "fp32": lambda t: t,
     }
     out: dict[str, float] = {}
     with thread_scope:
         for kind in kinds:
-            x, y = (t.to(dev) for t in operands[kind]())
+            x = convert[kind](a).to(dev)
+            # the columns repeat the rows: values do not change a product's speed, and drawing and
+            # converting 16384 × 768 numbers per kind took a quarter of the probe
+            y = x.repeat((cols + rows - 1) // rows, 1)[:cols].contiguous()
+            # into one output buffer, as the passes write their blocks (a fresh output per call pays its
+            # page faults: int8's 32 MiB int32 output took 0.015 s fresh and 0.006 s reused)
+            dtype = {"int8": torch.int32, "bf16": torch.bfloat16}.get(kind, torch.float32)
+            buf = torch.empty(x.shape[0], y.shape[0], dtype=dtype, device=dev)
+
+            def timed(rows: torch.Tensor) -> float:
+                _sync(dev)
+                start = time.perf_counter()
+                raw_matmul(kind, rows, y, buf[: rows.shape[0]])
+                _sync(dev)
+                return time.perf_counter() - start
+
             times = []
             with exact_matmul():
+                if out and x.shape[0] * y.shape[0] >= PROBE_ROWS * PROBE_COLS // 4:
+                    # a kind that cannot win shows it on an eighth of the rows (timed after a warm-up at that
+                    # size): fp32's one full warm-up call was 0.05 s of a 0.17 s probe on an AMX machine.
+                    # Only on large probes: a small product's fixed costs, scaled up, would condemn any kind
+                    part = x[: x.shape[0] // 8]
+                    timed(part)
+                    estimate = timed(part) * x.shape[0] / part.shape[0]
+                    if estimate > 3 * min(out.values()):
+                        out[kind] = estimate
+                        continue
                 for rep in range(3):
-                    _sync(dev)
-                    start = time.perf_counter()
-                    raw_matmul(kind, x, y)
-                    _sync(dev)
-                    times.append(time.perf_counter() - start)
+                    times.append(timed(x))
                     if rep == 0 and out and times[0] > 2 * min(out.values()):
                         break
             out[kind] = min(times[1:]) if len(times) > 1 else times[0]
@@ -299,14 +321,31 @@ class KernelOperands:
     scale: float
     row_err: np.ndarray  # [m] fp64
     choice: KernelChoice | None = None
+    # one output buffer that the passes' blocks reuse (shared with transposed()): a fresh product per
+    # block pays a page fault per 4 KiB of it, 0.36 s of a 16K × 16K bf16 pass's products on 2 threads
+    # against 0.18 s into a reused buffer
+    _scratch: list = field(default_factory=lambda: [None], repr=False, compare=False)
 
-    def raw(self, rows: slice | torch.Tensor, cols: slice | torch.Tensor | None = None) -> torch.Tensor:
-        b = self.b if cols is None else self.b[cols]
-        return raw_matmul(self.kind, self.a[rows], b)
+    def raw(self, rows: slice | torch.Tensor, cols: slice | torch.Tensor | None = None, *,
+            reuse: bool = False) -> torch.Tensor:
+        """[len(rows), len(cols)] raw products (every column by default). ``reuse``: into the shared
+        buffer, which the next ``reuse`` call overwrites."""
+        a, b = self.a[rows], (self.b if cols is None else self.b[cols])
+        return raw_matmul(self.kind, a, b, self.buffer(a.shape[0], b.shape[0]) if reuse else None)
 
-    def raw_t(self, cols: slice | torch.Tensor) -> torch.Tensor:
-        """[len(cols), m]: the transposed block of the listed columns against every row."""
-        return raw_matmul(self.kind, self.b[cols], self.a)
+    def raw_t(self, cols: slice | torch.Tensor, *, reuse: bool = False) -> torch.Tensor:
+        """[len(cols), m]: the transposed block of the listed columns against every row (``reuse``: as
+        :meth:`raw`)."""
+        b = self.b[cols]
+        return raw_matmul(self.kind, b, self.a, self.buffer(b.shape[0], self.a.shape[0]) if reuse else None)
+
+    def buffer(self, rows: int, cols: int) -> torch.Tensor:
+        """A [rows, cols] view of the shared output buffer (grown when too small)."""
+        buf = self._scratch[0]
+        if buf is None or buf.numel() < rows * cols or buf.device != self.a.device:
+            dtype = {"int8": torch.int32, "bf16": torch.bfloat16}.get(self.kind, torch.float32)
+            buf = self._scratch[0] = torch.empty(rows * cols, dtype=dtype, device=self.a.device)
+        return buf[: rows * cols].view(rows, cols)
 
     @property
     def integer(self) -> bool:
@@ -316,7 +355,7 @@ class KernelOperands:
         """The same kernel with the roles of rows and columns swapped (row_err then only serves
         the fp32 rounding estimates of the passes, which use its maximum)."""
         return KernelOperands(self.kind, self.b, self.a, self.scale, np.full(self.b.shape[0], float(self.row_err.max())),
-                              self.choice)
+                              self.choice, self._scratch)
 
 
 def _quantize_int8(unit64: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, float, np.ndarray]:

@@ -133,7 +133,7 @@ def row_pass(
         for start in tqdm(range(0, len(rows_all), block_rows), desc="kernel rows", disable=not progress, leave=False):
             sel = rows_all[start : start + block_rows]
             take = slice(int(sel[0]), int(sel[-1]) + 1) if contiguous else torch.from_numpy(sel).to(dev)
-            block = _scan_values(ops, ops.raw(take), integer, native_scan)
+            block = _scan_values(ops, ops.raw(take, reuse=True), integer, native_scan)
             if native_scan:
                 found = _blockscan.scan_block(block, shift_t, cap, raw_top2, ranking, start)
                 del block
@@ -260,7 +260,7 @@ def column_pass(
     with exact_matmul():
         for start in range(0, len(cols), block_cols):
             sel = np.asarray(cols[start : start + block_cols], dtype=np.int64)
-            block = _block_values(ops, ops.raw_t(torch.from_numpy(sel).to(dev)), integer)
+            block = _block_values(ops, ops.raw_t(torch.from_numpy(sel).to(dev), reuse=True), integer)
             block -= shift_t
             if known_ptr is not None:
                 lc, kr = _known_positions(known_ptr, known_idx, sel)
@@ -305,7 +305,8 @@ def max_over_rows(ops: KernelOperands, rows: np.ndarray, row_shift: np.ndarray, 
 def _raw_t(ops: KernelOperands, a_rows: torch.Tensor, cols: slice) -> torch.Tensor:
     from benchmark.metrics.matching._kernels import raw_matmul
 
-    return raw_matmul(ops.kind, ops.b[cols], a_rows)
+    b_cols = ops.b[cols]
+    return raw_matmul(ops.kind, b_cols, a_rows, ops.buffer(b_cols.shape[0], a_rows.shape[0]))
 
 
 def argmax_rows(ops: KernelOperands, rows: np.ndarray, block: int) -> np.ndarray:
@@ -317,7 +318,7 @@ def argmax_rows(ops: KernelOperands, rows: np.ndarray, block: int) -> np.ndarray
     with exact_matmul():
         for start in range(0, len(rows), block):
             sel = torch.from_numpy(np.asarray(rows[start : start + block])).to(dev)
-            out[start : start + len(sel)] = _block_best(ops, ops.raw(sel), zero, integer)[1]
+            out[start : start + len(sel)] = _block_best(ops, ops.raw(sel, reuse=True), zero, integer)[1]
     return out
 
 
@@ -330,7 +331,7 @@ def argmax_cols(ops: KernelOperands, cols: np.ndarray, block: int) -> np.ndarray
     with exact_matmul():
         for start in range(0, len(cols), block):
             sel = torch.from_numpy(np.asarray(cols[start : start + block])).to(dev)
-            out[start : start + len(sel)] = _block_best(ops, ops.raw_t(sel), zero, integer)[1]
+            out[start : start + len(sel)] = _block_best(ops, ops.raw_t(sel, reuse=True), zero, integer)[1]
     return out
 
 
@@ -404,7 +405,7 @@ def threshold_pass(
     with exact_matmul():
         for start in tqdm(range(0, len(rows), block_rows), desc="kernel rows", disable=not progress, leave=False):
             sel = rows[start : start + block_rows]
-            block = _scan_values(ops, ops.raw(torch.from_numpy(sel).to(dev)), integer, native_scan)
+            block = _scan_values(ops, ops.raw(torch.from_numpy(sel).to(dev), reuse=True), integer, native_scan)
             if native_scan:
                 if known_ptr is not None:
                     local_ptr, local_idx = _local_csr(known_ptr, known_idx, sel)
