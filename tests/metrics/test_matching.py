@@ -1165,6 +1165,15 @@ def test_block_scan_top_and_raw_pair_on_wide_rows_with_ties(dtype, cap):
         desc = np.sort(x[i])[::-1]
         np.testing.assert_array_equal(got.raw_value[i].astype(np.float64), desc[:2], err_msg=f"row {i}")
         assert got.raw_col[i] == int(np.argmax(x[i])), f"row {i}"
+    # the maximum twice at every distance, so that some pair shares a chunk whatever the chunks are
+    twice = np.zeros((n - 51, n))
+    twice[:, 50] = 1.0
+    twice[np.arange(n - 51), 51 + np.arange(n - 51)] = 1.0
+    twice[:, 7] = 0.5
+    block = torch.from_numpy(twice.astype(np.int32) * 2 if dtype == torch.int32 else twice.astype(np.float32)).to(dtype)
+    zero = torch.zeros(n, dtype=torch.int32 if dtype == torch.int32 else torch.float32)
+    got = _blockscan.scan_block(block, zero, cap, True, None, 0)
+    assert (got.raw_value[:, 0] == got.raw_value[:, 1]).all() and (got.raw_col == 50).all()
 @pytest.mark.parametrize("scan", ["c++", "torch"])
 @pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
 def test_candidate_pass_raw_top_two_bound_every_other_column(kind, scan, monkeypatch):
