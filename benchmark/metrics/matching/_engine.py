@@ -6,9 +6,9 @@ Route (rows = the smaller dictionary; every live row is matched):
    v̂. Real decoder dictionaries are anisotropic: some columns have high cosines with many rows, and
    the optimum uses entries far down a row's raw ranking (rank ~1000 of 8K measured); at estimated
    prices the useful entries are near the top. Prices are a heuristic: they never affect exactness.
-2. Candidate pass (the chosen kernel: int8, bf16 or fp32, see ``_kernels``): per row, the k columns
-   with the largest ``kernel − v̂_j`` become known exactly (fp64); the (k+1)-th value bounds the rest
-   of the row rigorously. Columns that few rows chose get their best rows by ``kernel − û_i`` too,
+2. Candidate pass (the chosen kernel: int8, bf16 or fp32, see ``_kernels``): per row, of the k columns
+   with the largest ``kernel − v̂_j`` those within ``keep_band`` of the row's best (at least ``k_min``)
+   become known exactly (fp64); the first one left out bounds the rest of the row rigorously. Columns that few rows chose get their best rows by ``kernel − û_i`` too,
    ranked from the same blocks of the pass.
 3. The known entries in the graph are solved with scipy's sparse LAPJV
    (``min_weight_full_bipartite_matching``); when the graph has no full matching it is completed
