@@ -189,15 +189,20 @@ def _sync(device: torch.device) -> None:
 #: slows as the columns grow (1.08 ns at 1024 × 16384, bf16 0.77 ns).
 PROBE_ROWS, PROBE_COLS = 1024, 16384
 SMALL_PROBE = (128, 512)
+#: A kind this many times slower than the best so far cannot win: it is not timed further. A first call's
+#: own slowness must not condemn a kind (bf16's at d = 2304 ran 2.6x its steady time), fp32 on AMX is ~8x.
+LOSER_FACTOR = 4.0
+#: Timed calls after the warm-up: until two in a row agree within PROBE_AGREE, at most PROBE_MAX_TIMED.
+PROBE_AGREE, PROBE_MAX_TIMED = 1.25, 6
 
 
 @functools.lru_cache(maxsize=None)
 def probe_timings(device: str = "cpu", dim: int = 768, rows: int = SMALL_PROBE[0],
                   cols: int = SMALL_PROBE[1]) -> dict[str, float]:
     """Seconds for one [rows, dim] × [dim, cols] matmul of each native, verified kind into a reused
-    output (best of 2 after a warm-up). A kind whose product on an eighth of the rows, scaled up, took
-    three times the best so far (large probes only), or whose warm-up call took twice it, cannot win
-    and is not timed again (that estimate is recorded). Products up to the small probe's size run on one
+    output (the best after a warm-up, timed until two calls in a row agree). A kind whose product on an
+    eighth of the rows, scaled up (large probes only), or whose warm-up call took LOSER_FACTOR times
+    the best so far cannot win and is not timed further (that time is recorded). Products up to the small probe's size run on one
     CPU thread (on a loaded machine a descheduled second thread costs milliseconds, which would swamp
     them); larger ones on the threads the pass will use. Where only one kind qualifies there is
     nothing to choose: it is timed on the small probe, for the record."""
@@ -244,16 +249,21 @@ def probe_timings(device: str = "cpu", dim: int = 768, rows: int = SMALL_PROBE[0
                     # size): fp32's one full warm-up call was 0.05 s of a 0.17 s probe on an AMX machine.
                     # Only on large probes: a small product's fixed costs, scaled up, would condemn any kind
                     part = x[: x.shape[0] // 8]
-                    timed(part)
-                    estimate = timed(part) * x.shape[0] / part.shape[0]
-                    if estimate > 3 * min(out.values()):
+                    estimate = min(timed(part), timed(part)) * x.shape[0] / part.shape[0]
+                    if estimate > LOSER_FACTOR * min(out.values()):
                         out[kind] = estimate
                         continue
-                for rep in range(3):
+                times.append(timed(x))  # warm-up
+                if out and times[0] > LOSER_FACTOR * min(out.values()):
+                    out[kind] = times[0]
+                    continue
+                # first calls of a shape can run slow for a while (bf16 at d = 2304 on an AMX machine:
+                # 0.099, 0.082, 0.047, 0.043 s; its steady 0.036 s ties int8): time until two calls agree
+                while len(times) < 1 + PROBE_MAX_TIMED:
                     times.append(timed(x))
-                    if rep == 0 and out and times[0] > 2 * min(out.values()):
+                    if len(times) >= 3 and max(times[-2:]) <= PROBE_AGREE * min(times[-2:]):
                         break
-            out[kind] = min(times[1:]) if len(times) > 1 else times[0]
+            out[kind] = min(times[1:])
     return out
 
 
