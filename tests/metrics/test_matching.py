@@ -1130,14 +1130,11 @@ def test_price_passes_argmax_and_column_maxima(kind, scan, monkeypatch):
     """The price sample's passes against the dense kernel matrix: each row's and each column's first
     largest kernel value, and max over listed rows of (kernel − shift_i) per column (int8 shifts on the
     integer grid, rounded down), across uneven blocks, by the C++ scan and by torch."""
-    from benchmark.metrics.matching import _blockscan, _passes
+    from benchmark.metrics.matching import _passes
 
     if not _verified(kind, 24):
         pytest.skip(f"{kind} kernel unavailable here")
-    if scan == "torch":
-        monkeypatch.setattr(_blockscan, "available", lambda: False)
-    elif native.compiler() is None:
-        pytest.skip("needs a C++ compiler")
+    _use_scan(scan, monkeypatch)
     rng = np.random.default_rng(8)
     ua, ub = _units(rng.standard_normal((130, 24)), rng.standard_normal((301, 24)))
     ops = _kernels.kernel_operands(ua, ub, torch.device("cpu"), kind)
@@ -1158,15 +1155,13 @@ def test_price_passes_argmax_and_column_maxima(kind, scan, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32])
 @pytest.mark.parametrize("cap", [1, 3, 40])
-def test_block_scan_top_and_raw_pair_on_wide_rows_with_ties(dtype, cap):
+def test_block_scan_top_and_raw_pair_on_wide_rows_with_ties(dtype, cap, monkeypatch):
     """Rows wider than the scan's chunks (n = 3001: chunks of uneven length) whose values repeat a lot,
     against a plain sort: the top ``cap`` of t = value − shift by (larger value, lower column), the two
     largest raw values (a repeated maximum counts twice) and the first column holding the largest."""
     from benchmark.metrics.matching import _blockscan
 
-    if native.compiler() is None:
-        pytest.skip("needs a C++ compiler")
-    assert _blockscan.available(), "a C++ compiler is here but the block scan did not build"
+    _use_scan("c++", monkeypatch)
     rng = np.random.default_rng(5)
     r, n = 37, 3001
     levels = rng.integers(-6, 7, size=(r, n))  # 13 values: every row is full of ties
@@ -1410,7 +1405,7 @@ def test_cleared_columns_hold_on_the_dense_problem(candidates, cap):
     colp, cleared = _engine.check_columns(known, ops, u, v, cols, cap, 64)
     assert cleared.any()
     excluded = np.zeros((300, 300), dtype=bool)  # [row, col]: known or returned
-    excluded[known.rows, known.cols] = True
+    excluded[known.keys // known.n, known.cols] = True
     excluded[colp.col, cols[colp.row]] = True
     slack = (u[:, None] + v[None, :] - cos)[:, cols[cleared]]
     assert slack[~excluded[:, cols[cleared]]].min() >= -1e-12

@@ -104,8 +104,8 @@ def match_dictionaries(
     (fp64 cost matrix + scipy ``linear_sum_assignment``; memory O(m·n)) or "sparse" (candidate
     graph, sparse LAPJV, dual certificate; memory O((m + n)·d + known entries)). k: most columns per
     row taken from the candidate pass, ranked at estimated prices (a row with a clean partner keeps
-    fewer; more are added as the certificate needs them). price_sample: rows of the random subproblem solved densely to estimate column
-    prices (0: none). max_rounds: certificate rounds before giving up (then ``certified`` is False).
+    fewer; more are added as the certificate needs them). price_sample: rows of the random
+    subproblem solved densely to estimate column prices (0: none). max_rounds: certificate rounds before giving up (then ``certified`` is False).
     candidates: kernel of the passes over all m·n cosines: "int8" (exact int32 sums of int8 codes),
     "bf16" (fp32 accumulation, verified), "fp32", or "auto" (the fastest kernel that passes its
     self-check on this machine; see ``_kernels``). Every kernel carries a rigorous per-row error

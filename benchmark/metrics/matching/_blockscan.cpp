@@ -56,9 +56,10 @@ inline float load(const bf16 *p) {
     return value;
 }
 
-// Entries are tested a chunk at a time with a branch-free OR of comparisons (vectorised): only a chunk
-// holding an entry above the running thresholds (the row's second-largest value, the heap's smallest
-// t, a column's last listed value) is walked one entry at a time, in order, as a plain loop would.
+// The threshold scan and the column ranking test entries a chunk at a time with a branch-free OR of
+// comparisons (vectorised): only a chunk holding an entry above the running threshold (the heap's
+// smallest t, a column's last listed value) is walked one entry at a time, in order, as a plain loop
+// would. The candidate scan ranks chunk maxima instead (scan_rows).
 const long CHUNK = 64;
 
 // Row i's top `cap` by t = value − shift[j] in two reads of the row (it sits in cache after the first).
@@ -112,6 +113,8 @@ void scan_rows(const In *block, long n, const T *shift, long cap, long lo, long 
                 if (t >= floor_t) found.push_back({t, j});
             }
         }
+        // found holds at least cap entries (one per chunk at or above F, or the whole row; cap ≤ n) unless
+        // the row holds NaN, which compares false everywhere: then the missing places read "nothing"
         const long keep = std::min(cap, (long)found.size());
         std::partial_sort(found.begin(), found.begin() + keep, found.end(), ahead<T>);
         for (long q = 0; q < cap; q++) {

@@ -8,8 +8,9 @@ Route (rows = the smaller dictionary; every live row is matched):
    prices the useful entries are near the top. Prices are a heuristic: they never affect exactness.
 2. Candidate pass (the chosen kernel: int8, bf16 or fp32, see ``_kernels``): per row, of the k columns
    with the largest ``kernel − v̂_j`` those within ``keep_band`` of the row's best (at least ``k_min``)
-   become known exactly (fp64); the first one left out bounds the rest of the row rigorously. Columns that few rows chose get their best rows by ``kernel − û_i`` too,
-   ranked from the same blocks of the pass.
+   become known exactly (fp64); the first one left out bounds the rest of the row rigorously.
+   Columns that few rows chose get their best rows by ``kernel − û_i`` too, ranked from the same
+   blocks of the pass.
 3. The known entries in the graph are solved with scipy's sparse LAPJV
    (``min_weight_full_bipartite_matching``); when the graph has no full matching it is completed
    (maximum matching + unmatched rows paired with unmatched columns) and solved again. Later solves
@@ -153,10 +154,6 @@ class _Known:
         return len(fresh)
 
     @property
-    def rows(self) -> np.ndarray:
-        return self.keys // self.n
-
-    @property
     def cols(self) -> np.ndarray:
         return self.keys % self.n
 
@@ -210,8 +207,8 @@ def _sample_prices(a64, b64, ops: KernelOperands, sample: int, ratio: int, dense
     prices would describe a problem with no shared latents. The sample holds about max(sample,
     m/ratio) rows: prices from a fixed-size sample get worse as the problem grows (at 65K rows a
     1K sample left 11M violating entries after the first solve). Samples up to ``dense_max`` rows are
-    solved densely on their kernel values; larger ones by this engine itself (its duals after
-    ``rounds`` rounds; certified or not)."""
+    solved densely on fp32 cosines; larger ones by this engine itself (its duals after ``rounds``
+    rounds; certified or not)."""
     m, n = a64.shape[0], b64.shape[0]
     half_r = min(max(sample, m // ratio), m) // 2
     half_c = min(n, int(round(half_r * n / m)))
@@ -407,7 +404,7 @@ def solve_certified(
     0 to 90 % at 8K and 16K); keep_band / k_min: of a row's k candidates only those within ``keep_band``
     of its best (at estimated prices) are kept, at least ``k_min``; the first one left out bounds the rest
     of the row (None keeps all k). A row with a clean partner needs few: at 16K, 0.25 took 0 % unshared
-    from 2.0 to 1.5 s (345K exact entries instead of 844K) and 50 % from 5.5 to 3.3 s (a smaller graph
+    from 2.0 to 1.5 s (353K exact entries instead of 844K) and 50 % from 5.5 to 3.3 s (a smaller graph
     for the first sparse solve), and was neutral or better from 0 to 90 %)."""
     m, n = a64.shape[0], b64.shape[0]
     stats = SolveStats()

@@ -12,11 +12,12 @@ and device (cached):
    exact int32 (no int16 saturation); bf16 products are accumulated in at least fp32 and only the
    result is rounded to bf16 (checked on sums with heavy cancellation, where bf16 partial sums
    would show). A kind that fails is never used.
-3. One matmul of each remaining kind, shaped like a block of the pass (up to 1024 × 8192 outputs:
-   large enough that an int32 output's memory traffic shows), is timed (best of 2 after a warm-up;
-   ~0.1 s in all for 16K dictionaries on an AMX machine, ~10 ms where one kind qualifies) and the
-   fastest wins; a kind with a tighter bound (fp32 < bf16 < int8) is preferred when it is within
-   10 % of the fastest. Nothing measured on one machine is hard-coded.
+3. One matmul of each remaining kind, shaped like a block of the pass (up to 1024 × 16384 outputs,
+   written into a reused output as the passes write theirs), is timed (the best after a warm-up,
+   until two calls agree; ~0.2 s in all for 16K dictionaries at d = 768 on an AMX machine, ~10 ms
+   where one kind qualifies) and the fastest wins; a kind with a tighter bound (fp32 < bf16 < int8)
+   is preferred within PREFER_TIGHTER_WITHIN (1.5×) of the fastest. Nothing measured on one machine
+   is hard-coded.
 
 ``candidates=`` (argument) or the ``CANONBENCH_MATCH_KERNEL`` environment variable force a kind
 (tests do); a forced kind that fails its self-check raises.
@@ -100,6 +101,11 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def output_dtype(kind: str) -> torch.dtype:
+    """The type of ``kind``'s raw products: int32 for int8, bf16 for bf16, fp32 for fp32."""
+    return {"int8": torch.int32, "bf16": torch.bfloat16}.get(kind, torch.float32)
 
 
 def raw_matmul(kind: str, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -202,10 +208,10 @@ def probe_timings(device: str = "cpu", dim: int = 768, rows: int = SMALL_PROBE[0
     """Seconds for one [rows, dim] × [dim, cols] matmul of each native, verified kind into a reused
     output (the best after a warm-up, timed until two calls in a row agree). A kind whose product on an
     eighth of the rows, scaled up (large probes only), or whose warm-up call took LOSER_FACTOR times
-    the best so far cannot win and is not timed further (that time is recorded). Products up to the small probe's size run on one
-    CPU thread (on a loaded machine a descheduled second thread costs milliseconds, which would swamp
-    them); larger ones on the threads the pass will use. Where only one kind qualifies there is
-    nothing to choose: it is timed on the small probe, for the record."""
+    the best so far cannot win and is not timed further (that time is recorded). Products up to the
+    small probe's size run on one CPU thread (on a loaded machine a descheduled second thread costs
+    milliseconds, which would swamp them); larger ones on the threads the pass will use. Where only
+    one kind qualifies there is nothing to choose: it is timed on the small probe, for the record."""
     dev = torch.device(device)
     flags = cpu_flags() if dev.type == "cpu" else None
     kinds = [kind for kind in KINDS
@@ -232,8 +238,7 @@ def probe_timings(device: str = "cpu", dim: int = 768, rows: int = SMALL_PROBE[0
             y = x.repeat((cols + rows - 1) // rows, 1)[:cols].contiguous()
             # into one output buffer, as the passes write their blocks (a fresh output per call pays its
             # page faults: int8's 32 MiB int32 output took 0.015 s fresh and 0.006 s reused)
-            dtype = {"int8": torch.int32, "bf16": torch.bfloat16}.get(kind, torch.float32)
-            buf = torch.empty(x.shape[0], y.shape[0], dtype=dtype, device=dev)
+            buf = torch.empty(x.shape[0], y.shape[0], dtype=output_dtype(kind), device=dev)
 
             def timed(rows: torch.Tensor) -> float:
                 _sync(dev)
@@ -353,8 +358,7 @@ class KernelOperands:
         """A [rows, cols] view of the shared output buffer (grown when too small)."""
         buf = self._scratch[0]
         if buf is None or buf.numel() < rows * cols or buf.device != self.a.device:
-            dtype = {"int8": torch.int32, "bf16": torch.bfloat16}.get(self.kind, torch.float32)
-            buf = self._scratch[0] = torch.empty(rows * cols, dtype=dtype, device=self.a.device)
+            buf = self._scratch[0] = torch.empty(rows * cols, dtype=output_dtype(self.kind), device=self.a.device)
         return buf[: rows * cols].view(rows, cols)
 
     @property

@@ -292,21 +292,15 @@ def max_over_rows(ops: KernelOperands, rows: np.ndarray, row_shift: np.ndarray, 
     no bound is attached; for int8 kernels the shifts are rounded to the integer grid first). Used for
     the c-transform of sampled row prices."""
     dev = ops.b.device
-    a_rows = ops.a[torch.from_numpy(rows).to(dev)]
+    flipped = ops.transposed()  # blocks of columns against the listed rows
+    listed = torch.from_numpy(rows).to(dev)
     _, shift_t, integer = _shift_for(ops, row_shift, dev)
     out = np.empty(ops.b.shape[0])
     with exact_matmul():
         for start in range(0, ops.b.shape[0], block_cols):
-            raw = _raw_t(ops, a_rows, slice(start, start + block_cols))
+            raw = flipped.raw(slice(start, start + block_cols), listed, reuse=True)
             out[start : start + len(raw)] = _block_best(ops, raw, shift_t, integer)[0]
     return out
-
-
-def _raw_t(ops: KernelOperands, a_rows: torch.Tensor, cols: slice) -> torch.Tensor:
-    from benchmark.metrics.matching._kernels import raw_matmul
-
-    b_cols = ops.b[cols]
-    return raw_matmul(ops.kind, b_cols, a_rows, ops.buffer(b_cols.shape[0], a_rows.shape[0]))
 
 
 def argmax_rows(ops: KernelOperands, rows: np.ndarray, block: int) -> np.ndarray:
@@ -324,15 +318,7 @@ def argmax_rows(ops: KernelOperands, rows: np.ndarray, block: int) -> np.ndarray
 
 def argmax_cols(ops: KernelOperands, cols: np.ndarray, block: int) -> np.ndarray:
     """For each listed column, the row with the largest kernel value (a heuristic: no bound)."""
-    dev = ops.b.device
-    out = np.empty(len(cols), dtype=np.int64)
-    integer = ops.integer
-    zero = torch.zeros(ops.a.shape[0], dtype=torch.int32 if integer else torch.float32, device=dev)
-    with exact_matmul():
-        for start in range(0, len(cols), block):
-            sel = torch.from_numpy(np.asarray(cols[start : start + block])).to(dev)
-            out[start : start + len(sel)] = _block_best(ops, ops.raw_t(sel, reuse=True), zero, integer)[1]
-    return out
+    return argmax_rows(ops.transposed(), cols, block)
 
 
 def _threshold_t_bound(ops: KernelOperands, shift: np.ndarray, threshold: np.ndarray) -> float:
